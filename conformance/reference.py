@@ -1,0 +1,101 @@
+"""Runs the reference implementation (transformers 5.24.0) and captures every stage by name.
+
+Imported only where transformers is installed: `tools/regenerate_golden.py` (tox -e golden) and the live
+oracle tests (tox -e oracle). The reference's own modules are hooked; nothing of ours runs here.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
+    GlmAsrForConditionalGeneration,
+    GlmAsrProcessor,
+    PreTrainedTokenizerFast,
+    WhisperFeatureExtractor,
+)
+
+from .cases import PROMPT  # noqa: E402
+
+VERSION = transformers.__version__
+
+
+def load_reference(checkpoint: Path, dtype: torch.dtype) -> GlmAsrForConditionalGeneration:
+    model = GlmAsrForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype, attn_implementation="eager")
+    return model.eval()
+
+
+def make_processor(tokenizer_json: Path, num_mel_bins: int) -> GlmAsrProcessor:
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), pad_token="<|endoftext|>", eos_token="<|endoftext|>")
+    return GlmAsrProcessor(WhisperFeatureExtractor(feature_size=num_mel_bins), tokenizer)
+
+
+def prepare_inputs(processor: GlmAsrProcessor, clips: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """The processor's tensors for the SPEC prompt, plus the position ids generation would use."""
+    batch = processor(text=[PROMPT] * len(clips), audio=clips, sampling_rate=16000)
+    mask = batch["attention_mask"]
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": mask,
+        "position_ids": (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1),  # as generate() computes them
+        "input_features": batch["input_features"],
+        "input_features_mask": batch["input_features_mask"],
+    }
+
+
+def run_stages(model: GlmAsrForConditionalGeneration, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every stage tensor of one forward pass, named as in conformance/stages.py."""
+    taps: dict[str, torch.Tensor] = {}
+    inner = model.model
+    hooks = []
+
+    def keep(name, index=None):  # noqa: ANN001, ANN202
+        def hook(module, args, kwargs, output=None):  # noqa: ANN001, ANN202
+            value = output if index is None else (args[0] if args else kwargs[index])
+            taps[name] = (value[0] if isinstance(value, tuple) else value).detach().clone()
+
+        return hook
+
+    def pre(module, name, kwarg):  # noqa: ANN001, ANN202
+        hooks.append(module.register_forward_pre_hook(keep(name, kwarg), with_kwargs=True))
+
+    def post(module, name):  # noqa: ANN001, ANN202
+        hooks.append(module.register_forward_hook(lambda m, a, k, o: keep(name)(m, a, k, o), with_kwargs=True))
+
+    tower, lm = inner.audio_tower, inner.language_model
+    pre(tower.conv2, "conv1", "input")  # GELU(conv1(x)) is what conv2 receives
+    pre(tower.layers[0], "conv2", "hidden_states")  # GELU(conv2(.)) transposed, what layer 0 receives
+    for i, layer in enumerate(tower.layers):
+        post(layer, f"encoder.layers.{i}")
+    post(tower.norm, "encoder.norm")
+    pre(inner.multi_modal_projector, "merged", "audio_features")
+    post(inner.multi_modal_projector, "projector")
+    pre(lm, "inputs_embeds", "inputs_embeds")
+    for i, layer in enumerate(lm.layers):
+        post(layer, f"decoder.layers.{i}")
+    post(lm.norm, "decoder.norm")
+    dtype = next(model.parameters()).dtype
+    try:
+        with torch.inference_mode():
+            out = model(
+                input_ids=inputs["input_ids"],
+                input_features=inputs["input_features"].to(dtype),
+                input_features_mask=inputs["input_features_mask"],
+                attention_mask=inputs["attention_mask"],
+                position_ids=inputs["position_ids"],
+                use_cache=False,
+            )
+    finally:
+        for h in hooks:
+            h.remove()
+    taps["mel"] = inputs["input_features"]
+    taps["logits"] = out.logits
+    return taps

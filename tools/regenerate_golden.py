@@ -1,0 +1,120 @@
+"""Regenerates golden/ from the reference implementation (transformers 5.24.0): `tox -e golden`.
+
+    python tools/regenerate_golden.py           # rewrite golden/ (atomically; a failed run changes nothing)
+    python tools/regenerate_golden.py --check   # regenerate in memory, compare byte for byte, write nothing
+
+Weights, audio and tokenizers are made by our own deterministic code (conformance/weights.py, cases.py,
+tokenizer_fixture.py); only the reference computes the expected tensors. One thread, so reductions run in
+the same order every time and two runs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import safetensors  # noqa: E402
+import tokenizers  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save  # noqa: E402
+
+from conformance import golden, reference  # noqa: E402
+from conformance.cases import BF16_CASES, CASES, MODELS, clips  # noqa: E402
+from conformance.stages import select, stages  # noqa: E402
+from conformance.tokenizer_fixture import build_bpe_tokenizer_json  # noqa: E402
+from conformance.tolerances import TABLE  # noqa: E402
+from conformance.weights import make_weights, save_checkpoint, weights_digest  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def build(work: Path) -> dict[str, bytes]:
+    """Every golden file, as relative path -> bytes."""
+    files: dict[str, bytes] = {}
+    manifest: dict = {
+        "format": 1,
+        "generated_by": "tools/regenerate_golden.py",
+        "provenance": {
+            "reference": "transformers GlmAsrForConditionalGeneration (attn_implementation=eager) fed by GlmAsrProcessor "
+            "with WhisperFeatureExtractor(feature_size=num_mel_bins)",
+            "transformers": reference.VERSION,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "safetensors": safetensors.__version__,
+            "tokenizers": tokenizers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "models": {},
+        "clips": {case: [golden.sha256(c.tobytes()) for c in clips(case)] for case in CASES},
+        "cases": {},
+        "tolerances": {"/".join(k): v.as_dict() for k, v in sorted(TABLE.items())},
+    }
+    for name, tiny in MODELS.items():
+        checkpoint = work / name
+        weights = make_weights(tiny.config, tiny.seed, tiny.residual_scale)
+        save_checkpoint(checkpoint, tiny.config, weights)
+        build_bpe_tokenizer_json(checkpoint / "tokenizer.json", tiny.n_base_tokens)
+        tokenizer_bytes = (checkpoint / "tokenizer.json").read_bytes()
+        files[f"{name}/tokenizer.json"] = tokenizer_bytes
+        manifest["models"][name] = {
+            "config": tiny.config.to_dict(),
+            "seed": tiny.seed,
+            "residual_scale": tiny.residual_scale,
+            "n_base_tokens": tiny.n_base_tokens,
+            "weights_sha256": weights_digest(weights),
+            "tokenizer": {"path": f"{name}/tokenizer.json", "sha256": golden.sha256(tokenizer_bytes)},
+        }
+        processor = reference.make_processor(checkpoint / "tokenizer.json", tiny.config.audio_config.num_mel_bins)
+        for dtype_name, dtype in DTYPES.items():
+            model = reference.load_reference(checkpoint, dtype)
+            for case in CASES if dtype_name == "fp32" else BF16_CASES:
+                inputs = reference.prepare_inputs(processor, clips(case))
+                taps = reference.run_stages(model, inputs)
+                tensors = {f"inputs.{k}": v.contiguous() for k, v in inputs.items() if k != "input_features"}
+                stage_info = {}
+                for stage in stages(tiny.config):
+                    kept = select(stage, taps[stage.name], inputs)
+                    tensors[stage.name] = kept
+                    full = stage.frame_axis is None or kept.shape[stage.frame_axis] == taps[stage.name].shape[stage.frame_axis]
+                    stage_info[stage.name] = {"shape": list(kept.shape), "stored_full": full}
+                data = save(tensors)
+                rel = f"{name}/{case}.{dtype_name}.safetensors"
+                files[rel] = data
+                manifest["cases"][f"{name}/{case}/{dtype_name}"] = {
+                    "model": name, "audio": case, "dtype": dtype_name, "path": rel,
+                    "sha256": golden.sha256(data), "stages": stage_info,
+                }
+                print(f"  {rel}: {len(data) / 1e6:.2f} MB", file=sys.stderr)
+    files[golden.MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    return files
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="regenerate in memory and compare with golden/; write nothing")
+    parser.add_argument("--root", type=Path, default=golden.ROOT, help="golden directory (default: %(default)s)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as work:
+        files = build(Path(work))
+    total = sum(len(d) for d in files.values())
+    if args.check:
+        diffs = golden.differences(args.root, files)
+        for line in diffs:
+            print(f"golden differs: {line}")
+        print(f"{len(files)} files, {total / 1e6:.1f} MB: " + ("byte-identical" if not diffs else f"{len(diffs)} differ"))
+        return 1 if diffs else 0
+    golden.write_tree(args.root, files)
+    print(f"wrote {len(files)} files, {total / 1e6:.1f} MB to {args.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
