@@ -59,8 +59,8 @@ MODELS = {
         TinyModel(
             "tiny_b",
             GlmAsrConfig(
-                AudioConfig(hidden_size=48, intermediate_size=192, num_hidden_layers=3, num_attention_heads=3,
-                            num_key_value_heads=3, num_mel_bins=80, rope_theta=5000.0, partial_rotary_factor=0.5),
+                AudioConfig(hidden_size=24, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
+                            num_key_value_heads=2, num_mel_bins=80, rope_theta=5000.0, partial_rotary_factor=0.5),
                 TextConfig(vocab_size=384, hidden_size=40, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
                            num_key_value_heads=4, head_dim=16, rms_norm_eps=1e-6, rope_theta=50000.0, eos_token_id=_eos(360)),
                 audio_token_id=_special(360, "<|pad|>"),

@@ -85,15 +85,16 @@ def run_case(case_id: str, device: str = "cpu", root: Path = golden.ROOT, manife
 def format_table(rows: list[Row]) -> str:
     def limit(t: Tolerance) -> str:
         parts = [f"abs<={t.max_abs:g}" if t.max_abs is not None else "", f"rel<={t.max_rel:g}" if t.max_rel is not None else "",
-                 f"nmse<={t.nmse:g}" if t.nmse is not None else "", f"cos>=1-{1 - t.min_cos:.0e}" if t.min_cos is not None else ""]
+                 f"nmse<={t.nmse:g}" if t.nmse is not None else "", f"1-cos<={1 - t.min_cos:.0e}" if t.min_cos is not None else ""]
         return " ".join(p for p in parts if p)
 
-    header = f"{'case':26} {'mode':8} {'stage':18} {'shape':18} {'max abs':>9} {'NMSE':>9} {'min cos':>14} {'tolerance':44} verdict"
+    header = (f"{'case':24} {'mode':8} {'stage':17} {'shape':16} {'max abs':>8} {'max rel':>8} {'NMSE':>8} "
+              f"{'1-min cos':>9}  {'tolerance':42} verdict")
     lines = [header, "-" * len(header)]
     for r in rows:
         m = r.metrics
         lines.append(
-            f"{r.case:26} {r.mode:8} {r.stage:18} {str(list(r.shape)):18} {m.max_abs:9.2e} {m.nmse:9.2e} {m.min_cos:14.11f} "
-            f"{limit(r.tolerance):44} {'ok' if r.ok else 'FAIL: ' + '; '.join(r.failures)}"
+            f"{r.case:24} {r.mode:8} {r.stage:17} {'x'.join(map(str, r.shape)):16} {m.max_abs:8.1e} {m.max_rel:8.1e} "
+            f"{m.nmse:8.1e} {1 - m.min_cos:9.1e}  {limit(r.tolerance):42} {'ok' if r.ok else 'FAIL: ' + '; '.join(r.failures)}"
         )
     return "\n".join(lines)
