@@ -23,7 +23,10 @@ from transformers import (  # noqa: E402
     WhisperFeatureExtractor,
 )
 
+from glm_asr.config import GlmAsrConfig  # noqa: E402
+
 from .cases import PROMPT  # noqa: E402
+from .stages import select, stages  # noqa: E402
 
 VERSION = transformers.__version__
 
@@ -99,3 +102,38 @@ def run_stages(model: GlmAsrForConditionalGeneration, inputs: dict[str, torch.Te
     taps["mel"] = inputs["input_features"]
     taps["logits"] = out.logits
     return taps
+
+
+def generate(
+    model: GlmAsrForConditionalGeneration, inputs: dict[str, torch.Tensor], max_new_tokens: int, eos: list[int] | None = None
+) -> torch.Tensor:
+    """The reference's greedy continuation (B, n), eos ids and padding as generate() returns them."""
+    eos = eos or list(model.config.text_config.eos_token_id)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            input_features=inputs["input_features"],
+            input_features_mask=inputs["input_features_mask"],
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=eos[0],
+        )
+    return out[:, inputs["input_ids"].shape[1] :].contiguous()
+
+
+def case_tensors(
+    model: GlmAsrForConditionalGeneration, inputs: dict[str, torch.Tensor], config: GlmAsrConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """What a golden file holds for one case: the processor's inputs (`inputs.*`) and every stage cut by
+    `select`, plus per stage its stored shape and whether it was stored uncropped."""
+    taps = run_stages(model, inputs)
+    tensors = {f"inputs.{k}": v.contiguous() for k, v in inputs.items() if k != "input_features"}
+    info = {}
+    for stage in stages(config):
+        kept = select(stage, taps[stage.name], inputs)
+        tensors[stage.name] = kept
+        full = stage.frame_axis is None or kept.shape[stage.frame_axis] == taps[stage.name].shape[stage.frame_axis]
+        info[stage.name] = {"shape": list(kept.shape), "stored_full": full}
+    return tensors, info

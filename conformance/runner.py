@@ -55,25 +55,34 @@ def tiny_model(name: str, dtype: str, device: str, weights_sha256: str) -> GlmAs
 
 
 def run_case(case_id: str, device: str = "cpu", root: Path = golden.ROOT, manifest: dict | None = None) -> list[Row]:
+    """A stored golden case: our model against the reference tensors in golden/."""
     manifest = manifest or golden.load_manifest(root)
     entry = manifest["cases"][case_id]
     name, dtype = entry["model"], entry["dtype"]
     model = tiny_model(name, dtype, device, manifest["models"][name]["weights_sha256"])
     stored = golden.load_case(root, entry)
-    inputs = {k.removeprefix("inputs."): v for k, v in stored.items() if k.startswith("inputs.")}
-    on_device = {k: v.to(device) for k, v in stored.items()}
-    stage_list = stages(model.config)
-    chained = run_chained(model, clips(entry["audio"]), {k: v.to(device) for k, v in inputs.items()})
-    mask_ok = torch.equal(chained.pop("input_features_mask").cpu(), inputs["input_features_mask"].to(torch.int32))
     full = {s: info["stored_full"] for s, info in entry["stages"].items()}
-    isolated = run_isolated(model, on_device, full, stage_list)
+    return compare_stages(case_id, model, clips(entry["audio"]), stored, full, dtype)
+
+
+def compare_stages(
+    case_id: str, model: GlmAsrModel, audio: list, reference: dict[str, torch.Tensor], full: dict[str, bool], dtype: str
+) -> list[Row]:
+    """Every stage of our model, chained and isolated, against reference tensors already cut by `select`;
+    `reference` also holds the reference processor's tensors as `inputs.*`."""
+    device = next(model.parameters()).device
+    inputs = {k.removeprefix("inputs."): v for k, v in reference.items() if k.startswith("inputs.")}
+    stage_list = stages(model.config)
+    chained = run_chained(model, audio, {k: v.to(device) for k, v in inputs.items()})
+    mask_ok = torch.equal(chained.pop("input_features_mask").cpu(), inputs["input_features_mask"].to(torch.int32))
+    isolated = run_isolated(model, {k: v.to(device) for k, v in reference.items()}, full, stage_list)
     rows = []
     for mode, produced in (("chained", chained), ("isolated", isolated)):
         for stage in stage_list:
             if stage.name not in produced:
                 continue
             tol = tolerance(stage.name, dtype, mode)
-            ref = stored[stage.name]
+            ref = reference[stage.name]
             metrics = measure(select(stage, produced[stage.name], inputs), ref, stage.feature_axis)
             problems = failures(metrics, tol)
             if stage.name == "mel" and not mask_ok:

@@ -26,12 +26,12 @@ from safetensors.torch import save  # noqa: E402
 
 from conformance import golden, reference  # noqa: E402
 from conformance.cases import BF16_CASES, CASES, MODELS, clips  # noqa: E402
-from conformance.stages import select, stages  # noqa: E402
 from conformance.tokenizer_fixture import build_bpe_tokenizer_json  # noqa: E402
 from conformance.tolerances import TABLE  # noqa: E402
 from conformance.weights import make_weights, save_checkpoint, weights_digest  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+GENERATE_TOKENS = 24  # greedy tokens stored per fp32 case; random weights rarely say eos, so this is the length
 
 
 def build(work: Path) -> dict[str, bytes]:
@@ -50,6 +50,7 @@ def build(work: Path) -> dict[str, bytes]:
             "tokenizers": tokenizers.__version__,
             "torch_threads": torch.get_num_threads(),
         },
+        "generate": {"max_new_tokens": GENERATE_TOKENS, "do_sample": False},
         "models": {},
         "clips": {case: [golden.sha256(c.tobytes()) for c in clips(case)] for case in CASES},
         "cases": {},
@@ -75,14 +76,16 @@ def build(work: Path) -> dict[str, bytes]:
             model = reference.load_reference(checkpoint, dtype)
             for case in CASES if dtype_name == "fp32" else BF16_CASES:
                 inputs = reference.prepare_inputs(processor, clips(case))
-                taps = reference.run_stages(model, inputs)
-                tensors = {f"inputs.{k}": v.contiguous() for k, v in inputs.items() if k != "input_features"}
-                stage_info = {}
-                for stage in stages(tiny.config):
-                    kept = select(stage, taps[stage.name], inputs)
-                    tensors[stage.name] = kept
-                    full = stage.frame_axis is None or kept.shape[stage.frame_axis] == taps[stage.name].shape[stage.frame_axis]
-                    stage_info[stage.name] = {"shape": list(kept.shape), "stored_full": full}
+                tensors, stage_info = reference.case_tensors(model, inputs, tiny.config)
+                if dtype_name == "fp32":
+                    generated = reference.generate(model, inputs, GENERATE_TOKENS)
+                    tensors["generated_ids"] = generated
+                    if generated.shape[0] > 1:
+                        # One row stops early (a token it says third made an eos id) while the other goes on:
+                        # the finished row must be padded, as random weights never say eos by themselves.
+                        eos = torch.tensor([*tiny.config.text_config.eos_token_id, int(generated[1, 2])])
+                        tensors["early_stop.eos_token_id"] = eos
+                        tensors["early_stop.generated_ids"] = reference.generate(model, inputs, GENERATE_TOKENS, eos.tolist())
                 data = save(tensors)
                 rel = f"{name}/{case}.{dtype_name}.safetensors"
                 files[rel] = data

@@ -1,0 +1,43 @@
+"""tox -e slow: the full-size architecture with deterministic random weights, one 30 s window, every stage
+against transformers. Needs about 10 GB of memory and a few minutes on 2 cores."""
+
+import gc
+
+import pytest
+import torch
+
+from conformance import runner
+from conformance.cases import _speech_like
+from conformance.weights import make_weights, save_checkpoint
+from glm_asr import GlmAsrConfig, load_model
+from glm_asr.presets import synthetic_tokenizer_json
+
+pytestmark = pytest.mark.slow
+reference = pytest.importorskip("conformance.reference", reason="transformers is not installed (tox -e slow)")
+
+
+def test_full_size_every_stage_against_transformers(tmp_path):
+    import json
+
+    config = GlmAsrConfig()
+    # bf16 on disk halves the checkpoint; both sides load it as fp32.
+    weights = {k: v.to(torch.bfloat16) for k, v in make_weights(config, seed=3).items()}
+    save_checkpoint(tmp_path, config, weights, dtype=torch.bfloat16)
+    del weights
+    (tmp_path / "tokenizer.json").write_text(json.dumps(synthetic_tokenizer_json()))
+    clip = _speech_like(30.0, seed=21).astype("float32")  # exactly one full window: every stage stored whole
+
+    processor = reference.make_processor(tmp_path / "tokenizer.json", 128)
+    inputs = reference.prepare_inputs(processor, [clip])
+    ref_model = reference.load_reference(tmp_path, torch.float32)
+    tensors, info = reference.case_tensors(ref_model, inputs, config)
+    del ref_model
+    gc.collect()
+
+    ours = load_model(tmp_path, dtype=torch.float32)
+    rows = runner.compare_stages("full/speech_30s/fp32", ours, [clip], tensors, {s: i["stored_full"] for s, i in info.items()}, "fp32")
+    print("\n" + runner.format_table(rows))
+    assert {r.stage for r in rows if r.mode == "chained"} >= {"mel", "encoder.layers.31", "decoder.layers.27", "logits"}
+    assert all(info[s]["stored_full"] for s in ("mel", "conv1", "conv2", "encoder.layers.0"))
+    failed = [r for r in rows if not r.ok]
+    assert not failed, "\n" + runner.format_table(failed)
