@@ -1,0 +1,69 @@
+"""Greedy decoding against the reference's generate(do_sample=False) ids stored in the goldens."""
+
+import pytest
+import torch
+
+from conformance import golden, runner
+from conformance.cases import clips
+from conformance.ours import features
+from glm_asr.generate import greedy_generate, prompt_positions
+
+MANIFEST = golden.load_manifest()
+FP32_CASES = sorted(c for c in MANIFEST["cases"] if c.endswith("/fp32"))
+MAX_NEW = MANIFEST["generate"]["max_new_tokens"]
+
+
+def setup(case_id: str):  # noqa: ANN201
+    entry = MANIFEST["cases"][case_id]
+    model = runner.tiny_model(entry["model"], "fp32", "cpu", MANIFEST["models"][entry["model"]]["weights_sha256"])
+    stored = golden.load_case(golden.ROOT, entry)
+    mel, mask = features(clips(entry["audio"]), model.config.audio_config.num_mel_bins)
+    return model, stored, (stored["inputs.input_ids"], stored["inputs.attention_mask"], mel, mask)
+
+
+@pytest.mark.parametrize("case_id", FP32_CASES)
+def test_greedy_ids_equal_the_reference(case_id):
+    model, stored, inputs = setup(case_id)
+    assert torch.equal(greedy_generate(model, *inputs, max_new_tokens=MAX_NEW), stored["generated_ids"])
+
+
+@pytest.mark.parametrize("case_id", [c for c in FP32_CASES if "/batch/" in c])
+def test_a_finished_row_is_padded_while_the_other_goes_on(case_id):
+    model, stored, inputs = setup(case_id)
+    eos = tuple(stored["early_stop.eos_token_id"].tolist())
+    assert torch.equal(greedy_generate(model, *inputs, max_new_tokens=MAX_NEW, eos_token_id=eos), stored["early_stop.generated_ids"])
+
+
+@pytest.mark.parametrize("case_id", ["tiny_b/batch/fp32", "tiny_b/over_30s/fp32"])
+def test_cached_decoding_equals_recomputation(case_id):
+    model, _, inputs = setup(case_id)
+    cached = greedy_generate(model, *inputs, max_new_tokens=12)
+    assert torch.equal(cached, greedy_generate(model, *inputs, max_new_tokens=12, use_cache=False))
+
+
+def test_cache_step_logits_equal_full_recomputation():
+    """Not just the argmax: each cached step's logits equal the full forward's at that position."""
+    model, _, (ids, attn, mel, mask) = setup("tiny_b/batch/fp32")
+    new = greedy_generate(model, ids, attn, mel, mask, max_new_tokens=6)
+    full_ids = torch.cat([ids, new], dim=1)
+    full_attn = torch.cat([attn, torch.ones_like(new)], dim=1)
+    with torch.inference_mode():
+        full = model(full_ids, mel, mask, full_attn, prompt_positions(full_attn))
+        audio = model.embed_audio(mel, mask)
+        from glm_asr.decoder import KVCache
+
+        cache = KVCache.empty(model.config.text_config, 2, full_ids.shape[1], torch.float32, "cpu")
+        T = ids.shape[1]
+        positions = prompt_positions(full_attn)
+        step_logits = [model.decode(model.embed_prompt(ids, audio), positions[:, :T], full_attn[:, :T].bool(), cache, 0)[:, -1]]
+        for s in range(new.shape[1] - 1):
+            embeds = model.language_model.model.embed_tokens(new[:, s : s + 1])
+            step_logits.append(model.decode(embeds, positions[:, T + s : T + s + 1], full_attn[:, : T + s + 1].bool(), cache, T + s)[:, -1])
+    expected = full[:, T - 1 : -1]
+    torch.testing.assert_close(torch.stack(step_logits, dim=1), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_max_new_tokens_must_be_positive():
+    model, _, inputs = setup("tiny_a/tone/fp32")
+    with pytest.raises(ValueError, match="max_new_tokens=0"):
+        greedy_generate(model, *inputs, max_new_tokens=0)
