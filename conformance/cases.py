@@ -13,14 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from glm_asr.config import AudioConfig, GlmAsrConfig, TextConfig
+from glm_asr.presets import SPECIAL_TOKENS
 
 SR = 16000
-# The 18 GLM special tokens in id order; the real model puts them at 59246..59263.
-SPECIAL_TOKENS = [
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
-    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
-    "<|pad|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|reserved_0|>",
-]
+# The reference's input text, written out from SPEC on purpose rather than taken from glm_asr/processor.py:
+# the processor tests compare our ids with the ids the reference makes from this text.
 PROMPT = "<|user|>\n<|begin_of_audio|><|pad|><|end_of_audio|><|user|>\nPlease transcribe this audio into text<|assistant|>\n"
 
 

@@ -37,6 +37,81 @@ def _conformance(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from . import capture
+    from .generate import greedy_generate
+    from .presets import demo_clip, human, parameter_count
+    from .transcribe import load_model_and_processor
+
+    started = time.perf_counter()
+    model, processor = load_model_and_processor(None, random_preset=args.preset, dtype=getattr(torch, DTYPES[args.dtype]))
+    loaded = time.perf_counter()
+    print(f"glm-asr demo: random {args.preset} model ({args.dtype}), synthetic tokenizer, bundled synthetic clip; no download")
+    for name, module in model.named_children():
+        print(f"  {name:22} {parameter_count(module):>14,} parameters")
+    print(f"  {'total':22} {parameter_count(model):>14,} ({human(parameter_count(model))}; the released model: 2,136,470,528)")
+    clip = demo_clip()
+    batch = processor([clip])
+    with torch.inference_mode(), capture() as taps:  # one forward pass over the prompt, every stage recorded
+        model(batch.input_ids, batch.input_features, batch.input_features_mask, batch.attention_mask)
+    ids = greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
+                          max_new_tokens=args.max_new_tokens)
+    done = time.perf_counter()
+    taps = {"mel": batch.input_features, "input_ids": batch.input_ids, **taps}
+    print(f"stages for {clip.shape[0] / 16000:.1f} s of audio:")
+    for name, tensor in taps.items():
+        if not name.startswith(("encoder.layers.", "decoder.layers.")) or name.endswith(".0"):
+            print(f"  {name:22} {' x '.join(map(str, tensor.shape))}")
+    layers = sum(n.startswith(("encoder.layers.", "decoder.layers.")) for n in taps)
+    print(f"  ({layers} encoder and decoder layers in all; .0 of each shown)")
+    print(f"greedy decoding, KV cache, {ids.shape[1]} tokens: {processor.decode(ids[0])!r}")
+    print(f"(meaningless: the weights are random) load {loaded - started:.2f} s, run {done - loaded:.2f} s")
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .audio_io import AudioError
+    from .transcribe import load_model_and_processor, transcribe_detailed
+
+    model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
+                                                random_preset=args.random)
+    failed, records = 0, []
+    show_progress = sys.stderr.isatty() and len(args.files) > 1
+    for n, path in enumerate(args.files, 1):
+        if show_progress:
+            print(f"[{n}/{len(args.files)}] {path}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        try:
+            result = transcribe_detailed(model, processor, path, max_new_tokens=args.max_new_tokens,
+                                         chunked=True if args.chunked else None)[0]
+        except (AudioError, OSError) as e:
+            failed += 1
+            print(f"glm-asr: error: {e}", file=sys.stderr)
+            continue
+        wall = time.perf_counter() - started
+        if args.json:
+            records.append({"file": str(path), "text": result.text, "audio_seconds": result.audio_seconds,
+                            "wall_seconds": wall, "real_time_factor": wall / max(result.audio_seconds, 1e-9),
+                            "segments": [s.__dict__ for s in result.segments]})
+        else:
+            print(f"{path}\t{result.text}", flush=True)
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False, indent=2))
+    return 2 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-asr", description="GLM-ASR-Nano-2512 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--case", default="", help="only cases whose id contains this text, e.g. tiny_a/ or /bf16")
     conf.add_argument("--failures-only", action="store_true", help="print only the failing rows")
     conf.set_defaults(run=_conformance)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on random weights and a bundled clip, in seconds")
+    demo.add_argument("--preset", default="small", choices=["small", "full"])
+    demo.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    demo.add_argument("--max-new-tokens", type=int, default=16)
+    demo.set_defaults(run=_demo)
+
+    tr = sub.add_parser("transcribe", help="transcribe WAV files: one line per file, or --json")
+    tr.add_argument("files", nargs="+", type=Path)
+    tr.add_argument("--model", type=Path, default=None, help="checkpoint folder (config.json, model.safetensors, tokenizer.json); default: random weights")
+    tr.add_argument("--random", default="small", choices=["small", "full"], help="random preset when --model is not given")
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    tr.add_argument("--max-new-tokens", type=int, default=500)
+    tr.add_argument("--chunked", action="store_true", help="transcribe every 30 s window on its own, with per-window segments")
+    tr.add_argument("--json", action="store_true", help="print JSON: text, segments, audio seconds, wall time, real-time factor")
+    tr.set_defaults(run=_transcribe)
     return parser
 
 

@@ -1,5 +1,5 @@
 """tox -e slow: the full-size architecture with deterministic random weights, one 30 s window, every stage
-against transformers. Needs about 10 GB of memory and a few minutes on 2 cores."""
+against transformers. Peak RSS 17.2 GB, about 8 minutes on 2 cores."""
 
 import gc
 

@@ -1,0 +1,131 @@
+"""The user-facing API: load a model and its processor, transcribe audio."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import CHUNK_SECONDS, SAMPLING_RATE, split_windows
+from .audio_io import AudioError, load_audio, to_mono_16k
+from .generate import greedy_generate
+from .loader import load_model
+from .model import GlmAsrModel
+from .presets import random_model, synthetic_tokenizer
+from .processor import MAX_WINDOWS, Processor
+
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Segment:
+    start: float  # seconds
+    end: float
+    text: str
+
+
+@dataclass
+class Transcription:
+    text: str
+    audio_seconds: float
+    segments: list[Segment] = field(default_factory=list)
+
+
+def load_model_and_processor(
+    model_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    random_preset: str = "small",
+) -> tuple[GlmAsrModel, Processor]:
+    """A checkpoint directory (config.json, safetensors, tokenizer.json), or with `model_path=None` random
+    weights of a preset (`small`, or `full` = the released size) and a synthetic tokenizer."""
+    if model_path is None:
+        model = random_model(random_preset, dtype=dtype, device=device)
+        return model, Processor(synthetic_tokenizer(), model.config.audio_config.num_mel_bins, "synthetic tokenizer")
+    directory = Path(model_path)
+    if not (directory / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{directory}: no tokenizer.json; expected a model folder with config.json, model.safetensors and tokenizer.json")
+    model = load_model(directory, dtype=dtype, device=device)
+    return model, Processor.from_dir(directory, model.config.audio_config.num_mel_bins)
+
+
+def read_audio(item: AudioInput) -> np.ndarray:
+    """A path (WAV) or 16 kHz samples (1-D, or (samples, channels)) as float32 mono 16 kHz."""
+    if isinstance(item, (str, os.PathLike)):
+        return load_audio(item)
+    samples = item.detach().cpu().numpy() if isinstance(item, torch.Tensor) else np.asarray(item)
+    if not np.issubdtype(samples.dtype, np.floating):
+        raise AudioError(f"audio array of dtype {samples.dtype}: expected float samples in [-1, 1] at 16 kHz")
+    return to_mono_16k(samples, SAMPLING_RATE, "audio array")
+
+
+def _join(pieces: list[str]) -> str:
+    """Window texts joined with a space, except between CJK characters, which use none."""
+    out = ""
+    for piece in (p.strip() for p in pieces):
+        if not piece:
+            continue
+        cjk = out and ("\u3000" <= out[-1] <= "\u9fff" or "\u3000" <= piece[0] <= "\u9fff")
+        out += piece if not out or cjk else " " + piece
+    return out
+
+
+def transcribe_detailed(
+    model: GlmAsrModel,
+    processor: Processor,
+    audio: AudioInput | list[AudioInput],
+    *,
+    max_new_tokens: int = 500,
+    chunked: bool | None = None,
+    batch_size: int = 8,
+) -> list[Transcription]:
+    """Like `transcribe`, with segments and durations. `chunked=None` chunks only audio longer than the
+    reference's limit (21 windows, 630 s); `True` transcribes every 30 s window on its own (batched)."""
+    items = audio if isinstance(audio, list) else [audio]
+    samples = [read_audio(a) for a in items]
+    device = next(model.parameters()).device
+    results = []
+    for clip in samples:
+        seconds = clip.shape[0] / SAMPLING_RATE
+        windows = split_windows(torch.from_numpy(clip))
+        if chunked or (chunked is None and len(windows) > MAX_WINDOWS):
+            texts = _generate(model, processor, [w.numpy() for w in windows], max_new_tokens, batch_size, device)
+            segments = [Segment(i * CHUNK_SECONDS, min((i + 1) * CHUNK_SECONDS, seconds), t) for i, t in enumerate(texts)]
+            results.append(Transcription(_join(texts), seconds, segments))
+        else:
+            results.append(Transcription("", seconds))
+    whole = [i for i, r in enumerate(results) if not r.segments]
+    texts = _generate(model, processor, [samples[i] for i in whole], max_new_tokens, batch_size, device)
+    for i, text in zip(whole, texts):
+        results[i].text = text
+        results[i].segments = [Segment(0.0, results[i].audio_seconds, text)]
+    return results
+
+
+def transcribe(
+    model: GlmAsrModel,
+    processor: Processor,
+    audio: AudioInput | list[AudioInput],
+    *,
+    max_new_tokens: int = 500,
+    chunked: bool | None = None,
+    batch_size: int = 8,
+) -> list[str]:
+    """One transcript per input: a WAV path, 16 kHz float samples, or a list of them."""
+    return [t.text for t in transcribe_detailed(model, processor, audio, max_new_tokens=max_new_tokens, chunked=chunked, batch_size=batch_size)]
+
+
+def _generate(model: GlmAsrModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
+    texts = []
+    for start in range(0, len(clips), batch_size):
+        batch = processor(clips[start : start + batch_size]).to(device)
+        ids = greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
+                              max_new_tokens=max_new_tokens)
+        texts += [processor.decode(row) for row in ids.cpu()]
+    return texts
+
+
