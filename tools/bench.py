@@ -1,0 +1,306 @@
+"""Speed and memory of glm-asr against transformers and against this machine's limits.
+
+    python tools/bench.py                          # every system available here, full size, prints a table
+    python tools/bench.py --json bench.json        # and one record per system and dtype
+    python tools/bench.py --smoke                  # small preset, one repetition: what CI runs
+
+One deterministic random full-size checkpoint (release layout, bf16 safetensors, the synthetic GLM-size
+tokenizer) is made once into --cache. Each system and dtype runs in a fresh process on the same 30 s clip:
+load (wall time, peak RSS), audio encoder + projector per 30 s window, prefill of the prompt, decode ms per
+token over --decode-tokens steps (eos ignored: the weights are random), end-to-end real-time factor for a
+30 s clip and 100 tokens. Medians of --reps repetitions. The machine's memory bandwidth and matmul FLOP/s
+are measured in the same run, and decode and encoder times are reported against them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SYSTEMS = ["ours", "transformers"]
+NEVER = -1  # an eos id no token has: decoding runs the full length
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM), which includes memory-mapped file pages it touched."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def median_time(fn, reps: int) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the checkpoint
+
+
+def make_checkpoint(directory: Path, preset: str) -> Path:
+    """Writes config.json, model.safetensors (bf16, release layout, lm_head left out as tied) and
+    tokenizer.json once; later runs reuse it."""
+    import torch
+    from safetensors.torch import save_file
+
+    from conformance.tokenizer_fixture import build_bpe_tokenizer_json
+    from glm_asr.presets import FIRST_SPECIAL_ID, PRESETS, random_model
+
+    if (directory / "model.safetensors").exists():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    model = random_model(preset, dtype=torch.bfloat16, seed=1234)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "language_model.lm_head.weight"}
+    (directory / "config.json").write_text(json.dumps(PRESETS[preset].to_dict(), indent=2))
+    build_bpe_tokenizer_json(directory / "tokenizer.json", FIRST_SPECIAL_ID)
+    save_file(state, directory / "model.safetensors.tmp")
+    (directory / "model.safetensors.tmp").rename(directory / "model.safetensors")
+    return directory
+
+
+def clip_30s():  # noqa: ANN201
+    from conformance.cases import _speech_like
+
+    return _speech_like(30.0, seed=5).astype("float32")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one system in one process
+
+
+def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tokens: int) -> dict:
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    torch.manual_seed(0)
+    if system == "transformers":  # its import is not part of the load time, as ours is imported above
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import transformers  # noqa: F401
+    load = _ours if system == "ours" else _transformers
+    start = time.perf_counter()
+    run = load(checkpoint, dtype)
+    load_s = time.perf_counter() - start
+    load_rss = peak_rss_bytes()
+
+    from glm_asr import Processor
+
+    processor = Processor.from_dir(checkpoint)
+    batch = processor([clip_30s()])
+    features = batch.input_features.to(dtype)
+    with torch.inference_mode():
+        encoder_s = median_time(lambda: run["audio"](features, batch.input_features_mask), reps)
+        prefill_s = median_time(lambda: run["generate"](batch, 1), reps)
+        generate_s = median_time(lambda: run["generate"](batch, decode_tokens + 1), max(1, reps // 2))
+        decode_ms = (generate_s - prefill_s) / decode_tokens * 1e3
+        # End to end: features from the raw samples, the audio path, prefill and 100 generated tokens.
+        audio = clip_30s()
+
+        def end_to_end() -> None:
+            run["generate"](processor([audio]), 100)
+
+        e2e_s = median_time(end_to_end, 1)
+    return {
+        "system": system,
+        "dtype": dtype_name,
+        "threads": torch.get_num_threads(),
+        "load_s": load_s,
+        "load_peak_rss_bytes": load_rss,
+        "encoder_s_per_window": encoder_s,
+        "prompt_tokens": int(batch.input_ids.shape[1]),
+        "prefill_s": prefill_s - encoder_s,  # generate(1 token) minus its audio path
+        "decode_ms_per_token": decode_ms,
+        "rtf_30s_100tok": e2e_s / 30.0,
+    }
+
+
+from glm_asr import load_model  # noqa: E402
+from glm_asr.generate import greedy_generate  # noqa: E402
+
+
+def _ours(checkpoint: Path, dtype) -> dict:  # noqa: ANN001
+    model = load_model(checkpoint, dtype=dtype)
+
+    def generate(batch, n: int):  # noqa: ANN001, ANN202
+        return greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
+                               max_new_tokens=n, eos_token_id=(NEVER,))
+
+    return {"audio": model.embed_audio, "generate": generate}
+
+
+def _transformers(checkpoint: Path, dtype) -> dict:  # noqa: ANN001
+    from transformers import GlmAsrForConditionalGeneration
+
+    model = GlmAsrForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype).eval()
+
+    def generate(batch, n: int):  # noqa: ANN001, ANN202
+        return model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              input_features=batch.input_features.to(dtype), input_features_mask=batch.input_features_mask,
+                              do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=[NEVER], pad_token_id=0)
+
+    def audio(features, mask):  # noqa: ANN001, ANN202
+        return model.get_audio_features(features, mask).pooler_output
+
+    return {"audio": audio, "generate": generate}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# this machine's limits
+
+
+def machine_limits(size_mb: int = 1024) -> dict:
+    """Memory bandwidth (GB/s, a large fp32 matrix-vector product: the decode access pattern) and matmul
+    GFLOP/s per dtype (a 512-token linear layer 2048 -> 2048, the shape models run), at the benchmarks' threads."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = size_mb * 2**20 // 4 // 4096
+    weight = torch.randn(rows, 4096)
+    vector = torch.randn(1, 4096)
+    F.linear(vector, weight)
+    seconds = median_time(lambda: F.linear(vector, weight), 7)
+    result = {"bandwidth_gbs": weight.numel() * 4 / seconds / 1e9, "threads": torch.get_num_threads()}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        x, w = torch.randn(1, 512, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        F.linear(x, w)
+        seconds = median_time(lambda: F.linear(x, w), 3)
+        result[f"matmul_gflops_{name}"] = 2 * 512 * 2048 * 2048 / seconds / 1e9
+    return result
+
+
+def model_costs(preset: str, prompt_tokens: int) -> dict:
+    """Bytes read per decoded token (every decoder weight and the LM head once) and encoder FLOPs per window."""
+    from glm_asr.presets import PRESETS
+
+    c = PRESETS[preset]
+    a, t = c.audio_config, c.text_config
+    frames = 1500
+    layer = 4 * a.hidden_size * a.hidden_size + 2 * a.hidden_size * a.intermediate_size  # q k v o, fc1 fc2
+    encoder_flops = 2 * frames * a.num_hidden_layers * layer + 2 * a.num_hidden_layers * 2 * frames * frames * a.hidden_size
+    encoder_flops += 2 * 3000 * 3 * a.num_mel_bins * a.hidden_size + 2 * frames * 3 * a.hidden_size**2  # convs
+    encoder_flops += 2 * 375 * (a.intermediate_size * 2 * t.hidden_size + 2 * t.hidden_size * t.hidden_size)  # projector
+    kv = t.num_key_value_heads * t.head_dim
+    per_layer = t.hidden_size * (t.num_attention_heads * t.head_dim * 2 + 2 * kv) + 3 * t.hidden_size * t.intermediate_size
+    decoder_params = t.num_hidden_layers * per_layer + t.vocab_size * t.hidden_size  # + the LM head
+    return {"decoder_params_per_token": decoder_params, "encoder_flops_per_window": encoder_flops}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the driver
+
+
+def tokenizer_speed(checkpoint: Path) -> dict:
+    """Encoding 1 MB of mixed English / Chinese text: ours against the tokenizers library."""
+    from glm_asr import Tokenizer
+
+    import random
+
+    rng = random.Random(0)  # varied text, so neither side lives off a cache of repeated words
+    words = "the of and to in is was for on that with as by at from speech audio model token window".split()
+    pieces = []
+    while sum(len(p.encode()) for p in pieces) < 1_000_000:
+        if rng.random() < 0.7:
+            pieces.append(" ".join(rng.choice(words) + str(rng.randrange(1000)) * (rng.random() < 0.1) for _ in range(12)) + ". ")
+        else:
+            pieces.append("".join(chr(rng.randrange(0x4E00, 0x9FA5)) for _ in range(12)) + "，")
+    text = "".join(pieces)
+    ours = Tokenizer.from_file(checkpoint / "tokenizer.json")
+    ours_s = median_time(lambda: ours.encode(text), 3)
+    record = {"tokenizer_bytes": len(text.encode()), "tokenizer_ours_s": ours_s}
+    try:
+        from tokenizers import Tokenizer as Reference
+    except ImportError:
+        return record
+    reference = Reference.from_file(str(checkpoint / "tokenizer.json"))
+    record["tokenizer_reference_s"] = median_time(lambda: reference.encode(text, add_special_tokens=False), 3)
+    record["tokenizer_ratio"] = ours_s / record["tokenizer_reference_s"]
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", default="ours,transformers")
+    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "glm-asr-bench")
+    parser.add_argument("--smoke", action="store_true", help="the small preset, one repetition, 16 tokens: a quick check that it runs")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--worker", nargs=2, metavar=("SYSTEM", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.checkpoint, args.reps, args.decode_tokens)))
+        return 0
+
+    preset = "small" if args.smoke else "full"
+    reps, decode_tokens = (1, 16) if args.smoke else (args.reps, args.decode_tokens)
+    checkpoint = make_checkpoint(args.cache / f"{preset}-bf16", preset)
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = sorted(set(systems) - set(SYSTEMS))
+    if unknown:
+        print(f"bench: unknown system {', '.join(unknown)}; expected some of {', '.join(SYSTEMS)}", file=sys.stderr)
+        return 2
+    limits = machine_limits(64 if args.smoke else 1024)
+    records = []
+    for system in systems:
+        for dtype in args.dtypes.split(","):
+            command = [sys.executable, __file__, "--worker", system, dtype, "--checkpoint", str(checkpoint),
+                       "--reps", str(reps), "--decode-tokens", str(decode_tokens)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                print(f"bench: {system} {dtype} skipped: {reason}", file=sys.stderr)
+                continue
+            record = json.loads(done.stdout.strip().splitlines()[-1])
+            costs = model_costs(preset, record["prompt_tokens"])
+            bytes_per_token = costs["decoder_params_per_token"] * (4 if dtype == "fp32" else 2)
+            record.update(limits)
+            record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
+            record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
+            record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (limits[f"matmul_gflops_{dtype}"] * 1e9)
+            record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
+            record["matmul_gflops"] = limits[f"matmul_gflops_{dtype}"]
+            records.append(record)
+            print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
+    tokenizer = tokenizer_speed(checkpoint)
+    print_table(records, limits, tokenizer, preset)
+    if args.json:
+        args.json.write_text(json.dumps({"records": records, "machine": limits, "tokenizer": tokenizer}, indent=2) + "\n")
+    return 0
+
+
+def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str) -> None:
+    print(f"preset {preset}; machine: {limits['bandwidth_gbs']:.1f} GB/s matrix-vector bandwidth, "
+          f"{limits['matmul_gflops_fp32']:.0f} / {limits['matmul_gflops_bf16']:.0f} GFLOP/s fp32 / bf16 matmul, {limits['threads']} threads")
+    header = (f"{'system':13} {'dtype':5} {'load s':>7} {'load RSS GB':>11} {'audio s/win':>11} {'prefill s':>9} "
+              f"{'decode ms/tok':>13} {'(limit)':>8} {'RTF 30s+100':>11}")
+    print(header)
+    print("-" * len(header))
+    for r in records:
+        print(f"{r['system']:13} {r['dtype']:5} {r['load_s']:7.2f} {r['load_peak_rss_bytes'] / 1e9:11.2f} "
+              f"{r['encoder_s_per_window']:11.2f} {r['prefill_s']:9.2f} {r['decode_ms_per_token']:13.1f} "
+              f"{r['decode_limit_ms_per_token']:8.1f} {r['rtf_30s_100tok']:11.3f}")
+    if "tokenizer_ratio" in tokenizer:
+        print(f"tokenizer, {tokenizer['tokenizer_bytes'] / 1e6:.1f} MB of text: ours {tokenizer['tokenizer_ours_s']:.2f} s, "
+              f"tokenizers {tokenizer['tokenizer_reference_s']:.2f} s ({tokenizer['tokenizer_ratio']:.1f}x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
