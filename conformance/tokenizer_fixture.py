@@ -11,11 +11,9 @@ import json
 import os
 import random
 
-GLM_SPECIAL_TOKENS: list[str] = [
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
-    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
-    "<|pad|>", "<|begin_of_audio|>", "<|end_of_audio|>", "<|reserved_0|>",
-]
+from glm_asr.presets import SPECIAL_TOKENS
+
+GLM_SPECIAL_TOKENS: list[str] = SPECIAL_TOKENS  # in id order; the real model puts them at 59246..59263
 GLM_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                      r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 

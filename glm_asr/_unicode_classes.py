@@ -115,7 +115,9 @@ _PROPERTY = re.compile(r"\\([pP])\{(\^?)([^}]*)\}")
 
 def _escape_ranges(pattern: str, i: int) -> tuple[list[tuple[int, int]] | None, int]:
     """The ranges that the class escape at pattern[i] ('\\p{..}', '\\s', '\\d', ...) stands for, and its end."""
-    c = pattern[i + 1] if i + 1 < len(pattern) else ""
+    c = pattern[i + 1: i + 2]
+    if not c:
+        raise ValueError("pattern ends in a lone backslash")
     if c in "pP":
         m = _PROPERTY.match(pattern, i)
         if not m:
