@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
-from .config import GlmAsrConfig
+from .config import AudioConfig, GlmAsrConfig
 from .model import GlmAsrModel
+from .safetensors_io import read_header, read_tensor
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -80,10 +81,12 @@ def rename_keys(keys: list[str], layout: str, source: str) -> dict[str, str | No
     return renamed
 
 
-def _permute_rope_rows(tensor: torch.Tensor, num_heads: int, head_dim: int, rotary_dim: int) -> torch.Tensor:
+def _permute_rope_rows(tensor: torch.Tensor, audio: AudioConfig, is_query: bool) -> torch.Tensor:
     """Interleaved RoPE rows (pairs 2i, 2i+1) -> rotate-half rows (pairs i, i + R/2), per head."""
-    order = list(range(0, rotary_dim, 2)) + list(range(1, rotary_dim, 2)) + list(range(rotary_dim, head_dim))
-    rows = tensor.reshape(num_heads, head_dim, *tensor.shape[1:])
+    heads = audio.num_attention_heads if is_query else audio.num_key_value_heads
+    R, Dh = audio.rotary_dim, audio.head_dim
+    order = list(range(0, R, 2)) + list(range(1, R, 2)) + list(range(R, Dh))
+    rows = tensor.reshape(heads, Dh, *tensor.shape[1:])
     return rows[:, order].reshape(tensor.shape)
 
 
@@ -91,8 +94,7 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
     """Key -> file for a single model.safetensors or a model.safetensors.index.json shard map."""
     single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
     if single.exists():
-        with safe_open(single, framework="pt") as f:
-            return {k: single for k in f.keys()}
+        return {k: single for k in _header(single)}
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
@@ -131,22 +133,22 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
         problems.append(f"unexpected {_listing(unexpected)}")
 
     state: dict[str, torch.Tensor] = {}
-    handles = {f: safe_open(f, framework="pt") for f in set(files.values())}
-    audio = config.audio_config
-    for ours, key in sorted(targets.items()):
-        if ours not in expected:
-            continue
-        tensor = handles[files[key]].get_tensor(key)
-        if tuple(tensor.shape) != tuple(expected[ours]):
-            problems.append(f"{key}: shape {tuple(tensor.shape)}, expected {tuple(expected[ours])}")
-            continue
-        if tensor.dtype not in FLOAT_DTYPES:
-            problems.append(f"{key}: dtype {tensor.dtype}, expected a float tensor")
-            continue
-        if layout == "original" and _ORIGINAL_ROPE_ROWS.match(ours):
-            heads = audio.num_attention_heads if ".q_proj." in ours else audio.num_key_value_heads
-            tensor = _permute_rope_rows(tensor, heads, audio.head_dim, audio.rotary_dim)
-        state[ours] = tensor.to(device=device, dtype=dtype)
+    headers = {f: _header(f) for f in set(files.values())}
+    with ExitStack() as stack:
+        handles = {f: stack.enter_context(open(f, "rb")) for f in headers}
+        for ours, key in sorted(targets.items()):
+            if ours not in expected:
+                continue
+            if key not in headers[files[key]]:
+                problems.append(f"{key}: listed in the index but not in {files[key].name}")
+                continue
+            tensor = read_tensor(handles[files[key]], headers[files[key]][key])
+            if tuple(tensor.shape) != tuple(expected[ours]) or tensor.dtype not in FLOAT_DTYPES:
+                problems.append(f"{key}: {tensor.dtype} {tuple(tensor.shape)}, expected a float tensor of shape {tuple(expected[ours])}")
+                continue
+            if layout == "original" and _ORIGINAL_ROPE_ROWS.match(ours):
+                tensor = _permute_rope_rows(tensor, config.audio_config, is_query=".q_proj." in ours)
+            state[ours] = tensor.to(device=device, dtype=dtype)  # one tensor at a time: the peak stays low
     if problems:
         raise CheckpointError(f"{directory}: checkpoint does not match config.json: " + "; ".join(problems))
 
@@ -159,6 +161,13 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
     if config.tie_word_embeddings:
         model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
     return model.eval().requires_grad_(False)
+
+
+def _header(path: Path) -> dict:
+    try:
+        return read_header(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
 
 
 def _listing(keys: list[str], limit: int = 12) -> str:

@@ -138,7 +138,7 @@ def test_every_problem_in_one_error(tmp_path, weights):
     for fragment in [
         "missing [audio_tower.layers.0.self_attn.q_proj.bias, language_model.model.norm.weight] (2)",
         "unexpected [audio_tower.layers.0.self_attn.k_proj.bias] (1)",
-        "multi_modal_projector.linear_1.weight: shape (7, 7), expected (96, 128)",
+        "multi_modal_projector.linear_1.weight: torch.float32 (7, 7), expected a float tensor of shape (96, 128)",
         str(tmp_path),
     ]:
         assert fragment in message
@@ -152,7 +152,7 @@ def test_unknown_key_in_a_layout_is_named(tmp_path, weights):
 
 def test_non_float_tensor_is_refused(tmp_path, weights):
     broken = dict(weights, **{"audio_tower.norm.bias": torch.zeros(32, dtype=torch.int8)})
-    with pytest.raises(CheckpointError, match=r"audio_tower.norm.bias: dtype torch.int8, expected a float tensor"):
+    with pytest.raises(CheckpointError, match=r"audio_tower.norm.bias: torch.int8 \(32,\), expected a float tensor"):
         load_model(checkpoint(tmp_path, broken))
 
 
@@ -168,3 +168,13 @@ def test_directory_problems(tmp_path, weights):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="dtype=torch.int32"):
         load_model(tmp_path, dtype=torch.int32)
+
+
+def test_truncated_safetensors_is_named(tmp_path, weights):
+    path = checkpoint(tmp_path, weights) / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor .* file truncated or corrupt"):
+        load_model(tmp_path)
+    path.write_bytes(b"\x00" * 4)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a safetensors file"):
+        load_model(tmp_path)
