@@ -60,18 +60,17 @@ def run_stages(model: GlmAsrForConditionalGeneration, inputs: dict[str, torch.Te
     inner = model.model
     hooks = []
 
-    def keep(name, index=None):  # noqa: ANN001, ANN202
-        def hook(module, args, kwargs, output=None):  # noqa: ANN001, ANN202
-            value = output if index is None else (args[0] if args else kwargs[index])
-            taps[name] = (value[0] if isinstance(value, tuple) else value).detach().clone()
+    def first(value):  # noqa: ANN001, ANN202 - decoder layers may return a tuple
+        return (value[0] if isinstance(value, tuple) else value).detach().clone()
 
-        return hook
+    def pre(module, name, kwarg):  # noqa: ANN001, ANN202 - record what a module receives
+        def hook(m, args, kwargs):  # noqa: ANN001, ANN202
+            taps[name] = first(args[0] if args else kwargs[kwarg])
 
-    def pre(module, name, kwarg):  # noqa: ANN001, ANN202
-        hooks.append(module.register_forward_pre_hook(keep(name, kwarg), with_kwargs=True))
+        hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
 
-    def post(module, name):  # noqa: ANN001, ANN202
-        hooks.append(module.register_forward_hook(lambda m, a, k, o: keep(name)(m, a, k, o), with_kwargs=True))
+    def post(module, name):  # noqa: ANN001, ANN202 - record what a module returns
+        hooks.append(module.register_forward_hook(lambda m, args, output: taps.__setitem__(name, first(output))))
 
     tower, lm = inner.audio_tower, inner.language_model
     pre(tower.conv2, "conv1", "input")  # GELU(conv1(x)) is what conv2 receives

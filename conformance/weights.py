@@ -3,6 +3,7 @@ between library versions): every tensor from numpy's PCG64 seeded by (seed, crc3
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zlib
@@ -53,8 +54,6 @@ def save_checkpoint(directory: Path, config: GlmAsrConfig, weights: dict[str, to
 
 def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     """sha256 over keys and bytes: the manifest records it so drift in generation is caught by name."""
-    import hashlib
-
     h = hashlib.sha256()
     for key in sorted(weights):
         h.update(key.encode())

@@ -77,7 +77,7 @@ class GlmAsrModel(nn.Module):
         audio = None
         if input_features is not None:
             if input_features_mask is None:
-                input_features_mask = torch.ones(input_features.shape[0], input_features.shape[2], dtype=torch.int32)
+                input_features_mask = torch.ones(input_features.shape[0], input_features.shape[2], dtype=torch.int32, device=input_features.device)
             audio = self.embed_audio(input_features, input_features_mask)
         embeds = self.embed_prompt(input_ids, audio)
         return self.decode(embeds, position_ids, attention_mask)

@@ -6,6 +6,7 @@ import torch
 from conformance import golden, runner
 from conformance.cases import clips
 from conformance.ours import features
+from glm_asr.decoder import KVCache
 from glm_asr.generate import greedy_generate, prompt_positions
 
 MANIFEST = golden.load_manifest()
@@ -50,8 +51,6 @@ def test_cache_step_logits_equal_full_recomputation():
     with torch.inference_mode():
         full = model(full_ids, mel, mask, full_attn, prompt_positions(full_attn))
         audio = model.embed_audio(mel, mask)
-        from glm_asr.decoder import KVCache
-
         cache = KVCache.empty(model.config.text_config, 2, full_ids.shape[1], torch.float32, "cpu")
         T = ids.shape[1]
         positions = prompt_positions(full_attn)
