@@ -83,10 +83,19 @@ def _transcribe(args: argparse.Namespace) -> int:
     import torch
 
     from .audio_io import AudioError
-    from .transcribe import load_model_and_processor, transcribe_detailed
+    from .transcribe import load_model_and_processor, load_onnx_model_and_processor, transcribe_detailed
 
-    model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
-                                                random_preset=args.random)
+    if args.backend == "onnxruntime":
+        if args.onnx_dir is None:
+            raise ValueError("--backend onnxruntime needs --onnx-dir: a folder written by tools/export_onnx.py")
+        if args.model is not None or args.dtype != "fp32":
+            raise ValueError("--backend onnxruntime takes weights and precision from --onnx-dir; drop --model and --dtype")
+        model, processor = load_onnx_model_and_processor(args.onnx_dir, device=args.device)
+    elif args.onnx_dir is not None:
+        raise ValueError("--onnx-dir is only read with --backend onnxruntime")
+    else:
+        model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
+                                                    random_preset=args.random)
     failed, records = 0, []
     show_progress = sys.stderr.isatty() and len(args.files) > 1
     for n, path in enumerate(args.files, 1):
@@ -137,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-new-tokens", type=int, default=500)
     tr.add_argument("--chunked", action="store_true", help="transcribe every 30 s window on its own, with per-window segments")
     tr.add_argument("--json", action="store_true", help="print JSON: text, segments, audio seconds, wall time, real-time factor")
+    tr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="onnxruntime: run an exported --onnx-dir")
+    tr.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
     tr.set_defaults(run=_transcribe)
     return parser
 

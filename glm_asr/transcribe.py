@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from .audio_io import AudioError, load_audio, to_mono_16k
 from .generate import greedy_generate
 from .loader import load_model
 from .model import GlmAsrModel
+from .onnx_backend import OnnxModel, load_onnx_model_and_processor  # noqa: F401 (the onnxruntime backend's loader)
 from .presets import random_model, synthetic_tokenizer
 from .processor import MAX_WINDOWS, Processor
 
@@ -75,7 +77,7 @@ def _join(pieces: list[str]) -> str:
 
 
 def transcribe_detailed(
-    model: GlmAsrModel,
+    model: GlmAsrModel | OnnxModel,
     processor: Processor,
     audio: AudioInput | list[AudioInput],
     *,
@@ -87,7 +89,7 @@ def transcribe_detailed(
     reference's limit (21 windows, 630 s); `True` transcribes every 30 s window on its own (batched)."""
     items = audio if isinstance(audio, list) else [audio]
     samples = [read_audio(a) for a in items]
-    device = next(model.parameters()).device
+    device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
     results = []
     for clip in samples:
         seconds = clip.shape[0] / SAMPLING_RATE
@@ -107,7 +109,7 @@ def transcribe_detailed(
 
 
 def transcribe(
-    model: GlmAsrModel,
+    model: GlmAsrModel | OnnxModel,
     processor: Processor,
     audio: AudioInput | list[AudioInput],
     *,
@@ -115,16 +117,17 @@ def transcribe(
     chunked: bool | None = None,
     batch_size: int = 8,
 ) -> list[str]:
-    """One transcript per input: a WAV path, 16 kHz float samples, or a list of them."""
+    """One transcript per input: a WAV path, 16 kHz float samples, or a list of them. `model` is a PyTorch model,
+    or an onnxruntime one from `load_onnx_model_and_processor(onnx_dir)` (a folder from tools/export_onnx.py)."""
     return [t.text for t in transcribe_detailed(model, processor, audio, max_new_tokens=max_new_tokens, chunked=chunked, batch_size=batch_size)]
 
 
-def _generate(model: GlmAsrModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
+def _generate(model: GlmAsrModel | OnnxModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
     texts = []
     for start in range(0, len(clips), batch_size):
         batch = processor(clips[start : start + batch_size]).to(device)
-        ids = greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
-                              max_new_tokens=max_new_tokens)
+        generate = model.generate if isinstance(model, OnnxModel) else functools.partial(greedy_generate, model)
+        ids = generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask, max_new_tokens=max_new_tokens)
         texts += [processor.decode(row) for row in ids.cpu()]
     return texts
 
