@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load
+
+from glm_asr.atomic import replace_directory
 
 ROOT = Path(__file__).resolve().parent.parent / "golden"
 MANIFEST = "manifest.json"
@@ -64,23 +64,14 @@ def all_entries(manifest: dict) -> list[dict]:
 
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
     """Replaces `root` by exactly `files` (relative path -> bytes), or leaves it untouched on failure."""
-    staging = root.with_name(f"{root.name}.new-{os.getpid()}")
-    retired = root.with_name(f"{root.name}.old-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+
+    def fill(staging: Path) -> None:
         for rel, data in files.items():
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        if root.exists():
-            root.rename(retired)
-        staging.rename(root)
-    except BaseException:
-        if retired.exists() and not root.exists():
-            retired.rename(root)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
+
+    replace_directory(root, fill)
 
 
 def differences(root: Path, files: dict[str, bytes]) -> list[str]:

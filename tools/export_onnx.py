@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from glm_asr.atomic import replace_directory  # noqa: E402
 from glm_asr.audio import CHUNK_SECONDS, HOP_LENGTH, N_FFT, SAMPLING_RATE, WINDOW_FRAMES, log_mel  # noqa: E402
 from glm_asr.decoder import KVCache  # noqa: E402
 from glm_asr.generate import greedy_generate, prompt_positions  # noqa: E402
@@ -372,22 +373,7 @@ def replace_directory(out: Path, force: bool, make: Callable[[Path], list[str]])
         raise ValueError(f"{out}: already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging, retired = out.with_name(f".{out.name}.new-{os.getpid()}"), out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-        lines = make(staging)
-        if out.exists():
-            out.rename(retired)
-        staging.rename(out)
-    except BaseException:
-        if retired.exists() and not out.exists():
-            retired.rename(out)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-    return lines
+    return replace_directory(out, make)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

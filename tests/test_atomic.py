@@ -1,0 +1,26 @@
+import pytest
+
+from conformance.golden import differences, write_tree
+from glm_asr.atomic import replace_directory
+
+
+def test_a_failed_fill_leaves_the_old_directory_untouched(tmp_path):
+    target = tmp_path / "golden"
+    write_tree(target, {"a.txt": b"old", "sub/b.txt": b"old b"})
+
+    def fail(staging):  # noqa: ANN001, ANN202
+        (staging / "a.txt").write_bytes(b"half-written")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        replace_directory(target, fail)
+    assert (target / "a.txt").read_bytes() == b"old" and (target / "sub" / "b.txt").read_bytes() == b"old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["golden"]  # no staging left behind
+
+
+def test_write_tree_replaces_exactly(tmp_path):
+    target = tmp_path / "golden"
+    write_tree(target, {"a.txt": b"1", "gone.txt": b"x"})
+    write_tree(target, {"a.txt": b"2"})
+    assert differences(target, {"a.txt": b"2"}) == []
+    assert differences(target, {"a.txt": b"3", "new.txt": b""}) == ["new.txt: missing from " + str(target), "a.txt: bytes differ"]
