@@ -367,7 +367,7 @@ def report(sizes: dict[str, int], seconds: dict[str, float], checks: list[Check]
     return lines
 
 
-def replace_directory(out: Path, force: bool, make: Callable[[Path], list[str]]) -> list[str]:
+def write_folder(out: Path, force: bool, make: Callable[[Path], list[str]]) -> list[str]:
     """Runs make(staging) in a fresh folder next to `out`, then swaps it in; on any failure `out` is untouched."""
     if out.exists() and not force:
         raise ValueError(f"{out}: already exists; pass --force to replace it")
@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"{args.out}: already exists; pass --force to replace it")
         model, processor, tokenizer_text, source = load_source(args)
         print(f"exporting {source} ({args.quantize or args.dtype}) to {args.out}", flush=True)
-        lines = replace_directory(args.out, args.force, lambda staging: build(staging, args, model, processor, tokenizer_text, source))
+        lines = write_folder(args.out, args.force, lambda staging: build(staging, args, model, processor, tokenizer_text, source))
     except KeyboardInterrupt:
         print("export_onnx: interrupted; nothing written", file=sys.stderr)
         return 130
