@@ -124,9 +124,9 @@ def transcribe(
 
 def _generate(model: GlmAsrModel | OnnxModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
     texts = []
+    generate = model.generate if isinstance(model, OnnxModel) else functools.partial(greedy_generate, model)
     for start in range(0, len(clips), batch_size):
         batch = processor(clips[start : start + batch_size]).to(device)
-        generate = model.generate if isinstance(model, OnnxModel) else functools.partial(greedy_generate, model)
         ids = generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask, max_new_tokens=max_new_tokens)
         texts += [processor.decode(row) for row in ids.cpu()]
     return texts
