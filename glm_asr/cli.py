@@ -88,14 +88,14 @@ def _transcribe(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         if args.onnx_dir is None:
             raise ValueError("--backend onnxruntime needs --onnx-dir: a folder written by tools/export_onnx.py")
-        if args.model is not None or args.dtype != "fp32":
-            raise ValueError("--backend onnxruntime takes weights and precision from --onnx-dir; drop --model and --dtype")
+        if args.model is not None or args.dtype != "fp32" or args.quantize:
+            raise ValueError("--backend onnxruntime takes weights and precision from --onnx-dir; drop --model, --dtype and --quantize")
         model, processor = load_onnx_model_and_processor(args.onnx_dir, device=args.device)
     elif args.onnx_dir is not None:
         raise ValueError("--onnx-dir is only read with --backend onnxruntime")
     else:
         model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
-                                                    random_preset=args.random)
+                                                    random_preset=args.random, quantize=args.quantize)
     failed, records = 0, []
     show_progress = sys.stderr.isatty() and len(args.files) > 1
     for n, path in enumerate(args.files, 1):
@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--random", default="small", choices=["small", "full"], help="random preset when --model is not given")
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    tr.add_argument("--quantize", choices=["int8"], default=None,
+                    help="int8 decoder weights: faster CPU decoding, approximate (fp32 on the CPU only)")
     tr.add_argument("--max-new-tokens", type=int, default=500)
     tr.add_argument("--chunked", action="store_true", help="transcribe every 30 s window on its own, with per-window segments")
     tr.add_argument("--json", action="store_true", help="print JSON: text, segments, audio seconds, wall time, real-time factor")

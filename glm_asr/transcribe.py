@@ -18,6 +18,7 @@ from .model import GlmAsrModel
 from .onnx_backend import OnnxModel, load_onnx_model_and_processor  # noqa: F401 (the onnxruntime backend's loader)
 from .presets import random_model, synthetic_tokenizer
 from .processor import MAX_WINDOWS, Processor
+from .quantize import quantize_decoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -42,17 +43,25 @@ def load_model_and_processor(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     random_preset: str = "small",
+    quantize: str | None = None,
 ) -> tuple[GlmAsrModel, Processor]:
     """A checkpoint directory (config.json, safetensors, tokenizer.json), or with `model_path=None` random
-    weights of a preset (`small`, or `full` = the released size) and a synthetic tokenizer."""
+    weights of a preset (`small`, or `full` = the released size) and a synthetic tokenizer.
+    `quantize="int8"`: int8 decoder weights for CPU decoding (glm_asr/quantize.py; fp32 on the CPU only)."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize={quantize!r}: expected None or 'int8'")
+    if quantize and (dtype != torch.float32 or torch.device(device).type != "cpu"):
+        raise ValueError(f"quantize='int8' runs fp32 on the CPU (fbgemm kernels), not {dtype} on {device}")
     if model_path is None:
         model = random_model(random_preset, dtype=dtype, device=device)
-        return model, Processor(synthetic_tokenizer(), model.config.audio_config.num_mel_bins, "synthetic tokenizer")
-    directory = Path(model_path)
-    if not (directory / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{directory}: no tokenizer.json; expected a model folder with config.json, model.safetensors and tokenizer.json")
-    model = load_model(directory, dtype=dtype, device=device)
-    return model, Processor.from_dir(directory, model.config.audio_config.num_mel_bins)
+        processor = Processor(synthetic_tokenizer(), model.config.audio_config.num_mel_bins, "synthetic tokenizer")
+    else:
+        directory = Path(model_path)
+        if not (directory / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{directory}: no tokenizer.json; expected a model folder with config.json, model.safetensors and tokenizer.json")
+        model = load_model(directory, dtype=dtype, device=device)
+        processor = Processor.from_dir(directory, model.config.audio_config.num_mel_bins)
+    return (quantize_decoder(model) if quantize else model), processor
 
 
 def read_audio(item: AudioInput) -> np.ndarray:
