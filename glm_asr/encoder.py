@@ -12,6 +12,7 @@ from torch import nn
 
 from .capture import record
 from .config import AudioConfig
+from .linear import Linear
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -19,10 +20,10 @@ class EncoderAttention(nn.Module):
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)  # no bias on k: a trap
-        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=True)
+        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
+        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)  # no bias on k: a trap
+        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias=True)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -37,8 +38,8 @@ class EncoderAttention(nn.Module):
 class EncoderMLP(nn.Module):
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, not the tanh approximation

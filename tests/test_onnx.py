@@ -354,5 +354,5 @@ def test_cli_backend_arguments_are_checked(exported, tmp_path, capsys):
     scipy.io.wavfile.write(wav, 16000, clips("tone")[0])
     for argv, fragment in [(["--backend", "onnxruntime"], "needs --onnx-dir"),
                            (["--onnx-dir", str(exported["tiny_a"])], "only read with --backend onnxruntime"),
-                           (["--backend", "onnxruntime", "--onnx-dir", str(exported["tiny_a"]), "--dtype", "bf16"], "drop --model and --dtype")]:
+                           (["--backend", "onnxruntime", "--onnx-dir", str(exported["tiny_a"]), "--dtype", "bf16"], "drop --model, --dtype and --quantize")]:
         one_line_error(cli_main(["transcribe", str(wav), *argv]), capsys.readouterr().err, fragment)
