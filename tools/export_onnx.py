@@ -13,12 +13,15 @@ OUTDIR (replaced only with --force) is never left half-overwritten.
 Verification runs the exported graphs on shapes other than the export examples (W = 1 and 3 windows; B = 1
 and 3, prefill P = 0, single-token and multi-token steps with P > 0) and compares them with PyTorch: an fp32
 graph that is off by more than 1e-4 relative fails the export. int8 and fp16 are reported, not gated.
+PyTorch's outputs are computed first and the PyTorch model is freed before onnxruntime loads the graphs, one
+folder at a time: the full-size fp32 export peaks at about 17 GB.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import importlib.metadata
 import json
 import os
@@ -214,53 +217,90 @@ def quantize_folder(src: Path, dst: Path, external: bool) -> None:
 # --- verification ------------------------------------------------------------------------------------------
 
 
-def verify(onnx_model: OnnxModel, reference: GlmAsrModel, variant: str, seed: int = 0) -> list[Check]:
-    """Both graphs against PyTorch on fresh inputs whose shapes differ from the export examples."""
+@dataclass
+class Step:
+    """One decoder.onnx call of the verification and PyTorch's answer to it."""
+
+    case: str
+    embeds: np.ndarray
+    positions: np.ndarray
+    mask: np.ndarray
+    logits: np.ndarray
+    presents: np.ndarray  # (2L, B, Hkv, P+T, Dh): keys of all layers, then values
+
+
+@dataclass
+class Expected:
+    """PyTorch's outputs on the verification inputs, computed once, before the PyTorch model is freed:
+    at full size the fp32 model (8.5 GB) and an onnxruntime session of the same weights do not both fit
+    beside the exporter's working memory in 24 GB."""
+
+    encoder: list[tuple[str, np.ndarray, np.ndarray]]  # case, log-mel windows, audio embeddings
+    decoder: list[list[Step]]  # sequences of steps, each on the presents of the step before
+    generate_args: tuple
+    greedy_ids: torch.Tensor
+
+
+def expected_outputs(reference: GlmAsrModel, processor: Processor, seed: int = 0, max_new_tokens: int = 16) -> Expected:
+    """Fresh inputs whose shapes differ from the export examples (W = 1, 3; B = 1, 3; prefill, then single-
+    and multi-token steps; left padding), and PyTorch fp32's outputs for them."""
     rng = np.random.default_rng(seed)
-    checks = []
     M = reference.config.audio_config.num_mel_bins
     embedder = AudioEmbedder(reference)
+    encoder = []
     for windows in (1, 3):
         audio = (rng.standard_normal(int((windows - 0.5) * CHUNK_SECONDS * SAMPLING_RATE)) * 0.1).astype(np.float32)
         features, _ = log_mel(audio, n_mels=M)
         with torch.inference_mode():
-            expected = embedder(features).numpy()
-        checks.append(Check(ENCODER_FILE, variant, f"W={windows}", *errors(onnx_model.audio_windows(features.numpy()), expected)))
+            encoder.append((f"W={windows}", features.numpy(), embedder(features).numpy()))
 
     t = reference.config.text_config
     table = reference.language_model.model.embed_tokens.weight.detach().float().numpy()
+    decoder = []
     for B, T, steps in ((1, 9, (1, 4)), (3, 7, (1, 1, 3))):
         mask = np.ones((B, T), np.int64)
         mask[1:, : T // 3] = 0  # rows after the first are left-padded
         positions = prompt_positions(torch.from_numpy(mask)).numpy()
         cache = KVCache.empty(t, B, T + sum(steps), torch.float32, "cpu")
-        past, offset = onnx_model.empty_past(B), 0
+        offset, sequence = 0, []
         embeds = table[rng.integers(0, t.vocab_size, (B, T))]
         for n in (T, *steps):
             if offset:
                 mask = np.concatenate([mask, np.ones((B, n), np.int64)], axis=1)
                 positions = positions[:, -1:] + 1 + np.arange(n)[None, :]
                 embeds = table[rng.integers(0, t.vocab_size, (B, n))]
-            logits, past = onnx_model.decode(embeds, positions, mask, past)
             with torch.inference_mode():
                 hidden = reference.language_model.model(torch.from_numpy(embeds), torch.from_numpy(positions),
                                                         torch.from_numpy(mask).bool(), cache, offset)
-                expected = reference.language_model.lm_head(hidden).numpy()
+                logits = reference.language_model.lm_head(hidden).numpy()
             offset += n
-            case = f"B={B} T={n} P={offset - n}"
-            checks.append(Check(DECODER_FILE, variant, f"{case} logits", *errors(logits, expected)))
-            kv = np.concatenate([cache.k[:, :, :, :offset].numpy(), cache.v[:, :, :, :offset].numpy()])
-            checks.append(Check(DECODER_FILE, variant, f"{case} presents", *errors(np.stack(past), kv)))
-    return checks
+            presents = np.concatenate([cache.k[:, :, :, :offset].numpy(), cache.v[:, :, :, :offset].numpy()])
+            sequence.append(Step(f"B={B} T={n} P={offset - n}", embeds, positions, mask, logits, presents))
+        decoder.append(sequence)
 
-
-def agreement(onnx_model: OnnxModel, processor: Processor, reference: GlmAsrModel, max_new_tokens: int = 16) -> float:
-    """Greedy token match rate with PyTorch fp32 over two synthetic clips (a batch of two)."""
+    # Greedy ids over two synthetic clips, one batch of two: the end-to-end agreement.
     clips = [demo_clip(3.0), (0.05 * np.random.default_rng(1).standard_normal(40_000)).astype(np.float32)]
     batch = processor(clips)
     args = (batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask)
-    ours = onnx_model.generate(*args, max_new_tokens=max_new_tokens)
-    theirs = greedy_generate(reference, *args, max_new_tokens=max_new_tokens)
+    return Expected(encoder, decoder, args, greedy_generate(reference, *args, max_new_tokens=max_new_tokens))
+
+
+def verify(onnx_model: OnnxModel, expected: Expected, variant: str) -> list[Check]:
+    """Both graphs against PyTorch's stored outputs; the decoder runs on its own presents."""
+    checks = [Check(ENCODER_FILE, variant, case, *errors(onnx_model.audio_windows(features), embeds))
+              for case, features, embeds in expected.encoder]
+    for sequence in expected.decoder:
+        past = onnx_model.empty_past(sequence[0].embeds.shape[0])
+        for step in sequence:
+            logits, past = onnx_model.decode(step.embeds, step.positions, step.mask, past)
+            checks.append(Check(DECODER_FILE, variant, f"{step.case} logits", *errors(logits, step.logits)))
+            checks.append(Check(DECODER_FILE, variant, f"{step.case} presents", *errors(np.stack(past), step.presents)))
+    return checks
+
+
+def agreement(onnx_model: OnnxModel, expected: Expected) -> float:
+    """Greedy token match rate with PyTorch fp32 over the stored clips."""
+    ours, theirs = onnx_model.generate(*expected.generate_args, max_new_tokens=expected.greedy_ids.shape[1]), expected.greedy_ids
     n = min(ours.shape[1], theirs.shape[1])
     return float((ours[:, :n] == theirs[:, :n]).float().mean()) if n else 1.0
 
@@ -286,19 +326,30 @@ def speed(onnx_model: OnnxModel, steps: int = 8) -> tuple[float, float]:
 # --- the folder --------------------------------------------------------------------------------------------
 
 
-def load_source(args: argparse.Namespace) -> tuple[GlmAsrModel, Processor, str, str]:
-    """fp32 model, processor, tokenizer.json text, and a description of where they came from."""
+@dataclass
+class Source:
+    """What is exported. `build` drops `model` once PyTorch's expected outputs are computed."""
+
+    model: GlmAsrModel | None  # fp32
+    processor: Processor
+    tokenizer_text: str  # written as tokenizer.json
+    description: str
+
+
+def load_source(args: argparse.Namespace) -> Source:
     if args.model is not None:
         model, processor = load_model_and_processor(args.model)
-        return model, processor, (Path(args.model) / TOKENIZER_FILE).read_text(encoding="utf-8"), str(Path(args.model).resolve())
+        return Source(model, processor, (Path(args.model) / TOKENIZER_FILE).read_text(encoding="utf-8"), str(Path(args.model).resolve()))
     model, processor = load_model_and_processor(None, random_preset=args.random)
     tokenizer_json = synthetic_tokenizer_json()
     Processor(Tokenizer(tokenizer_json, "synthetic tokenizer"))  # the written file must give the same processor
-    return model, processor, json.dumps(tokenizer_json, ensure_ascii=False), f"random {args.random} (seed 0)"
+    return Source(model, processor, json.dumps(tokenizer_json, ensure_ascii=False), f"random {args.random} (seed 0)")
 
 
-def build(staging: Path, args: argparse.Namespace, model: GlmAsrModel, processor: Processor, tokenizer_text: str, source: str) -> list[str]:
+def build(staging: Path, args: argparse.Namespace, source: Source) -> list[str]:
     """Writes and verifies the whole folder in `staging`; returns the report lines."""
+    model, processor = source.model, source.processor
+    assert model is not None, "a Source is built once"
     dtype = DTYPES[args.dtype]
     exported = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     external = "always" if args.external_data == "always" else "auto"
@@ -312,38 +363,40 @@ def build(staging: Path, args: argparse.Namespace, model: GlmAsrModel, processor
                                    decoder_ports(exported.config, np.dtype(np_dtype).name), graph_dir / DECODER_FILE, external),
     }
     np.save(graph_dir / EMBEDDINGS_FILE, exported.language_model.model.embed_tokens.weight.detach().numpy().astype(np_dtype))
-    (graph_dir / TOKENIZER_FILE).write_text(tokenizer_text, encoding="utf-8")
-    write_metadata(graph_dir, model, processor, np_dtype, None, source)
+    (graph_dir / TOKENIZER_FILE).write_text(source.tokenizer_text, encoding="utf-8")
+    write_metadata(graph_dir, model, processor, np_dtype, None, source.description)
     check_graphs(graph_dir)
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    expected = None if args.no_verify else expected_outputs(model, processor)
+    # From here on only onnxruntime runs: free the PyTorch model so that one session at a time fits beside it.
+    source.model = model = exported = None
+    gc.collect()
     if args.quantize:
-        large = sum(p.numel() * 4 for p in model.parameters()) > EXTERNAL_DATA_BYTES
-        quantize_folder(graph_dir, staging, external == "always" or large)
+        quantize_folder(graph_dir, staging, external == "always" or fp32_bytes > EXTERNAL_DATA_BYTES)
         check_graphs(staging)
     lines, checks = [], []
-    threads = args.threads or None
     variant = args.quantize or args.dtype
-    if not args.no_verify:
-        final = None
-        try:
-            final = OnnxModel(staging, threads=threads)
-        except ValueError as e:
-            if args.dtype != "fp16" or "onnxruntime cannot load" not in str(e):
-                raise
-            lines.append(f"fp16: not verified, this onnxruntime cannot run the fp16 graphs ({e})")
-        fp32 = OnnxModel(graph_dir, threads=threads) if args.quantize else None
-        try:
-            checks += verify(fp32, model, "fp32") if fp32 else []
-            checks += verify(final, model, variant) if final else []
-        except Exception as e:  # onnxruntime's run errors derive from Exception only
-            raise RuntimeError(f"running the exported graphs failed: {str(e).strip().splitlines()[0]}") from e
-        bad = [c for c in checks if c.variant == "fp32" and not c.max_rel <= FP32_MAX_REL]
-        if bad:
-            raise RuntimeError(f"{bad[0].graph} disagrees with PyTorch at {bad[0].case}: max rel {bad[0].max_rel:.2e} > {FP32_MAX_REL:g}")
-        for name, m in ((variant, final), ("fp32", fp32)):
-            if m is not None:
-                encoder_s, step_s = speed(m)
-                lines.append(f"{name}: greedy tokens equal to PyTorch fp32's {100 * agreement(m, processor, model):.1f}%, "
-                             f"encoder {1000 * encoder_s:.1f} ms/window, decoder {1000 * step_s:.2f} ms/step (B=1, P=64)")
+    if expected is not None:
+        # The fp32 graphs first when int8 is made from them: int8 is reported against fp32, and fp32 is gated.
+        for name, directory in ((("fp32", graph_dir),) if args.quantize else ()) + ((variant, staging),):
+            try:
+                onnx_model = OnnxModel(directory, threads=args.threads or None)
+            except ValueError as e:
+                if name != "fp16" or "onnxruntime cannot load" not in str(e):
+                    raise
+                lines.append(f"fp16: not verified, this onnxruntime cannot run the fp16 graphs ({e})")
+                continue
+            try:
+                checks += verify(onnx_model, expected, name)
+            except Exception as e:  # onnxruntime's run errors derive from Exception only
+                raise RuntimeError(f"running the exported graphs failed: {str(e).strip().splitlines()[0]}") from e
+            bad = [c for c in checks if c.variant == "fp32" and not c.max_rel <= FP32_MAX_REL]
+            if bad:
+                raise RuntimeError(f"{bad[0].graph} disagrees with PyTorch at {bad[0].case}: max rel {bad[0].max_rel:.2e} > {FP32_MAX_REL:g}")
+            encoder_s, step_s = speed(onnx_model)
+            lines.append(f"{name}: greedy tokens equal to PyTorch fp32's {100 * agreement(onnx_model, expected):.1f}%, "
+                         f"encoder {1000 * encoder_s:.1f} ms/window, decoder {1000 * step_s:.2f} ms/step (B=1, P=64)")
+            del onnx_model
     sizes = {name: folder_bytes(staging, name) for name in (ENCODER_FILE, DECODER_FILE)}
     if args.quantize:
         fp32_sizes = {name: folder_bytes(graph_dir, name) for name in sizes}
@@ -400,9 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.out.exists() and not args.force:  # before the minutes a load and export can take
             raise ValueError(f"{args.out}: already exists; pass --force to replace it")
-        model, processor, tokenizer_text, source = load_source(args)
-        print(f"exporting {source} ({args.quantize or args.dtype}) to {args.out}", flush=True)
-        lines = write_folder(args.out, args.force, lambda staging: build(staging, args, model, processor, tokenizer_text, source))
+        source = load_source(args)
+        print(f"exporting {source.description} ({args.quantize or args.dtype}) to {args.out}", flush=True)
+        lines = write_folder(args.out, args.force, lambda staging: build(staging, args, source))
     except KeyboardInterrupt:
         print("export_onnx: interrupted; nothing written", file=sys.stderr)
         return 130
