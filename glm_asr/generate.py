@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .decoder import KVCache
@@ -24,9 +26,11 @@ def greedy_generate(
     max_new_tokens: int = 500,
     eos_token_id: tuple[int, ...] | None = None,
     use_cache: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """New token ids (B, n <= max_new_tokens). A row that has emitted an eos id (default: the config's) is
-    padded with the first eos id until every row is done, as transformers' `generate(do_sample=False)` does."""
+    padded with the first eos id until every row is done, as transformers' `generate(do_sample=False)` does.
+    `on_token`, if given, is called with each step's ids (B,) as soon as they are chosen (streaming, timing)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
     config = model.config.text_config
@@ -46,6 +50,8 @@ def greedy_generate(
         logits = model.language_model.lm_head(hidden[:, -1])  # only the last position is needed
         token = logits.float().argmax(-1).masked_fill(finished, int(eos[0]))
         tokens.append(token)
+        if on_token is not None:
+            on_token(token)
         finished |= torch.isin(token, eos)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break

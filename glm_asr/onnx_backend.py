@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -187,8 +188,9 @@ class OnnxModel:
         *,
         max_new_tokens: int = 500,
         eos_token_id: tuple[int, ...] | None = None,
+        on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """New token ids (B, n <= max_new_tokens), with the semantics of `greedy_generate`."""
+        """New token ids (B, n <= max_new_tokens), with the semantics of `greedy_generate` (`on_token` too)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
         eos = np.array(eos_token_id or self.config.text_config.eos_token_id)
@@ -200,6 +202,8 @@ class OnnxModel:
         for step in range(max_new_tokens):
             token = np.where(finished, eos[0], logits[:, -1].astype(np.float32).argmax(-1))
             tokens.append(token)
+            if on_token is not None:
+                on_token(torch.from_numpy(token))
             finished |= np.isin(token, eos)
             if finished.all() or step == max_new_tokens - 1:
                 break

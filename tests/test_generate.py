@@ -66,3 +66,10 @@ def test_max_new_tokens_must_be_positive():
     model, _, inputs = setup("tiny_a/tone/fp32")
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         greedy_generate(model, *inputs, max_new_tokens=0)
+
+
+def test_on_token_sees_each_step_as_it_is_chosen():
+    model, _, inputs = setup("tiny_b/batch/fp32")
+    seen = []
+    ids = greedy_generate(model, *inputs, max_new_tokens=5, on_token=lambda token: seen.append(token.clone()))
+    assert torch.equal(torch.stack(seen, dim=1), ids)

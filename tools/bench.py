@@ -8,7 +8,8 @@ One deterministic random full-size checkpoint (release layout, bf16 safetensors,
 tokenizer) is made once into --cache. Each system and dtype runs in a fresh process on the same 30 s clip:
 load (wall time, peak RSS), audio encoder + projector per 30 s window, prefill of the prompt, decode ms per
 token over --decode-tokens steps (eos ignored: the weights are random), end-to-end real-time factor for a
-30 s clip and 100 tokens. Medians of --reps repetitions. The machine's memory bandwidth and matmul FLOP/s
+30 s clip and 100 tokens. Medians of --reps repetitions; decode is the median interval between consecutive
+tokens, each timestamped as it is chosen. The machine's memory bandwidth and matmul FLOP/s
 are measured in the same run, and decode and encoder times are reported against them.
 """
 
@@ -26,7 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SYSTEMS = ["ours", "transformers"]
+# system -> the dtypes it runs. int8: ours = int8 decoder weights (glm_asr/quantize.py); onnxruntime = the
+# export's --quantize int8 (dynamic int8 MatMul weights in both graphs). bf16 ONNX graphs are not exported.
+SYSTEMS = {"ours": ("fp32", "bf16", "int8"), "transformers": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
 NEVER = -1  # an eos id no token has: decoding runs the full length
 
 
@@ -91,15 +94,21 @@ def clip_30s():  # noqa: ANN201
 def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tokens: int) -> dict:
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}[dtype_name]  # int8: fp32 activations
     torch.manual_seed(0)
     if system == "transformers":  # its import is not part of the load time, as ours is imported above
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import transformers  # noqa: F401
-    load = _ours if system == "ours" else _transformers
+    if system == "onnxruntime":
+        import onnxruntime  # noqa: F401
     start = time.perf_counter()
-    run = load(checkpoint, dtype)
+    if system == "ours":
+        run = _ours(checkpoint, dtype, quantize="int8" if dtype_name == "int8" else None)
+    elif system == "transformers":
+        run = _transformers(checkpoint, dtype)
+    else:
+        run = _onnxruntime(onnx_folder(checkpoint, dtype_name))
     load_s = time.perf_counter() - start
     load_rss = peak_rss_bytes()
 
@@ -110,9 +119,16 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
     features = batch.input_features.to(dtype)
     with torch.inference_mode():
         encoder_s = median_time(lambda: run["audio"](features, batch.input_features_mask), reps)
-        prefill_s = median_time(lambda: run["generate"](batch, 1), reps)
-        generate_s = median_time(lambda: run["generate"](batch, decode_tokens + 1), max(1, reps // 2))
-        decode_ms = (generate_s - prefill_s) / decode_tokens * 1e3
+        # Each generated token is timestamped as it is chosen (a callback, or transformers' streamer): the first
+        # after the audio path and prefill, the others one decode step apart. Differencing whole runs instead
+        # would bury the steps in the audio path's run-to-run noise.
+        first, steps = [], []
+        for _ in range(reps):
+            stamps = run["generate"](batch, decode_tokens + 1)
+            first.append(stamps[0])
+            steps += [b - a for a, b in zip(stamps, stamps[1:])]
+        prefill_s = statistics.median(first) - encoder_s  # time to the first token minus its audio path
+        decode_ms = statistics.median(steps) * 1e3
         # End to end: features from the raw samples, the audio path, prefill and 100 generated tokens.
         audio = clip_30s()
 
@@ -128,7 +144,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         "load_peak_rss_bytes": load_rss,
         "encoder_s_per_window": encoder_s,
         "prompt_tokens": int(batch.input_ids.shape[1]),
-        "prefill_s": prefill_s - encoder_s,  # generate(1 token) minus its audio path
+        "prefill_s": prefill_s,
         "decode_ms_per_token": decode_ms,
         "rtf_30s_100tok": e2e_s / 30.0,
     }
@@ -136,14 +152,19 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
 
 from glm_asr import load_model  # noqa: E402
 from glm_asr.generate import greedy_generate  # noqa: E402
+from glm_asr.quantize import quantize_decoder  # noqa: E402
 
 
-def _ours(checkpoint: Path, dtype) -> dict:  # noqa: ANN001
+def _ours(checkpoint: Path, dtype, quantize: str | None) -> dict:  # noqa: ANN001
     model = load_model(checkpoint, dtype=dtype)
+    if quantize:
+        quantize_decoder(model)
 
-    def generate(batch, n: int):  # noqa: ANN001, ANN202
-        return greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
-                               max_new_tokens=n, eos_token_id=(NEVER,))
+    def generate(batch, n: int) -> list[float]:  # noqa: ANN001
+        stamps, start = [], time.perf_counter()
+        greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
+                        max_new_tokens=n, eos_token_id=(NEVER,), on_token=lambda _: stamps.append(time.perf_counter() - start))
+        return stamps
 
     return {"audio": model.embed_audio, "generate": generate}
 
@@ -153,10 +174,24 @@ def _transformers(checkpoint: Path, dtype) -> dict:  # noqa: ANN001
 
     model = GlmAsrForConditionalGeneration.from_pretrained(checkpoint, dtype=dtype).eval()
 
-    def generate(batch, n: int):  # noqa: ANN001, ANN202
-        return model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              input_features=batch.input_features.to(dtype), input_features_mask=batch.input_features_mask,
-                              do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=[NEVER], pad_token_id=0)
+    class Stamps:  # a transformers streamer: put() gets the prompt first, then each new token as it is chosen
+        def __init__(self) -> None:
+            self.start, self.stamps, self.prompt_seen = time.perf_counter(), [], False
+
+        def put(self, value) -> None:  # noqa: ANN001
+            if self.prompt_seen:
+                self.stamps.append(time.perf_counter() - self.start)
+            self.prompt_seen = True
+
+        def end(self) -> None:
+            pass
+
+    def generate(batch, n: int) -> list[float]:  # noqa: ANN001
+        streamer = Stamps()
+        model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       input_features=batch.input_features.to(dtype), input_features_mask=batch.input_features_mask,
+                       do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=[NEVER], pad_token_id=0, streamer=streamer)
+        return streamer.stamps
 
     def audio(features, mask):  # noqa: ANN001, ANN202
         return model.get_audio_features(features, mask).pooler_output
@@ -164,27 +199,79 @@ def _transformers(checkpoint: Path, dtype) -> dict:  # noqa: ANN001
     return {"audio": audio, "generate": generate}
 
 
+def _onnxruntime(folder: Path) -> dict:
+    import torch
+
+    from glm_asr import OnnxModel
+
+    model = OnnxModel(folder, threads=torch.get_num_threads())  # as many threads as the PyTorch systems
+
+    def generate(batch, n: int) -> list[float]:  # noqa: ANN001
+        stamps, start = [], time.perf_counter()
+        model.generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
+                       max_new_tokens=n, eos_token_id=(NEVER,), on_token=lambda _: stamps.append(time.perf_counter() - start))
+        return stamps
+
+    return {"audio": model.embed_audio, "generate": generate}
+
+
+def onnx_folder(checkpoint: Path, dtype_name: str) -> Path:
+    return checkpoint.parent / f"{checkpoint.name}-onnx-{dtype_name}"
+
+
+def export_onnx_folder(checkpoint: Path, dtype_name: str) -> Path:
+    """The checkpoint exported by tools/export_onnx.py, once (verification is the exporter's and its tests' job)."""
+    folder = onnx_folder(checkpoint, dtype_name)
+    if not folder.exists():
+        command = [sys.executable, str(ROOT / "tools" / "export_onnx.py"), "--model", str(checkpoint), "--out", str(folder), "--no-verify"]
+        print(f"bench: exporting {checkpoint.name} to ONNX ({dtype_name}), once", file=sys.stderr, flush=True)
+        subprocess.run(command + (["--quantize", "int8"] if dtype_name == "int8" else []), check=True, capture_output=True)
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------------------
 # this machine's limits
 
 
 def machine_limits(size_mb: int = 1024) -> dict:
-    """Memory bandwidth (GB/s, a large fp32 matrix-vector product: the decode access pattern) and matmul
-    GFLOP/s per dtype (a 512-token linear layer 2048 -> 2048, the shape models run), at the benchmarks' threads."""
+    """Memory bandwidth (GB/s) and matmul GFLOP/s at the benchmarks' threads, each the best that any kernel on
+    this machine reaches, so the limit is the hardware's and not one library's:
+    - bandwidth: a large fp32 matrix-vector product (the decode access pattern) through MKL (F.linear),
+      oneDNN (what glm_asr.linear uses) and OpenBLAS (numpy's);
+    - GFLOP/s: a 512-token linear layer 2048 -> 2048 (the shape models run), fp32 through MKL and oneDNN,
+      bf16 through PyTorch's default path.
+    Each kernel's own figure is kept in the record too."""
+    import numpy as np
     import torch
     import torch.nn.functional as F
+
+    onednn = torch.backends.mkldnn.is_available()
+
+    def onednn_linear(x, w):  # noqa: ANN001, ANN202
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
     rows = size_mb * 2**20 // 4 // 4096
     weight = torch.randn(rows, 4096)
     vector = torch.randn(1, 4096)
-    F.linear(vector, weight)
-    seconds = best_time(lambda: F.linear(vector, weight), 7)
-    result = {"bandwidth_gbs": weight.numel() * 4 / seconds / 1e9, "threads": torch.get_num_threads()}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    out = np.empty((1, rows), np.float32)
+    gemv = {"mkl": lambda: F.linear(vector, weight), "openblas": lambda: np.matmul(vector.numpy(), weight.numpy().T, out=out)}
+    if onednn:
+        gemv["onednn"] = lambda: onednn_linear(vector, weight)
+    result = {"threads": torch.get_num_threads()}
+    for name, fn in gemv.items():
+        fn()
+        result[f"bandwidth_gbs_{name}"] = weight.numel() * 4 / best_time(fn, 7) / 1e9
+    result["bandwidth_gbs"] = max(result[f"bandwidth_gbs_{name}"] for name in gemv)
+    del weight
+    for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         x, w = torch.randn(1, 512, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
-        F.linear(x, w)
-        seconds = best_time(lambda: F.linear(x, w), 3)
-        result[f"matmul_gflops_{name}"] = 2 * 512 * 2048 * 2048 / seconds / 1e9
+        kernels = {"mkl": lambda: F.linear(x, w)}
+        if onednn and dtype == torch.float32:
+            kernels["onednn"] = lambda: onednn_linear(x, w)
+        for name, fn in kernels.items():
+            fn()
+            result[f"matmul_gflops_{dtype_name}_{name}"] = 2 * 512 * 2048 * 2048 / best_time(fn, 3) / 1e9
+        result[f"matmul_gflops_{dtype_name}"] = max(result[f"matmul_gflops_{dtype_name}_{name}"] for name in kernels)
     return result
 
 
@@ -239,8 +326,8 @@ def tokenizer_speed(checkpoint: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--systems", default="ours,transformers")
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--dtypes", default="fp32,bf16,int8", help="each system runs those of these it supports")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "glm-asr-bench")
@@ -264,7 +351,14 @@ def main() -> int:
     limits = machine_limits(64 if args.smoke else 1024)
     records = []
     for system in systems:
-        for dtype in args.dtypes.split(","):
+        for dtype in [d for d in args.dtypes.split(",") if d in SYSTEMS[system]]:
+            if system == "onnxruntime":
+                try:
+                    export_onnx_folder(checkpoint, dtype)
+                except subprocess.CalledProcessError as e:
+                    reason = (e.stderr.strip().splitlines() or ["no output"])[-1]
+                    print(f"bench: {system} {dtype} skipped: the export failed: {reason}", file=sys.stderr)
+                    continue
             command = [sys.executable, __file__, "--worker", system, dtype, "--checkpoint", str(checkpoint),
                        "--reps", str(reps), "--decode-tokens", str(decode_tokens)]
             done = subprocess.run(command, capture_output=True, text=True)
@@ -274,13 +368,16 @@ def main() -> int:
                 continue
             record = json.loads(done.stdout.strip().splitlines()[-1])
             costs = model_costs(preset, record["prompt_tokens"])
-            bytes_per_token = costs["decoder_params_per_token"] * (4 if dtype == "fp32" else 2)
+            bytes_per_token = costs["decoder_params_per_token"] * {"fp32": 4, "bf16": 2, "int8": 1}[dtype]
             record.update(limits)
             record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
             record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
-            record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (limits[f"matmul_gflops_{dtype}"] * 1e9)
+            # int8: our encoder runs fp32; onnxruntime's int8 GEMMs are held to the fp32 rate too (the CPU's
+            # int8 rate without VNNI is no higher, README); the ratio says how they compare.
+            flops_dtype = "bf16" if dtype == "bf16" else "fp32"
+            record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (limits[f"matmul_gflops_{flops_dtype}"] * 1e9)
             record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
-            record["matmul_gflops"] = limits[f"matmul_gflops_{dtype}"]
+            record["matmul_gflops"] = limits[f"matmul_gflops_{flops_dtype}"]
             records.append(record)
             print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
     tokenizer = tokenizer_speed(checkpoint)
@@ -291,16 +388,17 @@ def main() -> int:
 
 
 def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str) -> None:
-    print(f"preset {preset}; machine: {limits['bandwidth_gbs']:.1f} GB/s matrix-vector bandwidth, "
-          f"{limits['matmul_gflops_fp32']:.0f} / {limits['matmul_gflops_bf16']:.0f} GFLOP/s fp32 / bf16 matmul, {limits['threads']} threads")
-    header = (f"{'system':13} {'dtype':5} {'load s':>7} {'load RSS GB':>11} {'audio s/win':>11} {'prefill s':>9} "
-              f"{'decode ms/tok':>13} {'(limit)':>8} {'RTF 30s+100':>11}")
+    kernels = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.1f}" for k, v in limits.items() if k.startswith("bandwidth_gbs_"))
+    print(f"preset {preset}; machine, {limits['threads']} threads: {limits['bandwidth_gbs']:.1f} GB/s matrix-vector bandwidth "
+          f"({kernels}), {limits['matmul_gflops_fp32']:.0f} / {limits['matmul_gflops_bf16']:.0f} GFLOP/s fp32 / bf16 matmul")
+    header = (f"{'system':12} {'dtype':5} {'load s':>6} {'load RSS GB':>11} {'audio s/win':>11} {'x limit':>7} {'prefill s':>9} "
+              f"{'decode ms/tok':>13} {'x limit':>7} {'RTF 30s+100':>11}")
     print(header)
     print("-" * len(header))
     for r in records:
-        print(f"{r['system']:13} {r['dtype']:5} {r['load_s']:7.2f} {r['load_peak_rss_bytes'] / 1e9:11.2f} "
-              f"{r['encoder_s_per_window']:11.2f} {r['prefill_s']:9.2f} {r['decode_ms_per_token']:13.1f} "
-              f"{r['decode_limit_ms_per_token']:8.1f} {r['rtf_30s_100tok']:11.3f}")
+        print(f"{r['system']:12} {r['dtype']:5} {r['load_s']:6.1f} {r['load_peak_rss_bytes'] / 1e9:11.2f} "
+              f"{r['encoder_s_per_window']:11.2f} {r['encoder_vs_limit']:7.2f} {r['prefill_s']:9.2f} "
+              f"{r['decode_ms_per_token']:13.1f} {r['decode_vs_limit']:7.2f} {r['rtf_30s_100tok']:11.3f}")
     if "tokenizer_ratio" in tokenizer:
         print(f"tokenizer, {tokenizer['tokenizer_bytes'] / 1e6:.1f} MB of text: ours {tokenizer['tokenizer_ours_s']:.2f} s, "
               f"tokenizers {tokenizer['tokenizer_reference_s']:.2f} s ({tokenizer['tokenizer_ratio']:.1f}x)")
