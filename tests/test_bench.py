@@ -25,6 +25,6 @@ def test_bench_smoke(tmp_path):
                                                             ("onnxruntime", "int8")], done.stderr
     for record in records:
         for key in ("system", "dtype", "load_s", "load_peak_rss_bytes", "encoder_s_per_window", "prefill_s", "decode_ms_per_token",
-                    "rtf_30s_100tok", "bandwidth_gbs", "matmul_gflops", "decode_vs_limit", "encoder_vs_limit"):
+                    "rtf_30s_100tok", "bandwidth_gbs", "matmul_gflops", "decode_vs_limit", "encoder_vs_limit", "tokens_equal_fraction"):
             assert key in record and record[key] is not None, (record["system"], record["dtype"], key)
     assert "decode ms/tok" in done.stdout

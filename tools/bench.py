@@ -9,7 +9,8 @@ tokenizer) is made once into --cache. Each system and dtype runs in a fresh proc
 load (wall time, peak RSS), audio encoder + projector per 30 s window, prefill of the prompt, decode ms per
 token over --decode-tokens steps (eos ignored: the weights are random), end-to-end real-time factor for a
 30 s clip and 100 tokens. Medians of --reps repetitions; decode is the median interval between consecutive
-tokens, each timestamped as it is chosen. The machine's memory bandwidth and matmul FLOP/s
+tokens, each timestamped as it is chosen. Each system's 100 end-to-end tokens are compared with the first
+fp32 system's: fp32 systems should agree exactly, int8 ones report their drift. The machine's memory bandwidth and matmul FLOP/s
 are measured in the same run, and decode and encoder times are reported against them.
 """
 
@@ -124,7 +125,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         # would bury the steps in the audio path's run-to-run noise.
         first, steps = [], []
         for _ in range(reps):
-            stamps = run["generate"](batch, decode_tokens + 1)
+            stamps, _ = run["generate"](batch, decode_tokens + 1)
             first.append(stamps[0])
             steps += [b - a for a, b in zip(stamps, stamps[1:])]
         prefill_s = statistics.median(first) - encoder_s  # time to the first token minus its audio path
@@ -132,8 +133,10 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         # End to end: features from the raw samples, the audio path, prefill and 100 generated tokens.
         audio = clip_30s()
 
+        tokens = []
+
         def end_to_end() -> None:
-            run["generate"](processor([audio]), 100)
+            tokens[:] = run["generate"](processor([audio]), 100)[1][0].tolist()
 
         e2e_s = median_time(end_to_end, 1)
     return {
@@ -147,6 +150,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         "prefill_s": prefill_s,
         "decode_ms_per_token": decode_ms,
         "rtf_30s_100tok": e2e_s / 30.0,
+        "tokens": tokens,  # the end-to-end run's 100 greedy ids: agreement between systems
     }
 
 
@@ -160,11 +164,11 @@ def _ours(checkpoint: Path, dtype, quantize: str | None) -> dict:  # noqa: ANN00
     if quantize:
         quantize_decoder(model)
 
-    def generate(batch, n: int) -> list[float]:  # noqa: ANN001
+    def generate(batch, n: int) -> tuple[list[float], torch.Tensor]:  # noqa: ANN001
         stamps, start = [], time.perf_counter()
-        greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
-                        max_new_tokens=n, eos_token_id=(NEVER,), on_token=lambda _: stamps.append(time.perf_counter() - start))
-        return stamps
+        ids = greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
+                              max_new_tokens=n, eos_token_id=(NEVER,), on_token=lambda _: stamps.append(time.perf_counter() - start))
+        return stamps, ids
 
     return {"audio": model.embed_audio, "generate": generate}
 
@@ -186,12 +190,12 @@ def _transformers(checkpoint: Path, dtype) -> dict:  # noqa: ANN001
         def end(self) -> None:
             pass
 
-    def generate(batch, n: int) -> list[float]:  # noqa: ANN001
+    def generate(batch, n: int) -> tuple[list[float], torch.Tensor]:  # noqa: ANN001
         streamer = Stamps()
-        model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       input_features=batch.input_features.to(dtype), input_features_mask=batch.input_features_mask,
-                       do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=[NEVER], pad_token_id=0, streamer=streamer)
-        return streamer.stamps
+        ids = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             input_features=batch.input_features.to(dtype), input_features_mask=batch.input_features_mask,
+                             do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=[NEVER], pad_token_id=0, streamer=streamer)
+        return streamer.stamps, ids[:, batch.input_ids.shape[1]:]
 
     def audio(features, mask):  # noqa: ANN001, ANN202
         return model.get_audio_features(features, mask).pooler_output
@@ -206,11 +210,11 @@ def _onnxruntime(folder: Path) -> dict:
 
     model = OnnxModel(folder, threads=torch.get_num_threads())  # as many threads as the PyTorch systems
 
-    def generate(batch, n: int) -> list[float]:  # noqa: ANN001
+    def generate(batch, n: int) -> tuple[list[float], torch.Tensor]:  # noqa: ANN001
         stamps, start = [], time.perf_counter()
-        model.generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
-                       max_new_tokens=n, eos_token_id=(NEVER,), on_token=lambda _: stamps.append(time.perf_counter() - start))
-        return stamps
+        ids = model.generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
+                             max_new_tokens=n, eos_token_id=(NEVER,), on_token=lambda _: stamps.append(time.perf_counter() - start))
+        return stamps, ids
 
     return {"audio": model.embed_audio, "generate": generate}
 
@@ -379,6 +383,14 @@ def main() -> int:
             record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
             record["matmul_gflops"] = limits[f"matmul_gflops_{flops_dtype}"]
             records.append(record)
+    # Greedy-token agreement with the first fp32 system run (ours, when it ran): fp32 systems should agree
+    # exactly; int8 ones report how far they drift. Random weights: the ids mean nothing, equality does.
+    anchor = next((r for r in records if r["dtype"] == "fp32"), None)
+    for r in records:
+        if anchor is not None:
+            same = sum(a == b for a, b in zip(r["tokens"], anchor["tokens"]))
+            r["tokens_equal_to"] = f"{anchor['system']} {anchor['dtype']}"
+            r["tokens_equal_fraction"] = same / max(len(anchor["tokens"]), 1)
             print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
     tokenizer = tokenizer_speed(checkpoint)
     print_table(records, limits, tokenizer, preset)
@@ -392,13 +404,14 @@ def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str)
     print(f"preset {preset}; machine, {limits['threads']} threads: {limits['bandwidth_gbs']:.1f} GB/s matrix-vector bandwidth "
           f"({kernels}), {limits['matmul_gflops_fp32']:.0f} / {limits['matmul_gflops_bf16']:.0f} GFLOP/s fp32 / bf16 matmul")
     header = (f"{'system':12} {'dtype':5} {'load s':>6} {'load RSS GB':>11} {'audio s/win':>11} {'x limit':>7} {'prefill s':>9} "
-              f"{'decode ms/tok':>13} {'x limit':>7} {'RTF 30s+100':>11}")
+              f"{'decode ms/tok':>13} {'x limit':>7} {'RTF 30s+100':>11} {'same ids':>8}")
     print(header)
     print("-" * len(header))
     for r in records:
         print(f"{r['system']:12} {r['dtype']:5} {r['load_s']:6.1f} {r['load_peak_rss_bytes'] / 1e9:11.2f} "
               f"{r['encoder_s_per_window']:11.2f} {r['encoder_vs_limit']:7.2f} {r['prefill_s']:9.2f} "
-              f"{r['decode_ms_per_token']:13.1f} {r['decode_vs_limit']:7.2f} {r['rtf_30s_100tok']:11.3f}")
+              f"{r['decode_ms_per_token']:13.1f} {r['decode_vs_limit']:7.2f} {r['rtf_30s_100tok']:11.3f} "
+              f"{100 * r.get('tokens_equal_fraction', float('nan')):7.0f}%")
     if "tokenizer_ratio" in tokenizer:
         print(f"tokenizer, {tokenizer['tokenizer_bytes'] / 1e6:.1f} MB of text: ours {tokenizer['tokenizer_ours_s']:.2f} s, "
               f"tokenizers {tokenizer['tokenizer_reference_s']:.2f} s ({tokenizer['tokenizer_ratio']:.1f}x)")
