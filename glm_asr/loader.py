@@ -134,6 +134,8 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
 
     state: dict[str, torch.Tensor] = {}
     headers = {f: _header(f) for f in set(files.values())}
+    wanted = [headers[files[key]][key] for ours, key in targets.items() if ours in expected and key in headers[files[key]]]
+    buffer = torch.empty(max((e.end - e.start for e in wanted), default=0), dtype=torch.uint8)  # every read lands here
     with ExitStack() as stack:
         handles = {f: stack.enter_context(open(f, "rb")) for f in headers}
         for ours, key in sorted(targets.items()):
@@ -142,13 +144,14 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
             if key not in headers[files[key]]:
                 problems.append(f"{key}: listed in the index but not in {files[key].name}")
                 continue
-            tensor = read_tensor(handles[files[key]], headers[files[key]][key])
+            tensor = read_tensor(handles[files[key]], headers[files[key]][key], buffer)
             if tuple(tensor.shape) != tuple(expected[ours]) or tensor.dtype not in FLOAT_DTYPES:
                 problems.append(f"{key}: {tensor.dtype} {tuple(tensor.shape)}, expected a float tensor of shape {tuple(expected[ours])}")
                 continue
             if layout == "original" and _ORIGINAL_ROPE_ROWS.match(ours):
                 tensor = _permute_rope_rows(tensor, config.audio_config, is_query=".q_proj." in ours)
-            state[ours] = tensor.to(device=device, dtype=dtype)  # one tensor at a time: the peak stays low
+            state[ours] = tensor.to(device=device, dtype=dtype, copy=True)  # its own memory: the buffer is reused
+    del buffer
     if problems:
         raise CheckpointError(f"{directory}: checkpoint does not match config.json: " + "; ".join(problems))
 
