@@ -383,6 +383,7 @@ def main() -> int:
             record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
             record["matmul_gflops"] = limits[f"matmul_gflops_{flops_dtype}"]
             records.append(record)
+            print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
     # Greedy-token agreement with the first fp32 system run (ours, when it ran): fp32 systems should agree
     # exactly; int8 ones report how far they drift. Random weights: the ids mean nothing, equality does.
     anchor = next((r for r in records if r["dtype"] == "fp32"), None)
@@ -391,7 +392,6 @@ def main() -> int:
             same = sum(a == b for a, b in zip(r["tokens"], anchor["tokens"]))
             r["tokens_equal_to"] = f"{anchor['system']} {anchor['dtype']}"
             r["tokens_equal_fraction"] = same / max(len(anchor["tokens"]), 1)
-            print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
     tokenizer = tokenizer_speed(checkpoint)
     print_table(records, limits, tokenizer, preset)
     if args.json:
