@@ -2,14 +2,14 @@
 
 Each decoded token reads every decoder weight once and does two FLOPs per weight: on a CPU that is bound by
 memory bandwidth, not arithmetic (tools/bench.py measures both). Int8 weights read 4x fewer bytes than
-fp32. The scheme is dynamic quantisation, as onnxruntime's `quantize_dynamic` (tools/export_onnx.py
---quantize int8): weights int8, symmetric, one scale per output row (absmax / 127); activations quantised
-per tensor at run time to 7-bit unsigned (`reduce_range`: without AVX-512 VNNI the int8 kernels add pairs of
-products in int16, which 8-bit activations can overflow); products accumulated in int32. The kernels are
-PyTorch's fbgemm ones (`torch.ops.quantized.linear_dynamic`).
+fp32. The scheme is dynamic quantisation, like onnxruntime's `quantize_dynamic` (tools/export_onnx.py
+--quantize int8): weights int8, symmetric, one scale per output row (absmax / 127; the export uses one per
+tensor); activations quantised per tensor at run time to 7-bit unsigned (`reduce_range`: without AVX-512
+VNNI the int8 kernels add pairs of products in int16, which 8-bit activations can overflow; onnxruntime's
+kernels use 8); products accumulated in int32. The kernels are PyTorch's fbgemm ones (`torch.ops.quantized.linear_dynamic`).
 
 Only `language_model` is quantised. The audio encoder and projector run 1500-frame matmuls, which are
-compute-bound, and int8 GEMMs ran no faster than fp32 on the CPUs measured (README, Performance).
+compute-bound, and int8 GEMMs ran no faster than fp32 on the CPU measured (README, Performance).
 Norms, RoPE, attention and the KV cache stay in fp32.
 
 This is an approximation, not the reference: its agreement with fp32 (logit cosine, greedy-token match) is

@@ -2,10 +2,10 @@
 
 The safetensors library memory-maps the file, and every page it touches stays in this process's resident
 set until the file is closed: converting a bf16 checkpoint to an fp32 model then peaks at the model plus
-the whole file. Reading each tensor into its own buffer instead keeps the peak at the model plus one
-tensor (the format is an 8-byte header length, a JSON header of dtype, shape and byte offsets, then data).
-The loader reads every tensor into one reusable buffer and converts from there: a fresh buffer per tensor,
-freed after conversion, left the allocator's heap fragmented and the peak up to 1.2 GB higher, run to run.
+the whole file. Reading each tensor with plain file reads into one reusable buffer, and converting it from
+there, keeps the peak at the model plus the largest tensor (the format is an 8-byte header length, a JSON
+header of dtype, shape and byte offsets, then data). A fresh buffer per tensor, freed after conversion, left
+the allocator's heap fragmented and the full-size peak up to 1.2 GB higher, varying run to run.
 """
 
 from __future__ import annotations
