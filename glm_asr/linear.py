@@ -27,10 +27,15 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
 
 
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear computed by oneDNN (CPU, fp32); callers check `use_onednn` first."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
 class Linear(nn.Linear):
     """An nn.Linear (same parameters, same state_dict keys) with the oneDNN path above."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_onednn(x, self.weight):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            return onednn_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)

@@ -65,7 +65,3 @@ def quantize_decoder(model: GlmAsrModel) -> GlmAsrModel:
             if isinstance(child, nn.Linear):
                 setattr(module, name, Int8Linear(child))
     return model
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, Int8Linear) for m in model.modules())
