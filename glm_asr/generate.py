@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 
 from .decoder import KVCache
+from .linear import Linear, openblas_matvec, use_onednn
 from .model import GlmAsrModel
 
 
@@ -46,21 +48,25 @@ def greedy_generate(
 
     hidden = model.language_model.model(embeds, positions, key_valid[:, :T], cache, 0)
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    for step in range(max_new_tokens):
-        logits = model.language_model.lm_head(hidden[:, -1])  # only the last position is needed
-        token = logits.float().argmax(-1).masked_fill(finished, int(eos[0]))
-        tokens.append(token)
-        if on_token is not None:
-            on_token(token)
-        finished |= torch.isin(token, eos)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        next_embeds = model.language_model.model.embed_tokens(token[:, None])  # (B, 1, D)
-        next_positions = positions[:, -1:] + 1 + step
-        if cache is not None:
-            hidden = model.language_model.model(next_embeds, next_positions, key_valid[:, : T + step + 1], cache, T + step)
-        else:  # the whole sequence again: the reference point that cached decoding must equal
-            embeds = torch.cat([embeds, next_embeds], dim=1)
-            positions_all = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(step + 1, device=input_ids.device)], dim=1)
-            hidden = model.language_model.model(embeds, positions_all, key_valid[:, : T + step + 1], None, 0)
+    head = model.language_model.lm_head
+    # A cached fp32 CPU step is all single-row products, which numpy's BLAS reads fastest (linear.py).
+    fast_matvec = B == 1 and cache is not None and isinstance(head, Linear) and use_onednn(hidden, head.weight)
+    with openblas_matvec() if fast_matvec else nullcontext():
+        for step in range(max_new_tokens):
+            logits = model.language_model.lm_head(hidden[:, -1])  # only the last position is needed
+            token = logits.float().argmax(-1).masked_fill(finished, int(eos[0]))
+            tokens.append(token)
+            if on_token is not None:
+                on_token(token)
+            finished |= torch.isin(token, eos)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            next_embeds = model.language_model.model.embed_tokens(token[:, None])  # (B, 1, D)
+            next_positions = positions[:, -1:] + 1 + step
+            if cache is not None:
+                hidden = model.language_model.model(next_embeds, next_positions, key_valid[:, : T + step + 1], cache, T + step)
+            else:  # the whole sequence again: the reference point that cached decoding must equal
+                embeds = torch.cat([embeds, next_embeds], dim=1)
+                positions_all = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(step + 1, device=input_ids.device)], dim=1)
+                hidden = model.language_model.model(embeds, positions_all, key_valid[:, : T + step + 1], None, 0)
     return torch.stack(tokens, dim=1)
