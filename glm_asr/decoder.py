@@ -10,7 +10,7 @@ from torch import nn
 
 from .capture import record
 from .config import TextConfig
-from .linear import Linear
+from .kernels import Linear, attention
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -68,7 +68,7 @@ class DecoderAttention(nn.Module):
             cache_k[:, :, offset : offset + T] = k
             cache_v[:, :, offset : offset + T] = v
             k, v = cache_k[:, :, : offset + T], cache_v[:, :, : offset + T]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads)
+        out = attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 

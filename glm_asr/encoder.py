@@ -12,7 +12,7 @@ from torch import nn
 
 from .capture import record
 from .config import AudioConfig
-from .linear import Linear
+from .kernels import Linear, attention
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -31,7 +31,7 @@ class EncoderAttention(nn.Module):
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.num_kv_heads != self.num_heads)
+        out = attention(q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch
 
 from .decoder import KVCache
-from .linear import Linear, openblas_matvec, use_onednn
+from .kernels import Linear, openblas_matvec, use_onednn
 from .model import GlmAsrModel
 
 
@@ -49,7 +49,7 @@ def greedy_generate(
     hidden = model.language_model.model(embeds, positions, key_valid[:, :T], cache, 0)
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     head = model.language_model.lm_head
-    # A cached fp32 CPU step is all single-row products, which numpy's BLAS reads fastest (linear.py).
+    # A cached fp32 CPU step is all single-row products, which numpy's BLAS reads fastest (kernels.py).
     fast_matvec = B == 1 and cache is not None and isinstance(head, Linear) and use_onednn(hidden, head.weight)
     with openblas_matvec() if fast_matvec else nullcontext():
         for step in range(max_new_tokens):

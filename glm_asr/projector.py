@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MERGE_FACTOR, GlmAsrConfig
-from .linear import Linear
+from .kernels import Linear
 
 
 def merge_frames(encoder_states: torch.Tensor) -> torch.Tensor:

@@ -242,22 +242,21 @@ def machine_limits(size_mb: int = 1024) -> dict:
     """Memory bandwidth (GB/s) and matmul GFLOP/s at the benchmarks' threads, each the best that any kernel on
     this machine reaches, so the limit is the hardware's and not one library's:
     - bandwidth: a large fp32 matrix-vector product (the decode access pattern) through MKL (F.linear),
-      oneDNN (what glm_asr.linear uses) and OpenBLAS (numpy's);
+      oneDNN and OpenBLAS (numpy's; glm_asr.kernels uses both);
     - GFLOP/s: a 512-token linear layer 2048 -> 2048 (the shape models run), fp32 through MKL and oneDNN,
-      bf16 through PyTorch's default path.
+      bf16 through PyTorch's default path and widened to fp32 in oneDNN (what glm_asr.kernels does on CPUs
+      without native bf16, where it is the fastest way to a bf16 GEMM's result).
     Each kernel's own figure is kept in the record too."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from glm_asr.linear import ONEDNN as onednn
-    from glm_asr.linear import onednn_linear
+    from glm_asr.kernels import ONEDNN as onednn
+    from glm_asr.kernels import onednn_linear, openblas_linear
 
     rows = size_mb * 2**20 // 4 // 4096
     weight = torch.randn(rows, 4096)
     vector = torch.randn(1, 4096)
-    out = np.empty((1, rows), np.float32)
-    gemv = {"mkl": lambda: F.linear(vector, weight), "openblas": lambda: np.matmul(vector.numpy(), weight.numpy().T, out=out)}
+    gemv = {"mkl": lambda: F.linear(vector, weight), "openblas": lambda: openblas_linear(vector, weight)}
     if onednn:
         gemv["onednn"] = lambda: onednn_linear(vector, weight)
     result = {"threads": torch.get_num_threads()}
@@ -271,6 +270,8 @@ def machine_limits(size_mb: int = 1024) -> dict:
         kernels = {"mkl": lambda: F.linear(x, w)}
         if onednn and dtype == torch.float32:
             kernels["onednn"] = lambda: onednn_linear(x, w)
+        if onednn and dtype == torch.bfloat16:
+            kernels["onednn_fp32"] = lambda: onednn_linear(x.float(), w.float()).to(dtype)
         for name, fn in kernels.items():
             fn()
             result[f"matmul_gflops_{dtype_name}_{name}"] = 2 * 512 * 2048 * 2048 / best_time(fn, 3) / 1e9

@@ -1,4 +1,4 @@
-"""nn.Linear whose fp32 CPU products go to the fastest kernel measured on a CPU, not to MKL.
+"""Linear layers and attention on the fastest CPU kernels measured, not PyTorch's defaults.
 
 PyTorch's CPU build hands fp32 matmuls to MKL. On the AMD EPYC this project is measured on (README,
 Performance), MKL's matrix-vector product, which is all a decode step does, reads weights at 13-17 GB/s,
@@ -11,9 +11,15 @@ and its GEMMs at encoder shapes run 60-64 GFLOP/s. Two kernels ship with the dep
   wraps around its decode steps. OpenBLAS runs its own threads, so torch drops to one thread meanwhile:
   both pools spinning on the same cores made a step 1.7x slower.
 
-Same fp32 math; only the summation order differs, which the conformance tolerances cover. Everything else
-takes the plain `F.linear` path: other dtypes and devices, autograd, and tracing by torch.export /
-torch.compile (the ONNX export must see an ordinary matmul).
+bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX: oneDNN reports none) runs PyTorch's fallback
+GEMM at 11 GFLOP/s against 69 for fp32. A bf16 GEMM multiplies bf16 values exactly and sums in fp32, so
+widening the operands to fp32 (exact) and rounding the result to bf16 once is the same math in another
+summation order; attention likewise. On such CPUs, products of more than one row and attention are
+computed that way. Single-row products stay bf16: they are bound by reading weights, which bf16 halves.
+
+Only the summation order differs from the default kernels, which the conformance tolerances cover.
+Everything else takes the plain PyTorch path: other dtypes and devices, autograd, and tracing by
+torch.export / torch.compile (the ONNX export must see an ordinary matmul).
 """
 
 from __future__ import annotations
@@ -27,15 +33,26 @@ import torch.nn.functional as F
 from torch import nn
 
 ONEDNN = torch.backends.mkldnn.is_available()
+NATIVE_BF16 = ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 _matvec_on_openblas: ContextVar[bool] = ContextVar("glm_asr_matvec_on_openblas", default=False)
 
 
-def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _eager_cpu(*tensors: torch.Tensor) -> bool:
+    """CPU tensors outside autograd and tracing: where a kernel of our choosing may replace PyTorch's."""
     if not ONEDNN or torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return all(t.device.type == "cpu" for t in tensors) and not grad
+
+
+def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return x.dtype == torch.float32 and weight.dtype == torch.float32 and _eager_cpu(x, weight)
+
+
+def widen_bf16(*tensors: torch.Tensor) -> bool:
+    """bf16 CPU tensors on a CPU without native bf16: compute in fp32, round once (module doc)."""
+    return not NATIVE_BF16 and all(t.dtype == torch.bfloat16 for t in tensors) and _eager_cpu(*tensors)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,6 +81,14 @@ def openblas_matvec() -> Iterator[None]:
         _matvec_on_openblas.reset(token)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention of (B, H, T, Dh) queries on (B, Hkv, S, Dh) keys and values (GQA)."""
+    gqa = k.shape[1] != q.shape[1]
+    if widen_bf16(q, k, v):
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=gqa).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 class Linear(nn.Linear):
     """An nn.Linear (same parameters, same state_dict keys) with the CPU kernel choice above."""
 
@@ -72,4 +97,7 @@ class Linear(nn.Linear):
             if x.numel() == x.shape[-1] and _matvec_on_openblas.get():
                 return openblas_linear(x, self.weight, self.bias)
             return onednn_linear(x, self.weight, self.bias)
+        if x.numel() > x.shape[-1] and widen_bf16(x, self.weight):
+            bias = None if self.bias is None else self.bias.float()
+            return onednn_linear(x.float(), self.weight.float(), bias).to(x.dtype)
         return F.linear(x, self.weight, self.bias)

@@ -1,13 +1,13 @@
-"""glm_asr/linear.py: the oneDNN path for fp32 CPU linear layers equals F.linear, and is left when it must be."""
+"""glm_asr/kernels.py: each kernel swap computes what the default kernel would, and is left when it must be."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from glm_asr import linear
-from glm_asr.linear import Linear, use_onednn
+from glm_asr import kernels
+from glm_asr.kernels import Linear, use_onednn
 
-pytestmark = pytest.mark.skipif(not linear.ONEDNN, reason="this PyTorch build has no oneDNN")
+pytestmark = pytest.mark.skipif(not kernels.ONEDNN, reason="this PyTorch build has no oneDNN")
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -50,7 +50,7 @@ def test_openblas_matvec_equals_f_linear_and_gives_torch_its_threads_back(shape,
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # under xdist the suite runs on one thread, which would hide a missing restore
     try:
-        with linear.openblas_matvec():
+        with kernels.openblas_matvec():
             assert torch.get_num_threads() == 1
             out = layer(x)
         assert torch.get_num_threads() == 2
@@ -62,12 +62,40 @@ def test_openblas_matvec_equals_f_linear_and_gives_torch_its_threads_back(shape,
 
 def test_openblas_takes_only_single_rows(monkeypatch):
     calls = []
-    monkeypatch.setattr(linear, "openblas_linear", lambda *args: calls.append(args) or F.linear(*args))
+    monkeypatch.setattr(kernels, "openblas_linear", lambda *args: calls.append(args) or F.linear(*args))
     layer = Linear(64, 48).requires_grad_(False)
     layer(torch.randn(1, 64))
     assert not calls  # outside the block: oneDNN
-    with linear.openblas_matvec():
+    with kernels.openblas_matvec():
         layer(torch.randn(2, 64))
         assert not calls  # two rows: oneDNN's GEMM
         layer(torch.randn(1, 1, 64))
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(kernels.NATIVE_BF16, reason="this CPU has native bf16: PyTorch's bf16 kernels are kept")
+def test_bf16_gemms_and_attention_are_widened_to_fp32_and_rounded_once():
+    torch.manual_seed(0)
+    layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    assert kernels.widen_bf16(x, layer.weight) and not kernels.widen_bf16(x.float(), layer.weight.float())
+    out = layer(x)
+    assert out.dtype == torch.bfloat16
+    # bf16 values are exact in fp32, so the fp32 product rounded once is what a bf16 GEMM means.
+    assert torch.equal(out, F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16())
+    assert float((out.float() - F.linear(x, layer.weight, layer.bias).float()).abs().max()) <= 1e-2 * float(out.float().abs().max())
+
+    q, k, v = (torch.randn(1, h, 6, 16, dtype=torch.bfloat16) for h in (4, 2, 2))
+    out = kernels.attention(q, k, v)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True).bfloat16())
+
+
+def test_a_single_bf16_row_keeps_the_bf16_kernel(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))
+    layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
+    layer(torch.randn(1, 1, 64, dtype=torch.bfloat16))  # a decode step reads weights: bf16 halves the bytes
+    assert not calls
+    layer(torch.randn(2, 64, dtype=torch.bfloat16))
     assert len(calls) == 1
