@@ -14,8 +14,10 @@ and its GEMMs at encoder shapes run 60-64 GFLOP/s. Two kernels ship with the dep
 bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX: oneDNN reports none) runs PyTorch's fallback
 GEMM at 11 GFLOP/s against 69 for fp32. A bf16 GEMM multiplies bf16 values exactly and sums in fp32, so
 widening the operands to fp32 (exact) and rounding the result to bf16 once is the same math in another
-summation order; attention likewise. On such CPUs, products of more than one row and attention are
-computed that way. Single-row products stay bf16: they are bound by reading weights, which bf16 halves.
+summation order. On such CPUs, products of more than one row are computed that way, and so is attention
+(where the bf16 kernel also rounds the softmax weights to bf16 on the way; the bf16 goldens show no larger
+error without that rounding). Single-row products stay bf16: they are bound by reading weights, which bf16
+halves.
 
 Only the summation order differs from the default kernels, which the conformance tolerances cover.
 Everything else takes the plain PyTorch path: other dtypes and devices, autograd, and tracing by
