@@ -12,7 +12,7 @@ from torch import nn
 
 from .capture import record
 from .config import AudioConfig
-from .kernels import Linear, attention
+from .kernels import Conv1d, Linear, attention
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -62,8 +62,8 @@ class AudioEncoder(nn.Module):
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
         self.config = config
-        self.conv1 = nn.Conv1d(config.num_mel_bins, config.hidden_size, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(config.hidden_size, config.hidden_size, kernel_size=3, stride=2, padding=1)
+        self.conv1 = Conv1d(config.num_mel_bins, config.hidden_size, kernel_size=3, padding=1)
+        self.conv2 = Conv1d(config.hidden_size, config.hidden_size, kernel_size=3, stride=2, padding=1)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 

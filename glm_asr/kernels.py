@@ -14,7 +14,8 @@ and its GEMMs at encoder shapes run 60-64 GFLOP/s. Two kernels ship with the dep
 bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX: oneDNN reports none) runs PyTorch's fallback
 GEMM at 11 GFLOP/s against 69 for fp32. A bf16 GEMM multiplies bf16 values exactly and sums in fp32, so
 widening the operands to fp32 (exact) and rounding the result to bf16 once is the same math in another
-summation order. On such CPUs, products of more than one row are computed that way, and so is attention
+summation order. On such CPUs, products of more than one row are computed that way (convolutions too: the
+bf16 fallback took 62 s for the encoder's two), and so is attention
 (where the bf16 kernel also rounds the softmax weights to bf16 on the way; the bf16 goldens show no larger
 error without that rounding). Single-row products stay bf16: they are bound by reading weights, which bf16
 halves.
@@ -89,6 +90,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     if widen_bf16(q, k, v):
         return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=gqa).to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+class Conv1d(nn.Conv1d):
+    """An nn.Conv1d (same parameters and keys) whose bf16 CPU convolutions are widened (module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if widen_bf16(x, self.weight):
+            bias = None if self.bias is None else self.bias.float()
+            return self._conv_forward(x.float(), self.weight.float(), bias).to(x.dtype)
+        return super().forward(x)
 
 
 class Linear(nn.Linear):

@@ -74,7 +74,7 @@ def test_openblas_takes_only_single_rows(monkeypatch):
 
 
 @pytest.mark.skipif(kernels.NATIVE_BF16, reason="this CPU has native bf16: PyTorch's bf16 kernels are kept")
-def test_bf16_gemms_and_attention_are_widened_to_fp32_and_rounded_once():
+def test_bf16_gemms_convolutions_and_attention_are_widened_to_fp32_and_rounded_once():
     torch.manual_seed(0)
     layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
     x = torch.randn(5, 64, dtype=torch.bfloat16)
@@ -84,6 +84,12 @@ def test_bf16_gemms_and_attention_are_widened_to_fp32_and_rounded_once():
     # bf16 values are exact in fp32, so the fp32 product rounded once is what a bf16 GEMM means.
     assert torch.equal(out, F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16())
     assert float((out.float() - F.linear(x, layer.weight, layer.bias).float()).abs().max()) <= 1e-2 * float(out.float().abs().max())
+
+    conv = kernels.Conv1d(8, 16, kernel_size=3, stride=2, padding=1).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(2, 8, 20, dtype=torch.bfloat16)
+    out = conv(x)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.conv1d(x.float(), conv.weight.float(), conv.bias.float(), stride=2, padding=1).bfloat16())
 
     q, k, v = (torch.randn(1, h, 6, 16, dtype=torch.bfloat16) for h in (4, 2, 2))
     out = kernels.attention(q, k, v)
