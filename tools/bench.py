@@ -384,9 +384,10 @@ def main() -> int:
             record["matmul_gflops"] = limits[f"matmul_gflops_{flops_dtype}"]
             records.append(record)
             print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
-    # Greedy-token agreement with the first fp32 system run (ours, when it ran): fp32 systems should agree
-    # exactly; int8 ones report how far they drift. Random weights: the ids mean nothing, equality does.
-    anchor = next((r for r in records if r["dtype"] == "fp32"), None)
+    # Greedy-token agreement with the first fp32 system run (ours, when it ran; else the first system): fp32
+    # systems should agree exactly; the others report how far they drift. Random weights: the ids mean
+    # nothing, equality does.
+    anchor = next((r for r in records if r["dtype"] == "fp32"), records[0] if records else None)
     for r in records:
         if anchor is not None:
             same = sum(a == b for a, b in zip(r["tokens"], anchor["tokens"]))
@@ -411,7 +412,9 @@ def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str)
         print(f"{r['system']:12} {r['dtype']:5} {r['load_s']:6.1f} {r['load_peak_rss_bytes'] / 1e9:11.2f} "
               f"{r['encoder_s_per_window']:11.2f} {r['encoder_vs_limit']:7.2f} {r['prefill_s']:9.2f} "
               f"{r['decode_ms_per_token']:13.1f} {r['decode_vs_limit']:7.2f} {r['rtf_30s_100tok']:11.3f} "
-              f"{100 * r.get('tokens_equal_fraction', float('nan')):7.0f}%")
+              f"{100 * r['tokens_equal_fraction']:7.0f}%")
+    if records:
+        print(f"same ids: the end-to-end run's 100 greedy ids against {records[0]['tokens_equal_to']}'s")
     if "tokenizer_ratio" in tokenizer:
         print(f"tokenizer, {tokenizer['tokenizer_bytes'] / 1e6:.1f} MB of text: ours {tokenizer['tokenizer_ours_s']:.2f} s, "
               f"tokenizers {tokenizer['tokenizer_reference_s']:.2f} s ({tokenizer['tokenizer_ratio']:.1f}x)")
