@@ -1,4 +1,4 @@
-"""Linear layers and attention on the fastest CPU kernels measured, not PyTorch's defaults.
+"""Linear layers, convolutions and attention on the fastest CPU kernels measured, not PyTorch's defaults.
 
 PyTorch's CPU build hands fp32 matmuls to MKL. On the AMD EPYC this project is measured on (README,
 Performance), MKL's matrix-vector product, which is all a decode step does, reads weights at 13-17 GB/s,
