@@ -63,6 +63,11 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def widened_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear of bf16 tensors computed in fp32 by oneDNN and rounded once; callers check `widen_bf16` first."""
+    return onednn_linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+
+
 def openblas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear of one row (..., K) computed by numpy's BLAS, reading the weight in place (CPU, fp32)."""
     y = torch.from_numpy(weight.detach().numpy() @ x.detach().reshape(-1).numpy())  # (N,)
@@ -111,6 +116,5 @@ class Linear(nn.Linear):
                 return openblas_linear(x, self.weight, self.bias)
             return onednn_linear(x, self.weight, self.bias)
         if x.numel() > x.shape[-1] and widen_bf16(x, self.weight):
-            bias = None if self.bias is None else self.bias.float()
-            return onednn_linear(x.float(), self.weight.float(), bias).to(x.dtype)
+            return widened_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)

@@ -251,7 +251,7 @@ def machine_limits(size_mb: int = 1024) -> dict:
     import torch.nn.functional as F
 
     from glm_asr.kernels import ONEDNN as onednn
-    from glm_asr.kernels import onednn_linear, openblas_linear
+    from glm_asr.kernels import onednn_linear, openblas_linear, widened_linear
 
     rows = size_mb * 2**20 // 4 // 4096
     weight = torch.randn(rows, 4096)
@@ -271,7 +271,7 @@ def machine_limits(size_mb: int = 1024) -> dict:
         if onednn and dtype == torch.float32:
             kernels["onednn"] = lambda: onednn_linear(x, w)
         if onednn and dtype == torch.bfloat16:
-            kernels["onednn_fp32"] = lambda: onednn_linear(x.float(), w.float()).to(dtype)
+            kernels["onednn_fp32"] = lambda: widened_linear(x, w)
         for name, fn in kernels.items():
             fn()
             result[f"matmul_gflops_{dtype_name}_{name}"] = 2 * 512 * 2048 * 2048 / best_time(fn, 3) / 1e9
@@ -389,10 +389,9 @@ def main() -> int:
     # nothing, equality does.
     anchor = next((r for r in records if r["dtype"] == "fp32"), records[0] if records else None)
     for r in records:
-        if anchor is not None:
-            same = sum(a == b for a, b in zip(r["tokens"], anchor["tokens"]))
-            r["tokens_equal_to"] = f"{anchor['system']} {anchor['dtype']}"
-            r["tokens_equal_fraction"] = same / max(len(anchor["tokens"]), 1)
+        same = sum(a == b for a, b in zip(r["tokens"], anchor["tokens"]))
+        r["tokens_equal_to"] = f"{anchor['system']} {anchor['dtype']}"
+        r["tokens_equal_fraction"] = same / max(len(anchor["tokens"]), 1)
     tokenizer = tokenizer_speed(checkpoint)
     print_table(records, limits, tokenizer, preset)
     if args.json:
