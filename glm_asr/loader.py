@@ -1,7 +1,7 @@
 """Loading a checkpoint directory: config.json + model.safetensors (or a sharded index).
 
-Paranoid and light: the model is built on the meta device and every tensor is assigned straight from the
-memory-mapped file, converted to the requested dtype one at a time. Three key layouts are accepted, each
+Paranoid and light: the model is built on the meta device and every tensor is read into one reusable buffer,
+converted to the requested dtype (or kept as stored) one at a time. Three key layouts are accepted, each
 through ONE explicit rename table that raises on any key it does not know; after renaming, the key set
 must be exactly the model's and every shape must match, or one error lists every problem.
 """
@@ -107,11 +107,14 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
     raise CheckpointError(f"{directory}: neither model.safetensors nor model.safetensors.index.json found")
 
 
-def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> GlmAsrModel:
-    """Loads a GLM-ASR checkpoint directory (config.json + safetensors) into a GlmAsrModel in eval mode."""
+def load_model(path: str | os.PathLike, *, dtype: torch.dtype | None = torch.float32, device: str | torch.device = "cpu") -> GlmAsrModel:
+    """Loads a GLM-ASR checkpoint directory (config.json + safetensors) into a GlmAsrModel in eval mode.
+
+    `dtype=None` keeps every tensor in its stored dtype (the release stores bf16): what `quantize_decoder`
+    starts from, so that an int8 model never holds a full fp32 copy of the checkpoint."""
     directory = Path(path)
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"dtype={dtype}: expected one of torch.float32, torch.bfloat16, torch.float16")
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype={dtype}: expected one of torch.float32, torch.bfloat16, torch.float16, or None to keep the stored dtypes")
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory; expected a checkpoint folder with config.json and model.safetensors")
     config = GlmAsrConfig.from_file(directory / "config.json")
@@ -150,7 +153,7 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
                 continue
             if layout == "original" and _ORIGINAL_ROPE_ROWS.match(ours):
                 tensor = _permute_rope_rows(tensor, config.audio_config, is_query=".q_proj." in ours)
-            state[ours] = tensor.to(device=device, dtype=dtype, copy=True)  # its own memory: the buffer is reused
+            state[ours] = tensor.to(device=device, dtype=dtype or tensor.dtype, copy=True)  # its own memory: the buffer is reused
     del buffer
     if problems:
         raise CheckpointError(f"{directory}: checkpoint does not match config.json: " + "; ".join(problems))

@@ -19,6 +19,7 @@ measured by tests/test_quantize.py and tools/bench.py, never held to the conform
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -57,11 +58,20 @@ class Int8Linear(nn.Module):
 
 def quantize_decoder(model: GlmAsrModel) -> GlmAsrModel:
     """Replaces every linear layer of `language_model` (attention, MLP and the LM head) by an Int8Linear, in
-    place, and returns the model. A tied LM head gets its own int8 copy; the embedding table stays fp32."""
-    if next(model.parameters()).dtype != torch.float32 or next(model.parameters()).device.type != "cpu":
-        raise ValueError("int8 quantisation runs on an fp32 model on the CPU (the fbgemm kernels); load it with dtype fp32")
-    for module in list(model.language_model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child))
-    return model
+    place, and returns the model, all in fp32 but those layers. A tied LM head gets its own int8 copy; the
+    embedding table stays fp32.
+
+    The model may be in any float dtype. Each weight is widened to fp32 (exact) before it is quantised, and
+    everything else is cast to fp32 afterwards, so a bf16 checkpoint loaded as stored (`load_model(dtype=None)`)
+    becomes exactly the model its fp32 load would, without ever holding the whole checkpoint in fp32: the
+    load peak halves (README, Performance)."""
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("int8 quantisation runs on the CPU (the fbgemm kernels); load the model with device='cpu'")
+    slots = [(module, name) for module in list(model.language_model.modules())
+             for name, child in module.named_children() if isinstance(child, nn.Linear)]
+    # fbgemm packs a weight on one core: two threads quantise two layers at once. The float layer is dropped
+    # as soon as its int8 one is in place, so the peak grows by a few layers, not by the decoder.
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        for (module, name), int8 in zip(slots, pool.map(lambda slot: Int8Linear(getattr(*slot)), slots)):
+            setattr(module, name, int8)
+    return model.float()

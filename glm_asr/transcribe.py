@@ -59,7 +59,7 @@ def load_model_and_processor(
         directory = Path(model_path)
         if not (directory / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{directory}: no tokenizer.json; expected a model folder with config.json, model.safetensors and tokenizer.json")
-        model = load_model(directory, dtype=dtype, device=device)
+        model = load_model(directory, dtype=None if quantize else dtype, device=device)  # None: as stored, see quantize_decoder
         processor = Processor.from_dir(directory, model.config.audio_config.num_mel_bins)
     return (quantize_decoder(model) if quantize else model), processor
 

@@ -126,6 +126,14 @@ def test_bf16_checkpoint_loads_as_fp32(tmp_path, weights):
     assert torch.equal(model.state_dict()[key], weights[key].bfloat16().float())
 
 
+def test_dtype_none_keeps_each_tensor_as_stored(tmp_path, weights):
+    mixed = {k: v.bfloat16() if k.startswith("language_model.") else v for k, v in weights.items()}
+    model = load_model(checkpoint(tmp_path, mixed), dtype=None)
+    state = model.state_dict()
+    assert all(state[k].dtype == v.dtype and torch.equal(state[k], v) for k, v in mixed.items())
+    assert {p.dtype for p in model.parameters()} == {torch.float32, torch.bfloat16}
+
+
 def test_every_problem_in_one_error(tmp_path, weights):
     broken = dict(weights)
     del broken["audio_tower.layers.0.self_attn.q_proj.bias"]

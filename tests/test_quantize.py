@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from conformance import golden, runner
-from conformance.cases import clips
+from conformance.cases import MODELS, clips
 from conformance.compare import measure
 from conformance.ours import features
+from conformance.weights import make_weights, save_checkpoint
+from glm_asr import load_model
 from glm_asr.cli import main as cli_main
 from glm_asr.generate import greedy_generate, prompt_positions
 from glm_asr.quantize import Int8Linear, quantize_decoder
@@ -60,6 +62,25 @@ def test_only_the_decoder_is_quantized():
     assert isinstance(model.audio_tower.layers[0].self_attn.q_proj, nn.Linear)
     with pytest.raises(ValueError, match="fp32 on the CPU"):
         load_model_and_processor(None, random_preset="small", dtype=torch.bfloat16, quantize="int8")
+
+
+def test_a_bf16_checkpoint_quantized_as_stored_is_its_fp32_load_quantized(tmp_path):
+    # What transcribe(quantize="int8") does to keep the load peak near the stored size (quantize_decoder).
+    spec = MODELS["tiny_b"]
+    directory = save_checkpoint(tmp_path, spec.config, make_weights(spec.config, spec.seed, spec.residual_scale), dtype=torch.bfloat16)
+    as_stored = quantize_decoder(load_model(directory, dtype=None))
+    from_fp32 = quantize_decoder(load_model(directory, dtype=torch.float32))
+    assert {p.dtype for p in as_stored.parameters()} == {torch.float32}
+    assert as_stored.state_dict().keys() == from_fp32.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(as_stored.state_dict().values(), from_fp32.state_dict().values()))
+    int8 = {n: m.weight_and_scale() for n, m in as_stored.named_modules() if isinstance(m, Int8Linear)}
+    assert int8 and all(
+        torch.equal(w, int8[n][0]) and torch.equal(s, int8[n][1])
+        for n, m in from_fp32.named_modules() if isinstance(m, Int8Linear) for w, s in [m.weight_and_scale()]
+    )
+    ids = torch.arange(1, 10)[None] * 7  # text only: no audio-token id among them
+    with torch.inference_mode():
+        assert torch.equal(as_stored(ids), from_fp32(ids))
 
 
 @pytest.mark.parametrize("model_name", sorted(MANIFEST["models"]))

@@ -161,9 +161,8 @@ from glm_asr.quantize import quantize_decoder  # noqa: E402
 
 
 def _ours(checkpoint: Path, dtype, quantize: str | None) -> dict:  # noqa: ANN001
-    model = load_model(checkpoint, dtype=dtype)
-    if quantize:
-        quantize_decoder(model)
+    # int8 quantises from the stored bf16 (exactly the fp32 model's int8 weights), as glm-asr transcribe does
+    model = quantize_decoder(load_model(checkpoint, dtype=None)) if quantize else load_model(checkpoint, dtype=dtype)
 
     def generate(batch, n: int) -> tuple[list[float], torch.Tensor]:  # noqa: ANN001
         stamps, start = [], time.perf_counter()
