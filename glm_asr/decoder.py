@@ -26,6 +26,14 @@ class KVCache:
         shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
         return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes a layer's new keys and values (B, Hkv, T, Dh) in place at positions offset..offset+T-1 and
+        returns all of that layer's so far, (B, Hkv, offset+T, Dh), as views: nothing is reallocated."""
+        end = offset + k.shape[2]
+        self.k[layer, :, :, offset:end] = k
+        self.v[layer, :, :, offset:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
@@ -41,8 +49,9 @@ class RMSNorm(nn.Module):
 
 
 class DecoderAttention(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx  # its layer in the KV cache
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
@@ -55,7 +64,7 @@ class DecoderAttention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
         offset: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -64,10 +73,7 @@ class DecoderAttention(nn.Module):
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            cache_k, cache_v = cache  # (B, Hkv, S, Dh) views into KVCache, written in place
-            cache_k[:, :, offset : offset + T] = k
-            cache_v[:, :, offset : offset + T] = v
-            k, v = cache_k[:, :, : offset + T], cache_v[:, :, : offset + T]
+            k, v = cache.update(self.layer_idx, k, v, offset)  # (B, Hkv, offset + T, Dh)
         out = attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -84,10 +90,10 @@ class DecoderMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: TextConfig) -> None:
+    def __init__(self, config: TextConfig, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = DecoderAttention(config)
+        self.self_attn = DecoderAttention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = DecoderMLP(config)
 
@@ -97,7 +103,7 @@ class DecoderLayer(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
         offset: int,
     ) -> torch.Tensor:
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, offset)
@@ -122,7 +128,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def context(
@@ -143,11 +149,12 @@ class Decoder(nn.Module):
         """(B, T, D) embeddings at `position_ids` (B, T) -> (B, T, D) final hidden states.
 
         `key_valid` (B, S) covers every key the queries may see: T of them without a cache, offset + T with.
+        `cache` is a KVCache, or anything with its `update` (the ONNX export's ConcatCache).
         """
         x = inputs_embeds
         cos, sin, mask = self.context(position_ids, key_valid, x.shape[1], offset, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, None if cache is None else (cache.k[i], cache.v[i]), offset)
+            x = layer(x, cos, sin, mask, cache, offset)
             record(f"decoder.layers.{i}", x)
         x = self.norm(x)
         record("decoder.norm", x)

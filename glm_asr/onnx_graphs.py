@@ -75,42 +75,26 @@ class AudioEmbedder(nn.Module):
         return self.multi_modal_projector(merge_frames(self.audio_tower(input_features)))
 
 
-class _ConcatSlot:
-    """Stands in for one layer's cache tensor inside the unchanged `DecoderAttention.forward`.
-
-    That code writes the new keys in place at [:, :, offset:offset+T] of a preallocated buffer, then reads
-    [:, :, :offset+T]. Here the write becomes `cat(past, new)` and the read returns it, so the exported graph
-    takes a past of any length P and returns the present (P + T) with no buffer and no scatter (ScatterND
-    made a decode step 4-9x slower in onnxruntime than Concat). The asserts fail the export loudly if the
-    attention code ever indexes its cache differently.
-    """
-
-    def __init__(self, past: torch.Tensor) -> None:
-        self.past = past
-        self.present: torch.Tensor | None = None
-
-    def __setitem__(self, index: tuple, new: torch.Tensor) -> None:
-        assert len(index) == 3 and index[0] == index[1] == slice(None) and index[2].step is None, index
-        assert self.present is None, "one write per layer and forward"
-        self.present = torch.cat([self.past, new], dim=2)
-
-    def __getitem__(self, index: tuple) -> torch.Tensor:
-        assert len(index) == 3 and index[0] == index[1] == slice(None) and index[2].start is None, index
-        assert self.present is not None, "read before the write"
-        return self.present
-
-
-@dataclass
 class ConcatCache:
-    """Duck-types `KVCache` for `Decoder.forward`, which only indexes `cache.k[i]` and `cache.v[i]`."""
+    """`KVCache.update` as a Concat: each layer's past (B, Hkv, P, Dh) comes in as a graph input and
+    cat(past, new) goes out as its present, so the exported graph takes a past of any length P with no
+    buffer and no scatter (ScatterND made a decode step 4-9x slower in onnxruntime than Concat)."""
 
-    k: list[_ConcatSlot]
-    v: list[_ConcatSlot]
+    def __init__(self, past_keys: list[torch.Tensor], past_values: list[torch.Tensor]) -> None:
+        self.past = list(zip(past_keys, past_values))
+        self.present: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.past)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # offset is P, the past's length, by construction (DecoderWithPast): the past is all there is before it.
+        assert self.present[layer] is None, "one update per layer and forward"
+        past_k, past_v = self.past[layer]
+        self.present[layer] = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        return self.present[layer]
 
     def presents(self) -> list[torch.Tensor]:
-        out = [slot.present for slot in (*self.k, *self.v)]
-        assert all(p is not None for p in out)
-        return out  # type: ignore[return-value]
+        """Keys of every layer, then values: the graph's output order."""
+        assert all(p is not None for p in self.present), "a layer did not update the cache"
+        return [p[0] for p in self.present] + [p[1] for p in self.present]  # type: ignore[index]
 
 
 class DecoderWithPast(nn.Module):
@@ -129,7 +113,7 @@ class DecoderWithPast(nn.Module):
         past_keys: list[torch.Tensor],  # L x (B, Hkv, P, Dh)
         past_values: list[torch.Tensor],
     ) -> tuple[torch.Tensor, ...]:
-        cache = ConcatCache([_ConcatSlot(k) for k in past_keys], [_ConcatSlot(v) for v in past_values])
+        cache = ConcatCache(past_keys, past_values)
         offset = past_keys[0].shape[2]
         hidden = self.language_model.model(inputs_embeds, position_ids, attention_mask.bool(), cache, offset)  # type: ignore[arg-type]
         return (self.language_model.lm_head(hidden), *cache.presents())  # (B, T, V), 2L x (B, Hkv, P+T, Dh)
