@@ -1,5 +1,6 @@
 """The benchmark is a tool, not a test: this only checks that its smoke run works and reports every field."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,3 +29,36 @@ def test_bench_smoke(tmp_path):
                     "rtf_30s_100tok", "bandwidth_gbs", "matmul_gflops", "decode_vs_limit", "encoder_vs_limit", "tokens_equal_fraction"):
             assert key in record and record[key] is not None, (record["system"], record["dtype"], key)
     assert "decode ms/tok" in done.stdout
+
+
+def _bench_module():  # tools/ is not a package: load the script as a module
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rounds_merge_to_medians_and_keep_every_round():
+    bench = _bench_module()
+    rounds = [dict(system="ours", dtype="fp32", tokens=[i], **dict.fromkeys(bench.TIMINGS, v)) for i, v in enumerate((4.0, 1.0, 2.0))]
+    record = bench.merge_rounds(rounds)
+    assert record["rounds"] == 3 and record["tokens"] == [0]
+    assert all(record[key] == 2.0 for key in bench.TIMINGS)
+    assert record["per_round"]["decode_ms_per_token"] == [4.0, 1.0, 2.0]
+    assert "per_round" not in bench.merge_rounds(rounds[:1])
+
+
+def test_speedups_are_against_transformers_in_the_same_dtype_and_int8_against_fp32():
+    bench = _bench_module()
+
+    def record(system, dtype, decode):  # noqa: ANN001, ANN202
+        return {"system": system, "dtype": dtype, "decode_ms_per_token": decode, "encoder_s_per_window": 10.0, "prefill_s": 5.0,
+                "rtf_30s_100tok": 2.0}
+
+    records = [record("ours", "fp32", 100.0), record("transformers", "fp32", 130.0), record("ours", "bf16", 90.0), record("ours", "int8", 50.0)]
+    bench.add_speedups(records)
+    ours_fp32, transformers, ours_bf16, ours_int8 = records
+    assert ours_fp32["speedup_vs"] == "transformers fp32" and ours_fp32["speedup_vs_transformers"]["decode"] == 1.3
+    assert ours_fp32["speedup_vs_transformers"]["end_to_end"] == 1.0
+    assert ours_int8["speedup_vs"] == "transformers fp32" and ours_int8["speedup_vs_transformers"]["decode"] == 2.6
+    assert "speedup_vs_transformers" not in transformers and "speedup_vs_transformers" not in ours_bf16  # no transformers bf16 ran

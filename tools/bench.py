@@ -10,7 +10,11 @@ tools/export_onnx.py (fp32: 8.5 GB on disk, int8: 2.5 GB). Each system and dtype
 the same 30 s clip: load (wall time, peak RSS), audio encoder + projector per 30 s window, prefill of the
 prompt, decode ms per token over --decode-tokens steps (eos ignored: the weights are random), end-to-end
 real-time factor for a 30 s clip and 100 tokens. Medians of --reps repetitions; decode is the median
-interval between consecutive tokens, each timestamped as it is chosen. Each system's 100 end-to-end tokens
+interval between consecutive tokens, each timestamped as it is chosen. With --rounds N the whole list of
+systems runs N times in turn (ours, transformers, ours, transformers, ...) and each figure is the median
+over the rounds, so a machine that drifts over the run (this project's does, 10-20% between hours) weighs
+on every system alike. Every system is also reported as a speedup over transformers in the same dtype
+(int8: over transformers fp32), the form the goals take. Each system's 100 end-to-end tokens
 are compared with the first fp32 system's: fp32 systems should agree exactly, int8 ones report their drift.
 The machine's memory bandwidth and matmul FLOP/s are measured in the same run, and decode and encoder times
 are reported against them.
@@ -327,11 +331,32 @@ def tokenizer_speed(checkpoint: Path) -> dict:
     return record
 
 
+def run_worker(system: str, dtype: str, checkpoint: Path, reps: int, decode_tokens: int) -> dict | None:
+    """One system in one dtype, in a fresh process; None, said on stderr, when it cannot run here."""
+    if system == "onnxruntime":
+        try:
+            export_onnx_folder(checkpoint, dtype)
+        except subprocess.CalledProcessError as e:
+            reason = (e.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"bench: {system} {dtype} skipped: the export failed: {reason}", file=sys.stderr)
+            return None
+    command = [sys.executable, __file__, "--worker", system, dtype, "--checkpoint", str(checkpoint),
+               "--reps", str(reps), "--decode-tokens", str(decode_tokens)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"bench: {system} {dtype} skipped: {reason}", file=sys.stderr)
+        return None
+    print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--dtypes", default="fp32,bf16,int8", help="each system runs those of these it supports")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="run every system this many times in turn; medians over the rounds")
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "glm-asr-bench")
     parser.add_argument("--smoke", action="store_true", help="the small preset, one repetition, 16 tokens: a quick check that it runs")
@@ -351,38 +376,34 @@ def main() -> int:
     if unknown:
         print(f"bench: unknown system {', '.join(unknown)}; expected some of {', '.join(SYSTEMS)}", file=sys.stderr)
         return 2
+    if args.rounds < 1:
+        print(f"bench: --rounds {args.rounds}: expected 1 or more", file=sys.stderr)
+        return 2
     limits = machine_limits(64 if args.smoke else 1024)
+    runs: dict[tuple[str, str], list[dict]] = {}  # (system, dtype) -> one record per round, in run order
+    for _ in range(args.rounds):
+        for system in systems:
+            for dtype in [d for d in args.dtypes.split(",") if d in SYSTEMS[system]]:
+                record = run_worker(system, dtype, checkpoint, reps, decode_tokens)
+                if record is not None:
+                    runs.setdefault((system, dtype), []).append(record)
     records = []
-    for system in systems:
-        for dtype in [d for d in args.dtypes.split(",") if d in SYSTEMS[system]]:
-            if system == "onnxruntime":
-                try:
-                    export_onnx_folder(checkpoint, dtype)
-                except subprocess.CalledProcessError as e:
-                    reason = (e.stderr.strip().splitlines() or ["no output"])[-1]
-                    print(f"bench: {system} {dtype} skipped: the export failed: {reason}", file=sys.stderr)
-                    continue
-            command = [sys.executable, __file__, "--worker", system, dtype, "--checkpoint", str(checkpoint),
-                       "--reps", str(reps), "--decode-tokens", str(decode_tokens)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode:
-                reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                print(f"bench: {system} {dtype} skipped: {reason}", file=sys.stderr)
-                continue
-            record = json.loads(done.stdout.strip().splitlines()[-1])
-            costs = model_costs(preset, record["prompt_tokens"])
-            bytes_per_token = costs["decoder_params_per_token"] * {"fp32": 4, "bf16": 2, "int8": 1}[dtype]
-            record.update(limits)
-            record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
-            record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
-            # int8: our encoder runs fp32; onnxruntime's int8 GEMMs are held to the fp32 rate too (the CPU's
-            # int8 rate without VNNI is no higher, README); the ratio says how they compare.
-            flops_dtype = "bf16" if dtype == "bf16" else "fp32"
-            record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (limits[f"matmul_gflops_{flops_dtype}"] * 1e9)
-            record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
-            record["matmul_gflops"] = limits[f"matmul_gflops_{flops_dtype}"]
-            records.append(record)
-            print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
+    for rounds in runs.values():
+        record = merge_rounds(rounds)
+        dtype = record["dtype"]
+        costs = model_costs(preset, record["prompt_tokens"])
+        bytes_per_token = costs["decoder_params_per_token"] * {"fp32": 4, "bf16": 2, "int8": 1}[dtype]
+        record.update(limits)
+        record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
+        record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
+        # int8: our encoder runs fp32; onnxruntime's int8 GEMMs are held to the fp32 rate too (the CPU's
+        # int8 rate without VNNI is no higher, README); the ratio says how they compare.
+        flops_dtype = "bf16" if dtype == "bf16" else "fp32"
+        record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (limits[f"matmul_gflops_{flops_dtype}"] * 1e9)
+        record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
+        record["matmul_gflops"] = limits[f"matmul_gflops_{flops_dtype}"]
+        records.append(record)
+    add_speedups(records)
     # Greedy-token agreement with the first fp32 system run (ours, when it ran; else the first system): fp32
     # systems should agree exactly; the others report how far they drift. Random weights: the ids mean
     # nothing, equality does.
@@ -396,6 +417,35 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"records": records, "machine": limits, "tokenizer": tokenizer}, indent=2) + "\n")
     return 0
+
+
+TIMINGS = ("load_s", "load_peak_rss_bytes", "encoder_s_per_window", "prefill_s", "decode_ms_per_token", "rtf_30s_100tok")
+
+
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One record from a system's rounds: each timing the median over them, every round's value kept in
+    `per_round`; the rest (tokens included) from the first round."""
+    record = dict(rounds[0], rounds=len(rounds))
+    if len(rounds) > 1:
+        record["per_round"] = {key: [r[key] for r in rounds] for key in TIMINGS}
+        record.update({key: statistics.median(values) for key, values in record["per_round"].items()})
+    return record
+
+
+# speedup key -> the timing it compares (baseline / ours: above 1 is faster than transformers)
+SPEEDUPS = {"decode": "decode_ms_per_token", "audio_path": "encoder_s_per_window", "prefill": "prefill_s", "end_to_end": "rtf_30s_100tok"}
+
+
+def add_speedups(records: list[dict]) -> None:
+    """`speedup_vs_transformers` on every other record: against transformers in the same dtype, or in fp32
+    for int8 (whose activations are fp32); absent when that transformers run is not in this run."""
+    baselines = {r["dtype"]: r for r in records if r["system"] == "transformers"}
+    for r in records:
+        baseline = baselines.get("fp32" if r["dtype"] == "int8" else r["dtype"])
+        if r["system"] == "transformers" or baseline is None:
+            continue
+        r["speedup_vs"] = f"transformers {baseline['dtype']}"
+        r["speedup_vs_transformers"] = {name: baseline[key] / r[key] for name, key in SPEEDUPS.items()}
 
 
 def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str) -> None:
@@ -413,6 +463,14 @@ def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str)
               f"{100 * r['tokens_equal_fraction']:7.0f}%")
     if records:
         print(f"same ids: the end-to-end run's 100 greedy ids against {records[0]['tokens_equal_to']}'s")
+        rounds = records[0]["rounds"]
+        if rounds > 1:
+            print(f"each figure: the median of {rounds} rounds, the systems run in turn")
+    for r in records:
+        if "speedup_vs_transformers" in r:
+            x = r["speedup_vs_transformers"]
+            print(f"{r['system']} {r['dtype']} against {r['speedup_vs']}: decode {x['decode']:.2f}x, audio path {x['audio_path']:.2f}x, "
+                  f"prefill {x['prefill']:.2f}x, end to end {x['end_to_end']:.2f}x faster")
     if "tokenizer_ratio" in tokenizer:
         print(f"tokenizer, {tokenizer['tokenizer_bytes'] / 1e6:.1f} MB of text: ours {tokenizer['tokenizer_ours_s']:.2f} s, "
               f"tokenizers {tokenizer['tokenizer_reference_s']:.2f} s ({tokenizer['tokenizer_ratio']:.1f}x)")
