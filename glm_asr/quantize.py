@@ -69,7 +69,7 @@ def quantize_decoder(model: GlmAsrModel) -> GlmAsrModel:
         raise ValueError("int8 quantisation runs on the CPU (the fbgemm kernels); load the model with device='cpu'")
     slots = [(module, name) for module in list(model.language_model.modules())
              for name, child in module.named_children() if isinstance(child, nn.Linear)]
-    # fbgemm packs a weight on one core: two threads quantise two layers at once. The float layer is dropped
+    # fbgemm packs a weight on one core, so a thread per core quantises a layer each. The float layer is dropped
     # as soon as its int8 one is in place, so the peak grows by a few layers, not by the decoder.
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         for (module, name), int8 in zip(slots, pool.map(lambda slot: Int8Linear(getattr(*slot)), slots)):
