@@ -73,11 +73,9 @@ def test_a_bf16_checkpoint_quantized_as_stored_is_its_fp32_load_quantized(tmp_pa
     assert {p.dtype for p in as_stored.parameters()} == {torch.float32}
     assert as_stored.state_dict().keys() == from_fp32.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(as_stored.state_dict().values(), from_fp32.state_dict().values()))
-    int8 = {n: m.weight_and_scale() for n, m in as_stored.named_modules() if isinstance(m, Int8Linear)}
-    assert int8 and all(
-        torch.equal(w, int8[n][0]) and torch.equal(s, int8[n][1])
-        for n, m in from_fp32.named_modules() if isinstance(m, Int8Linear) for w, s in [m.weight_and_scale()]
-    )
+    a, b = ({n: m.weight_and_scale() for n, m in model.named_modules() if isinstance(m, Int8Linear)} for model in (as_stored, from_fp32))
+    assert a and a.keys() == b.keys()
+    assert all(torch.equal(a[n][0], b[n][0]) and torch.equal(a[n][1], b[n][1]) for n in a)  # int8 weights, row scales
     ids = torch.arange(1, 10)[None] * 7  # text only: no audio-token id among them
     with torch.inference_mode():
         assert torch.equal(as_stored(ids), from_fp32(ids))
