@@ -71,7 +71,7 @@ def quantize_decoder(model: GlmAsrModel) -> GlmAsrModel:
              for name, child in module.named_children() if isinstance(child, nn.Linear)]
     # fbgemm packs a weight on one core, so a thread per core quantises a layer each. The float layer is dropped
     # as soon as its int8 one is in place, so the peak grows by a few layers, not by the decoder.
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+    with ThreadPoolExecutor(torch.get_num_threads()) as pool:
         for (module, name), int8 in zip(slots, pool.map(lambda slot: Int8Linear(getattr(*slot)), slots)):
             setattr(module, name, int8)
     return model.float()

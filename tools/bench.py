@@ -331,21 +331,28 @@ def tokenizer_speed(checkpoint: Path) -> dict:
     return record
 
 
-def run_worker(system: str, dtype: str, checkpoint: Path, reps: int, decode_tokens: int) -> dict | None:
-    """One system in one dtype, in a fresh process; None, said on stderr, when it cannot run here."""
+def last_line(stderr: str) -> str:
+    return (stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def runnable(system: str, dtype: str, checkpoint: Path) -> bool:
+    """Whether a system can run here; onnxruntime's folder is exported on the first call."""
     if system == "onnxruntime":
         try:
             export_onnx_folder(checkpoint, dtype)
         except subprocess.CalledProcessError as e:
-            reason = (e.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"bench: {system} {dtype} skipped: the export failed: {reason}", file=sys.stderr)
-            return None
+            print(f"bench: {system} {dtype} skipped: the export failed: {last_line(e.stderr)}", file=sys.stderr)
+            return False
+    return True
+
+
+def run_worker(system: str, dtype: str, checkpoint: Path, reps: int, decode_tokens: int) -> dict | None:
+    """One system in one dtype, in a fresh process; None, said on stderr, when it cannot run here."""
     command = [sys.executable, __file__, "--worker", system, dtype, "--checkpoint", str(checkpoint),
                "--reps", str(reps), "--decode-tokens", str(decode_tokens)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"bench: {system} {dtype} skipped: {reason}", file=sys.stderr)
+        print(f"bench: {system} {dtype} skipped: {last_line(done.stderr)}", file=sys.stderr)
         return None
     print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -380,13 +387,14 @@ def main() -> int:
         print(f"bench: --rounds {args.rounds}: expected 1 or more", file=sys.stderr)
         return 2
     limits = machine_limits(64 if args.smoke else 1024)
+    pairs = [(system, dtype) for system in systems for dtype in args.dtypes.split(",") if dtype in SYSTEMS[system]]
+    pairs = [(system, dtype) for system, dtype in pairs if runnable(system, dtype, checkpoint)]  # exports once, before any round
     runs: dict[tuple[str, str], list[dict]] = {}  # (system, dtype) -> one record per round, in run order
     for _ in range(args.rounds):
-        for system in systems:
-            for dtype in [d for d in args.dtypes.split(",") if d in SYSTEMS[system]]:
-                record = run_worker(system, dtype, checkpoint, reps, decode_tokens)
-                if record is not None:
-                    runs.setdefault((system, dtype), []).append(record)
+        for system, dtype in pairs:
+            record = run_worker(system, dtype, checkpoint, reps, decode_tokens)
+            if record is not None:
+                runs.setdefault((system, dtype), []).append(record)
     records = []
     for rounds in runs.values():
         record = merge_rounds(rounds)
