@@ -17,37 +17,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from any directory
 
-# name -> (file, exact text, replacement)
-MUTATIONS: dict[str, tuple[str, str, str]] = {
-    "full_rotary": (  # RoPE on all 64 head dims instead of the first 32
-        "glm_asr/encoder.py",
-        "rope_cos_sin(positions, self.config.rotary_dim,",
-        "rope_cos_sin(positions, self.config.head_dim,",
-    ),
-    "k_bias": (
-        "glm_asr/encoder.py",
-        "self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)",
-        "self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)",
-    ),
-    "tanh_gelu": (
-        "glm_asr/encoder.py",
-        "return self.fc2(F.gelu(self.fc1(x)))",
-        'return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))',
-    ),
-    "layer_norm_eps_1e-6": ("glm_asr/config.py", "layer_norm_eps: float = 1e-5", "layer_norm_eps: float = 1e-6"),
-    "htk_mel": (
-        "glm_asr/audio.py",
-        "    mel_points = np.linspace(*_hz_to_mel(edges), n_mels + 2)\n    filter_hz = _mel_to_hz(mel_points)",
-        "    mel_points = np.linspace(*(2595.0 * np.log10(1.0 + edges / 700.0)), n_mels + 2)\n"
-        "    filter_hz = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)",
-    ),
-    "rms_norm_scale_before_cast": (
-        "glm_asr/decoder.py",
-        "return self.weight * x32.to(x.dtype)",
-        "return (self.weight * x32).to(x.dtype)",
-    ),
-}
+from conformance.mutations import MUTATIONS  # noqa: E402
 
 
 def tracked_files() -> list[str]:
@@ -57,7 +29,8 @@ def tracked_files() -> list[str]:
 
 def run_mutation(name: str, pytest_args: list[str]) -> tuple[bool, str]:
     """(caught, summary): the suite's verdict on a copy of the checkout with one mutation applied."""
-    path, old, new = MUTATIONS[name]
+    mutation = MUTATIONS[name]
+    path, old, new = mutation.path, mutation.old, mutation.new
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "repo"
         for rel in tracked_files():
