@@ -72,12 +72,3 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
             path.write_bytes(data)
 
     replace_directory(root, fill)
-
-
-def differences(root: Path, files: dict[str, bytes]) -> list[str]:
-    """What `write_tree(root, files)` would change: for `--check`, which writes nothing."""
-    existing = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
-    out = [f"{rel}: missing from {root}" for rel in sorted(set(files) - existing)]
-    out += [f"{rel}: not produced by the regeneration" for rel in sorted(existing - set(files))]
-    out += [f"{rel}: bytes differ" for rel in sorted(set(files) & existing) if (root / rel).read_bytes() != files[rel]]
-    return out

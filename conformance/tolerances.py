@@ -32,8 +32,10 @@ def group(stage: str) -> str:
 
 
 _FP32_CHAINED = (
-    "fp32 end to end: our SDPA attention and the reference's eager attention round differently (seen: max_rel "
-    "<= 1.1e-6, 1 - cos <= 1e-12 on both tiny models); 10x headroom for other CPUs' and CUDA's kernels (TF32 off)"
+    "fp32 end to end: our SDPA attention and the reference's eager attention round differently (seen on one CPU: "
+    "max_rel <= 1.1e-6, 1 - cos <= 1e-12 on both tiny models). Across CPU classes the mel's rounding (below) "
+    "propagates: the reference made on an AVX2 CPU against ours on an AVX-512 + AMX one, max_rel <= 1.5e-5, "
+    "nmse <= 2.5e-11, 1 - cos <= 9.4e-11; 3x headroom on that for other classes and CUDA (TF32 off)"
 )
 _FP32_ISOLATED = (
     "fp32, stage fed the reference's own input: only this stage's rounding (seen: 0 for norms, convs, projector, "
@@ -41,7 +43,11 @@ _FP32_ISOLATED = (
 )
 _BF16_CHAINED = (
     "bf16 end to end: 8-bit mantissas (one rounding = 3.9e-3 relative), attention rounded differently by SDPA and "
-    "eager, errors grow through the layers (seen: max_rel <= 1.5e-2, nmse <= 1e-4, 1 - cos <= 1.1e-4)"
+    "eager, errors grow through the layers (seen: max_rel <= 1.5e-2, nmse <= 1e-4, 1 - cos <= 1.1e-4). The "
+    "reference itself moves as much between CPU classes, since native bf16 kernels (AVX-512 BF16, AMX) round "
+    "where others widen: made on an AVX2 CPU and on an AVX-512 + AMX one, max_rel <= 1.1e-2, nmse <= 3.6e-5, "
+    "1 - cos <= 4.8e-5 (on an AVX-512 BF16 AMD CPU: max_rel 1.6e-2); ours on AMX against the AVX2 goldens: "
+    "max_rel <= 1.6e-2, nmse <= 6.3e-5, 1 - cos <= 8.8e-5"
 )
 _BF16_ISOLATED_LAYERS = (
     "bf16 attention layer fed the reference's input: SDPA vs eager rounding of the softmax and products in one "
@@ -54,17 +60,20 @@ _BF16_ISOLATED_EXACT = (
 )
 
 TABLE: dict[tuple[str, str, str], Tolerance] = {
-    **{("chained", "fp32", g): Tolerance(None, 2e-5, 1e-10, 1 - 1e-8, _FP32_CHAINED)
+    **{("chained", "fp32", g): Tolerance(None, 5e-5, 1e-10, 1 - 1e-8, _FP32_CHAINED)
        for g in ("encoder", "norm", "projector", "decoder", "logits")},
     ("chained", "fp32", "mel"): Tolerance(
-        1e-5, None, 1e-12, 1 - 1e-10,
-        "fp32 STFT, power and filterbank matmul as the reference computes them (seen: bit-identical on CPU); 1e-5 "
-        "absolute (features are in [-1.5, 1.5]) leaves room for another FFT library, e.g. cuFFT",
+        2e-4, None, 1e-10, 1 - 1e-9,
+        "fp32 STFT, power and filterbank matmul as the reference computes them: bit-identical on one CPU. On another "
+        "CPU class the FFT and the filterbank product round differently, and log10 magnifies that in quiet bins "
+        "(down to 1e-8 of the window's peak power): the reference itself, made on an AVX2 CPU and on an AVX-512 + "
+        "AMX one, differs by up to 5.5e-5 absolute (features are in [-1.5, 1.5]), nmse 1.4e-11, 1 - cos 3.1e-10. "
+        "Limits 3-4x that; a wrong filterbank, window or scale moves features by > 1e-2",
     ),
     **{("isolated", "fp32", g): Tolerance(None, 5e-6, 1e-11, 1 - 1e-9, _FP32_ISOLATED)
        for g in ("encoder", "norm", "projector", "decoder", "logits")},
     ("chained", "bf16", "mel"): Tolerance(
-        1e-5, None, 1e-12, 1 - 1e-10, "features are computed in fp32 before the cast to bf16; as for fp32"
+        2e-4, None, 1e-10, 1 - 1e-9, "features are computed in fp32 before the cast to bf16; as for fp32"
     ),
     **{("chained", "bf16", g): Tolerance(None, 5e-2, 1e-3, 0.999, _BF16_CHAINED)
        for g in ("encoder", "norm", "projector", "decoder", "logits")},

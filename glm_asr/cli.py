@@ -88,14 +88,15 @@ def _transcribe(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         if args.onnx_dir is None:
             raise ValueError("--backend onnxruntime needs --onnx-dir: a folder written by tools/export_onnx.py")
-        if args.model is not None or args.dtype != "fp32" or args.quantize:
+        if args.model is not None or args.dtype != "fp32" or args.quantize or args.quantize_audio:
             raise ValueError("--backend onnxruntime takes weights and precision from --onnx-dir; drop --model, --dtype and --quantize")
         model, processor = load_onnx_model_and_processor(args.onnx_dir, device=args.device)
     elif args.onnx_dir is not None:
         raise ValueError("--onnx-dir is only read with --backend onnxruntime")
     else:
         model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
-                                                    random_preset=args.random, quantize=args.quantize)
+                                                    random_preset=args.random, quantize=args.quantize,
+                                                    quantize_audio_path=args.quantize_audio)
     failed, records = 0, []
     show_progress = sys.stderr.isatty() and len(args.files) > 1
     for n, path in enumerate(args.files, 1):
@@ -121,6 +122,15 @@ def _transcribe(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    from . import cpu
+
+    if args.recalibrate:
+        cpu.calibrate(refresh=True)
+    print(cpu.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glm-asr", description="GLM-ASR-Nano-2512 in plain PyTorch")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=16)
     demo.set_defaults(run=_demo)
 
+    info = sub.add_parser("info", help="this CPU's features and every kernel choice made from them, with the reason")
+    info.add_argument("--recalibrate", action="store_true", help="measure the decode kernels again instead of reading the cache")
+    info.set_defaults(run=_info)
+
     tr = sub.add_parser("transcribe", help="transcribe WAV files: one line per file, or --json")
     tr.add_argument("files", nargs="+", type=Path)
     tr.add_argument("--model", type=Path, default=None, help="checkpoint folder (config.json, model.safetensors, tokenizer.json); default: random weights")
@@ -145,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     tr.add_argument("--quantize", choices=["int8"], default=None,
                     help="int8 decoder weights: faster CPU decoding, approximate (fp32 on the CPU only)")
+    tr.add_argument("--quantize-audio", choices=["int8", "bf16"], default=None,
+                    help="audio encoder and projector in int8 or bf16: faster where the CPU has VNNI, AVX-512 BF16 or AMX "
+                         "(see `glm-asr info`), approximate (fp32 on the CPU only)")
     tr.add_argument("--max-new-tokens", type=int, default=500)
     tr.add_argument("--chunked", action="store_true", help="transcribe every 30 s window on its own, with per-window segments")
     tr.add_argument("--json", action="store_true", help="print JSON: text, segments, audio seconds, wall time, real-time factor")

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch
 
 from .decoder import KVCache
-from .kernels import Linear, openblas_matvec, use_onednn
+from .kernels import Linear, decode_matvec, use_onednn
 from .model import GlmAsrModel
 
 
@@ -37,8 +37,10 @@ def greedy_generate(
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
     config = model.config.text_config
     eos = torch.tensor(eos_token_id or config.eos_token_id, device=input_ids.device)
-    dtype = next(model.parameters()).dtype
-    audio = None if input_features is None else model.embed_audio(input_features.to(dtype), input_features_mask)
+    # The audio path may run in another dtype than the decoder (quantize_audio): each takes its own.
+    audio_dtype = model.audio_tower.conv1.weight.dtype
+    dtype = model.language_model.model.embed_tokens.weight.dtype
+    audio = None if input_features is None else model.embed_audio(input_features.to(audio_dtype), input_features_mask)
     embeds = model.embed_prompt(input_ids, audio)  # (B, T, D)
     B, T, _ = embeds.shape
     key_valid = torch.ones(B, T + max_new_tokens, dtype=torch.bool, device=input_ids.device)
@@ -49,9 +51,9 @@ def greedy_generate(
     hidden = model.language_model.model(embeds, positions, key_valid[:, :T], cache, 0)
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     head = model.language_model.lm_head
-    # A cached fp32 CPU step is all single-row products, which numpy's BLAS reads fastest (kernels.py).
+    # A cached fp32 CPU step is all single-row products: the kernel that reads weights fastest here (cpu.py).
     fast_matvec = B == 1 and cache is not None and isinstance(head, Linear) and use_onednn(hidden, head.weight)
-    with openblas_matvec() if fast_matvec else nullcontext():
+    with decode_matvec() if fast_matvec else nullcontext():
         for step in range(max_new_tokens):
             logits = model.language_model.lm_head(hidden[:, -1])  # only the last position is needed
             token = logits.float().argmax(-1).masked_fill(finished, int(eos[0]))

@@ -1,24 +1,19 @@
-"""Linear layers, convolutions and attention on the fastest CPU kernels measured, not PyTorch's defaults.
+"""Linear layers, convolutions and attention on the kernels glm_asr/cpu.py chooses, not PyTorch's defaults.
 
-PyTorch's CPU build hands fp32 matmuls to MKL. On the AMD EPYC this project is measured on (README,
-Performance), MKL's matrix-vector product, which is all a decode step does, reads weights at 13-17 GB/s,
-and its GEMMs at encoder shapes run 60-64 GFLOP/s. Two kernels ship with the dependencies and do better:
+The choices and the rules behind them live in cpu.py; this module carries them out:
 
-- oneDNN, inside the same PyTorch build (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's own
-  compiler emits for CPU linear layers): 67-70 GFLOP/s at encoder shapes. Every fp32 CPU product uses it.
-- OpenBLAS, numpy's BLAS: its matrix-vector product reads the decoder's weights at 20-27 GB/s where
-  oneDNN's reads 14-23. It takes single-row products inside `openblas_matvec()`, which `greedy_generate`
-  wraps around its decode steps. OpenBLAS runs its own threads, so torch drops to one thread meanwhile:
-  both pools spinning on the same cores made a step 1.7x slower.
-
-bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX: oneDNN reports none) runs PyTorch's fallback
-GEMM at 11 GFLOP/s against 69 for fp32. A bf16 GEMM multiplies bf16 values exactly and sums in fp32, so
-widening the operands to fp32 (exact) and rounding the result to bf16 once is the same math in another
-summation order. On such CPUs, products of more than one row are computed that way (convolutions too: the
-bf16 fallback took 62 s for the encoder's two), and so is attention
-(where the bf16 kernel also rounds the softmax weights to bf16 on the way; the bf16 goldens show no larger
-error without that rounding). Single-row products stay bf16: they are bound by reading weights, which bf16
-halves.
+- fp32 products of more than one row: oneDNN (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's own
+  compiler emits for CPU linear layers) where the build has it.
+- fp32 single-row products inside `decode_matvec()`, which `greedy_generate` wraps around the decode steps of
+  batch 1: the kernel `cpu.choices().matvec` names. OpenBLAS (numpy's BLAS, reading the weight in place) runs
+  its own threads, so torch drops to one thread meanwhile: both pools spinning on the same cores made a step
+  1.7x slower.
+- bf16 where the CPU has no native bf16 (`cpu.native_bf16()` False): a bf16 GEMM multiplies bf16 values
+  exactly and sums in fp32, so widening the operands to fp32 (exact) and rounding the result to bf16 once is
+  the same math in another summation order. Products of more than one row, convolutions and attention (where
+  the bf16 kernel also rounds the softmax weights to bf16 on the way; the bf16 goldens show no larger error
+  without that rounding) are computed that way. Single-row products stay bf16: they are bound by reading
+  weights, which bf16 halves. Where the CPU has native bf16, PyTorch's bf16 kernels are kept.
 
 Only the summation order differs from the default kernels, which the conformance tolerances cover.
 Everything else takes the plain PyTorch path: other dtypes and devices, autograd, and tracing by
@@ -35,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN = torch.backends.mkldnn.is_available()
-NATIVE_BF16 = ONEDNN and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+from . import cpu
 
-_matvec_on_openblas: ContextVar[bool] = ContextVar("glm_asr_matvec_on_openblas", default=False)
+ONEDNN = torch.backends.mkldnn.is_available()
+
+_decode_matvec: ContextVar[str | None] = ContextVar("glm_asr_decode_matvec", default=None)
 
 
 def _eager_cpu(*tensors: torch.Tensor) -> bool:
@@ -55,7 +51,7 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def widen_bf16(*tensors: torch.Tensor) -> bool:
     """bf16 CPU tensors on a CPU without native bf16: compute in fp32, round once (module doc)."""
-    return not NATIVE_BF16 and all(t.dtype == torch.bfloat16 for t in tensors) and _eager_cpu(*tensors)
+    return not cpu.native_bf16() and all(t.dtype == torch.bfloat16 for t in tensors) and _eager_cpu(*tensors)
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,16 +73,19 @@ def openblas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 
 @contextmanager
-def openblas_matvec() -> Iterator[None]:
-    """Inside the block, single-row fp32 CPU products run on OpenBLAS and torch runs on one thread."""
+def decode_matvec(kernel: str | None = None) -> Iterator[str]:
+    """Inside the block, single-row fp32 CPU products run on `kernel` (default: the one cpu.py chose for this
+    machine, see `cpu.choices().matvec`), and torch runs on one thread while that kernel is OpenBLAS."""
+    kernel = kernel or cpu.choices().matvec
     threads = torch.get_num_threads()
-    token = _matvec_on_openblas.set(True)
-    torch.set_num_threads(1)
+    token = _decode_matvec.set(kernel)
+    if kernel == "openblas":
+        torch.set_num_threads(1)
     try:
-        yield
+        yield kernel
     finally:
         torch.set_num_threads(threads)
-        _matvec_on_openblas.reset(token)
+        _decode_matvec.reset(token)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,8 +111,11 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_onednn(x, self.weight):
-            if x.numel() == x.shape[-1] and _matvec_on_openblas.get():
+            matvec = _decode_matvec.get() if x.numel() == x.shape[-1] else None
+            if matvec == "openblas":
                 return openblas_linear(x, self.weight, self.bias)
+            if matvec == "torch":
+                return F.linear(x, self.weight, self.bias)
             return onednn_linear(x, self.weight, self.bias)
         if x.numel() > x.shape[-1] and widen_bf16(x, self.weight):
             return widened_linear(x, self.weight, self.bias)

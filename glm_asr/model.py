@@ -38,6 +38,7 @@ class GlmAsrModel(nn.Module):
                 f"input_features has shape {tuple(input_features.shape)}: expected (windows, "
                 f"{self.config.audio_config.num_mel_bins}, frames a multiple of 8), as log_mel gives"
             )
+        input_features = input_features.to(self.audio_tower.conv1.weight.dtype)  # its own dtype under quantize_audio
         merged = merge_frames(self.audio_tower(input_features))  # (W, F/8, 4Da)
         record("merged", merged)
         projected = self.multi_modal_projector(merged)  # (W, F/8, D)

@@ -18,7 +18,7 @@ from .model import GlmAsrModel
 from .onnx_backend import OnnxModel, load_onnx_model_and_processor  # noqa: F401 (the onnxruntime backend's loader)
 from .presets import random_model, synthetic_tokenizer
 from .processor import MAX_WINDOWS, Processor
-from .quantize import quantize_decoder
+from .quantize import AUDIO_KINDS, quantize_audio, quantize_decoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -44,14 +44,19 @@ def load_model_and_processor(
     dtype: torch.dtype = torch.float32,
     random_preset: str = "small",
     quantize: str | None = None,
+    quantize_audio_path: str | None = None,
 ) -> tuple[GlmAsrModel, Processor]:
     """A checkpoint directory (config.json, safetensors, tokenizer.json), or with `model_path=None` random
     weights of a preset (`small`, or `full` = the released size) and a synthetic tokenizer.
-    `quantize="int8"`: int8 decoder weights for CPU decoding (glm_asr/quantize.py; fp32 on the CPU only)."""
+    `quantize="int8"`: int8 decoder weights for CPU decoding; `quantize_audio_path="int8"` or `"bf16"`: the audio
+    encoder and projector in int8 or bf16 (glm_asr/quantize.py; both approximate, fp32 models on the CPU only)."""
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize={quantize!r}: expected None or 'int8'")
-    if quantize and (dtype != torch.float32 or torch.device(device).type != "cpu"):
-        raise ValueError(f"quantize='int8' runs fp32 on the CPU (fbgemm kernels), not {dtype} on {device}")
+    if quantize_audio_path not in (None, *AUDIO_KINDS):
+        raise ValueError(f"quantize_audio_path={quantize_audio_path!r}: expected None or one of {AUDIO_KINDS}")
+    for name, value in (("quantize", quantize), ("quantize_audio_path", quantize_audio_path)):
+        if value and (dtype != torch.float32 or torch.device(device).type != "cpu"):
+            raise ValueError(f"{name}={value!r} applies to an fp32 model on the CPU, not {dtype} on {device}")
     if model_path is None:
         model = random_model(random_preset, dtype=dtype, device=device)
         processor = Processor(synthetic_tokenizer(), model.config.audio_config.num_mel_bins, "synthetic tokenizer")
@@ -61,7 +66,11 @@ def load_model_and_processor(
             raise FileNotFoundError(f"{directory}: no tokenizer.json; expected a model folder with config.json, model.safetensors and tokenizer.json")
         model = load_model(directory, dtype=None if quantize else dtype, device=device)  # None: as stored, see quantize_decoder
         processor = Processor.from_dir(directory, model.config.audio_config.num_mel_bins)
-    return (quantize_decoder(model) if quantize else model), processor
+    if quantize:
+        model = quantize_decoder(model)  # first: it casts what it leaves to fp32
+    if quantize_audio_path:
+        model = quantize_audio(model, quantize_audio_path)
+    return model, processor
 
 
 def read_audio(item: AudioInput) -> np.ndarray:

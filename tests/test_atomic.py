@@ -1,6 +1,7 @@
 import pytest
 
-from conformance.golden import differences, write_tree
+from conformance.drift import BEYOND, IDENTICAL, drift
+from conformance.golden import write_tree
 from glm_asr.atomic import replace_directory
 
 
@@ -22,5 +23,6 @@ def test_write_tree_replaces_exactly(tmp_path):
     target = tmp_path / "golden"
     write_tree(target, {"a.txt": b"1", "gone.txt": b"x"})
     write_tree(target, {"a.txt": b"2"})
-    assert differences(target, {"a.txt": b"2"}) == []
-    assert differences(target, {"a.txt": b"3", "new.txt": b""}) == ["new.txt: missing from " + str(target), "a.txt: bytes differ"]
+    assert [(d.path, d.verdict) for d in drift(target, {"a.txt": b"2"})] == [("a.txt", IDENTICAL)]
+    assert [(d.path, d.verdict, d.detail) for d in drift(target, {"a.txt": b"3", "new.txt": b""})] == [
+        ("new.txt", BEYOND, f"missing from {target}"), ("a.txt", BEYOND, "bytes differ")]

@@ -16,19 +16,23 @@ def test_bench_smoke(tmp_path):
     pytest.importorskip("onnxruntime", reason="the onnxruntime systems need onnxruntime")
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "bench.py"), "--smoke", "--systems", "ours,onnxruntime", "--dtypes", "fp32,int8",
+        [sys.executable, str(ROOT / "tools" / "bench.py"), "--smoke", "--systems", "ours,onnxruntime", "--dtypes", "fp32,int8,int8+int8audio",
          "--cache", str(tmp_path / "cache"), "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
     records = json.loads(out.read_text())["records"]
-    assert [(r["system"], r["dtype"]) for r in records] == [("ours", "fp32"), ("ours", "int8"), ("onnxruntime", "fp32"),
-                                                            ("onnxruntime", "int8")], done.stderr
+    assert [(r["system"], r["dtype"]) for r in records] == [("ours", "fp32"), ("ours", "int8"), ("ours", "int8+int8audio"),
+                                                            ("onnxruntime", "fp32"), ("onnxruntime", "int8")], done.stderr
+    from glm_asr import cpu
+
+    assert all(r["cpu"]["class"] == cpu.features().cpu_class for r in records)  # a figure holds on its CPU class
+    assert set(records[0]["cpu"]["choices"]) >= {"native_bf16", "matvec", "int8_reduce_range"} and records[0]["cpu"]["reasons"]
     for record in records:
         for key in ("system", "dtype", "load_s", "load_peak_rss_bytes", "encoder_s_per_window", "prefill_s", "decode_ms_per_token",
                     "rtf_30s_100tok", "bandwidth_gbs", "matmul_gflops", "decode_vs_limit", "encoder_vs_limit", "tokens_equal_fraction"):
             assert key in record and record[key] is not None, (record["system"], record["dtype"], key)
-    assert "decode ms/tok" in done.stdout
+    assert "decode ms/tok" in done.stdout and f"class {cpu.features().cpu_class}" in done.stdout
 
 
 def _bench_module():  # tools/ is not a package: load the script as a module
@@ -62,3 +66,11 @@ def test_speedups_are_against_transformers_in_the_same_dtype_and_int8_against_fp
     assert ours_fp32["speedup_vs_transformers"]["end_to_end"] == 1.0
     assert ours_int8["speedup_vs"] == "transformers fp32" and ours_int8["speedup_vs_transformers"]["decode"] == 2.6
     assert "speedup_vs_transformers" not in transformers and "speedup_vs_transformers" not in ours_bf16  # no transformers bf16 ran
+
+
+def test_a_failure_is_reported_by_its_error_line_not_a_warning_before_it(tmp_path):
+    bench = _bench_module()
+    stderr = "UserWarning: torchvision is not available\n  warnings.warn(\nTraceback (most recent call last):\n  File x\nMemoryError: out of memory\n"
+    line = bench.failure_line(stderr, tmp_path / "logs" / "export.log")
+    assert line.startswith("MemoryError: out of memory") and str(tmp_path / "logs" / "export.log") in line
+    assert (tmp_path / "logs" / "export.log").read_text() == stderr

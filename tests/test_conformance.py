@@ -9,6 +9,7 @@ from conformance import golden, runner
 from conformance.cases import BF16_CASES, CASES, MODELS
 from conformance.stages import stages
 from conformance.tolerances import TABLE
+from glm_asr import cpu
 from glm_asr.cli import main
 
 MANIFEST = golden.load_manifest()
@@ -36,6 +37,16 @@ def test_case_matches_reference(case_id, backend):
     assert not failed, "\n" + runner.format_table(failed)
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "widened-bf16"])
+@pytest.mark.parametrize("case_id", sorted(c for c in MANIFEST["cases"] if c.endswith("/bf16")))
+def test_each_bf16_path_matches_reference(case_id, native):
+    # The test above runs the path this CPU chose; this one forces each, so both are proven on any CPU.
+    with cpu.forced(native_bf16=native):
+        rows = runner.run_case(case_id, "cpu", manifest=MANIFEST)
+    failed = [r for r in rows if not r.ok]
+    assert rows and not failed, "\n" + runner.format_table(failed)
+
+
 def test_golden_covers_every_case_and_the_manifest_is_consistent():
     expected = {f"{m}/{c}/fp32" for m in MODELS for c in CASES} | {f"{m}/{c}/bf16" for m in MODELS for c in BF16_CASES}
     assert set(MANIFEST["cases"]) == expected
@@ -43,6 +54,7 @@ def test_golden_covers_every_case_and_the_manifest_is_consistent():
         "the tolerance table changed since golden/ was written: regenerate with `tox -e golden`"
     )
     assert MANIFEST["provenance"]["transformers"] == "5.24.0"
+    assert MANIFEST["provenance"]["cpu"]["class"]  # bytes reproduce within a CPU class only (conformance/drift.py)
     over_30s = MANIFEST["cases"]["tiny_a/over_30s/fp32"]["stages"]
     assert over_30s["mel"]["shape"] == [2, 128, 3000] and over_30s["conv1"]["stored_full"]  # two whole windows
     size = sum(p.stat().st_size for p in golden.ROOT.rglob("*") if p.is_file())

@@ -1,10 +1,11 @@
-"""glm_asr/kernels.py: each kernel swap computes what the default kernel would, and is left when it must be."""
+"""glm_asr/kernels.py: each kernel swap computes what the default kernel would, and is left when it must be.
+Every branch is forced (glm_asr.cpu.forced), so each runs on any CPU class."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from glm_asr import kernels
+from glm_asr import cpu, kernels
 from glm_asr.kernels import Linear, use_onednn
 
 pytestmark = pytest.mark.skipif(not kernels.ONEDNN, reason="this PyTorch build has no oneDNN")
@@ -40,9 +41,10 @@ def test_other_dtypes_and_autograd_take_f_linear():
         assert use_onednn(torch.randn(3, 64), layer.weight)
 
 
+@pytest.mark.parametrize("kernel", cpu.MATVEC_KERNELS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 64), (1, 64), (64,)])
-def test_openblas_matvec_equals_f_linear_and_gives_torch_its_threads_back(shape, bias):
+def test_each_decode_matvec_kernel_equals_f_linear_and_gives_torch_its_threads_back(shape, bias, kernel):
     torch.manual_seed(0)
     layer = Linear(64, 48, bias=bias).requires_grad_(False)
     x = torch.randn(*shape)
@@ -50,8 +52,8 @@ def test_openblas_matvec_equals_f_linear_and_gives_torch_its_threads_back(shape,
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # under xdist the suite runs on one thread, which would hide a missing restore
     try:
-        with kernels.openblas_matvec():
-            assert torch.get_num_threads() == 1
+        with kernels.decode_matvec(kernel):
+            assert torch.get_num_threads() == (1 if kernel == "openblas" else 2)
             out = layer(x)
         assert torch.get_num_threads() == 2
     finally:
@@ -60,48 +62,73 @@ def test_openblas_matvec_equals_f_linear_and_gives_torch_its_threads_back(shape,
     assert float((out - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
 
 
-def test_openblas_takes_only_single_rows(monkeypatch):
-    calls = []
-    monkeypatch.setattr(kernels, "openblas_linear", lambda *args: calls.append(args) or F.linear(*args))
+@pytest.mark.parametrize("kernel", cpu.MATVEC_KERNELS)
+def test_the_decode_kernel_takes_only_single_rows(monkeypatch, kernel):
+    calls = {"openblas": [], "onednn": [], "torch": []}
+    monkeypatch.setattr(kernels, "openblas_linear", lambda *args: calls["openblas"].append(args) or F.linear(*args))
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls["onednn"].append(args) or F.linear(*args))
     layer = Linear(64, 48).requires_grad_(False)
     layer(torch.randn(1, 64))
-    assert not calls  # outside the block: oneDNN
-    with kernels.openblas_matvec():
+    assert len(calls["onednn"]) == 1 and not calls["openblas"]  # outside the block: oneDNN
+    with kernels.decode_matvec(kernel):
         layer(torch.randn(2, 64))
-        assert not calls  # two rows: oneDNN's GEMM
+        assert len(calls["onednn"]) == 2 and not calls["openblas"]  # two rows: oneDNN's GEMM
         layer(torch.randn(1, 1, 64))
-    assert len(calls) == 1
+    expected = {"openblas": (2, 1), "onednn": (3, 0), "torch": (2, 0)}[kernel]
+    assert (len(calls["onednn"]), len(calls["openblas"])) == expected
 
 
-@pytest.mark.skipif(kernels.NATIVE_BF16, reason="this CPU has native bf16: PyTorch's bf16 kernels are kept")
+def test_decode_matvec_defaults_to_the_machines_choice():
+    with cpu.forced(matvec="onednn"), kernels.decode_matvec() as kernel:
+        assert kernel == "onednn"
+    with cpu.forced(matvec="openblas"), kernels.decode_matvec() as kernel:
+        assert kernel == "openblas" and torch.get_num_threads() == 1
+
+
 def test_bf16_gemms_convolutions_and_attention_are_widened_to_fp32_and_rounded_once():
     torch.manual_seed(0)
     layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
     x = torch.randn(5, 64, dtype=torch.bfloat16)
-    assert kernels.widen_bf16(x, layer.weight) and not kernels.widen_bf16(x.float(), layer.weight.float())
-    out = layer(x)
-    assert out.dtype == torch.bfloat16
-    # bf16 values are exact in fp32, so the fp32 product rounded once is what a bf16 GEMM means.
-    assert torch.equal(out, F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16())
-    assert float((out.float() - F.linear(x, layer.weight, layer.bias).float()).abs().max()) <= 1e-2 * float(out.float().abs().max())
+    with cpu.forced(native_bf16=False):
+        assert kernels.widen_bf16(x, layer.weight) and not kernels.widen_bf16(x.float(), layer.weight.float())
+        out = layer(x)
+        assert out.dtype == torch.bfloat16
+        # bf16 values are exact in fp32, so the fp32 product rounded once is what a bf16 GEMM means.
+        assert torch.equal(out, F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16())
+        assert float((out.float() - F.linear(x, layer.weight, layer.bias).float()).abs().max()) <= 1e-2 * float(out.float().abs().max())
 
-    conv = kernels.Conv1d(8, 16, kernel_size=3, stride=2, padding=1).to(torch.bfloat16).requires_grad_(False)
-    x = torch.randn(2, 8, 20, dtype=torch.bfloat16)
-    out = conv(x)
-    assert out.dtype == torch.bfloat16
-    assert torch.equal(out, F.conv1d(x.float(), conv.weight.float(), conv.bias.float(), stride=2, padding=1).bfloat16())
+        conv = kernels.Conv1d(8, 16, kernel_size=3, stride=2, padding=1).to(torch.bfloat16).requires_grad_(False)
+        x = torch.randn(2, 8, 20, dtype=torch.bfloat16)
+        out = conv(x)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, F.conv1d(x.float(), conv.weight.float(), conv.bias.float(), stride=2, padding=1).bfloat16())
 
-    q, k, v = (torch.randn(1, h, 6, 16, dtype=torch.bfloat16) for h in (4, 2, 2))
-    out = kernels.attention(q, k, v)
-    assert out.dtype == torch.bfloat16
-    assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True).bfloat16())
+        q, k, v = (torch.randn(1, h, 6, 16, dtype=torch.bfloat16) for h in (4, 2, 2))
+        out = kernels.attention(q, k, v)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True).bfloat16())
 
 
-def test_a_single_bf16_row_keeps_the_bf16_kernel(monkeypatch):
+def test_native_bf16_keeps_pytorchs_kernels(monkeypatch):
     calls = []
     monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))
     layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
-    layer(torch.randn(1, 1, 64, dtype=torch.bfloat16))  # a decode step reads weights: bf16 halves the bytes
+    conv = kernels.Conv1d(8, 16, kernel_size=3).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(2, 8, 20, dtype=torch.bfloat16)
+    with cpu.forced(native_bf16=True):
+        assert not kernels.widen_bf16(x, conv.weight)
+        layer(torch.randn(5, 64, dtype=torch.bfloat16))
+        assert torch.equal(conv(x), F.conv1d(x, conv.weight, conv.bias))
     assert not calls
-    layer(torch.randn(2, 64, dtype=torch.bfloat16))
-    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_single_bf16_row_keeps_the_bf16_kernel(monkeypatch, native):
+    calls = []
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))
+    layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
+    with cpu.forced(native_bf16=native):
+        layer(torch.randn(1, 1, 64, dtype=torch.bfloat16))  # a decode step reads weights: bf16 halves the bytes
+        assert not calls
+        layer(torch.randn(2, 64, dtype=torch.bfloat16))
+    assert len(calls) == (0 if native else 1)  # more rows: widened to fp32 on oneDNN only without native bf16

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -34,9 +35,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# system -> the dtypes it runs. int8: ours = int8 decoder weights (glm_asr/quantize.py); onnxruntime = the
-# export's --quantize int8 (dynamic int8 MatMul weights in both graphs). bf16 ONNX graphs are not exported.
-SYSTEMS = {"ours": ("fp32", "bf16", "int8"), "transformers": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
+# system -> the dtypes it runs. int8: ours = int8 decoder weights (glm_asr/quantize.py) and an fp32 audio path;
+# int8+bf16audio / int8+int8audio: the same with the audio encoder and projector in bf16 / int8
+# (quantize_audio); onnxruntime = the export's --quantize int8 (dynamic int8 MatMul weights in both graphs).
+# bf16 ONNX graphs are not exported.
+SYSTEMS = {"ours": ("fp32", "bf16", "int8", "int8+bf16audio", "int8+int8audio"), "transformers": ("fp32", "bf16"),
+           "onnxruntime": ("fp32", "int8")}
+AUDIO_QUANT = {"int8+bf16audio": "bf16", "int8+int8audio": "int8"}
 NEVER = -1  # an eos id no token has: decoding runs the full length
 
 
@@ -101,7 +106,7 @@ def clip_30s():  # noqa: ANN201
 def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tokens: int) -> dict:
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}[dtype_name]  # int8: fp32 activations
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32  # int8: fp32 activations
     torch.manual_seed(0)
     if system == "transformers":  # its import is not part of the load time, as ours is imported above
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -111,7 +116,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         import onnxruntime  # noqa: F401
     start = time.perf_counter()
     if system == "ours":
-        run = _ours(checkpoint, dtype, quantize="int8" if dtype_name == "int8" else None)
+        run = _ours(checkpoint, dtype, quantize="int8" if dtype_name.startswith("int8") else None, audio=AUDIO_QUANT.get(dtype_name))
     elif system == "transformers":
         run = _transformers(checkpoint, dtype)
     else:
@@ -123,7 +128,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
 
     processor = Processor.from_dir(checkpoint)
     batch = processor([clip_30s()])
-    features = batch.input_features.to(dtype)
+    features = batch.input_features.to(torch.bfloat16 if dtype_name == "bf16" or AUDIO_QUANT.get(dtype_name) == "bf16" else dtype)
     with torch.inference_mode():
         encoder_s = median_time(lambda: run["audio"](features, batch.input_features_mask), reps)
         # Each generated token is timestamped as it is chosen (a callback, or transformers' streamer): the first
@@ -144,10 +149,13 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
             tokens[:] = run["generate"](processor([audio]), 100)[1][0].tolist()
 
         e2e_s = median_time(end_to_end, 1)
+    from glm_asr import cpu
+
     return {
         "system": system,
         "dtype": dtype_name,
         "threads": torch.get_num_threads(),
+        "cpu": cpu_record(cpu) if system == "ours" else {"model": cpu.features().model, "class": cpu.features().cpu_class},
         "load_s": load_s,
         "load_peak_rss_bytes": load_rss,
         "encoder_s_per_window": encoder_s,
@@ -161,12 +169,23 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
 
 from glm_asr import load_model  # noqa: E402
 from glm_asr.generate import greedy_generate  # noqa: E402
-from glm_asr.quantize import quantize_decoder  # noqa: E402
+from glm_asr.quantize import quantize_audio, quantize_decoder  # noqa: E402
 
 
-def _ours(checkpoint: Path, dtype, quantize: str | None) -> dict:  # noqa: ANN001
+def cpu_record(cpu) -> dict:  # noqa: ANN001
+    """The CPU, its features and every choice glm_asr/cpu.py made, with the reasons: a figure holds on its class."""
+    import dataclasses
+
+    choices = cpu.choices()
+    return {"model": cpu.features().model, "class": cpu.features().cpu_class, "features": dataclasses.asdict(cpu.features()),
+            "choices": {k: v for k, v in dataclasses.asdict(choices).items() if k != "reasons"}, "reasons": choices.reasons}
+
+
+def _ours(checkpoint: Path, dtype, quantize: str | None, audio: str | None = None) -> dict:  # noqa: ANN001
     # int8 quantises from the stored bf16 (exactly the fp32 model's int8 weights), as glm-asr transcribe does
     model = quantize_decoder(load_model(checkpoint, dtype=None)) if quantize else load_model(checkpoint, dtype=dtype)
+    if audio:
+        model = quantize_audio(model, audio)
 
     def generate(batch, n: int) -> tuple[list[float], torch.Tensor]:  # noqa: ANN001
         stamps, start = [], time.perf_counter()
@@ -279,6 +298,30 @@ def machine_limits(size_mb: int = 1024) -> dict:
             fn()
             result[f"matmul_gflops_{dtype_name}_{name}"] = 2 * 512 * 2048 * 2048 / best_time(fn, 3) / 1e9
         result[f"matmul_gflops_{dtype_name}"] = max(result[f"matmul_gflops_{dtype_name}_{name}"] for name in kernels)
+    result.update(int8_gemm_rates())
+    return result
+
+
+def int8_gemm_rates() -> dict:
+    """GOP/s of a 512-token dynamically quantised int8 linear layer 2048 -> 2048 on each quantised engine (what
+    the int8 audio path and int8 prefill run), and the best of them."""
+    import warnings
+
+    import torch
+
+    from glm_asr.quantize import Int8Linear
+
+    x, layer = torch.randn(1, 512, 2048), torch.nn.Linear(2048, 2048)
+    result = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for engine in ("x86", "fbgemm", "onednn"):
+            if engine not in torch.backends.quantized.supported_engines:
+                continue
+            q = Int8Linear(layer, engine)
+            q(x)
+            result[f"matmul_gops_int8_{engine}"] = 2 * 512 * 2048 * 2048 / best_time(lambda: q(x), 3) / 1e9
+    result["matmul_gops_int8"] = max(result.values()) if result else float("nan")
     return result
 
 
@@ -331,8 +374,14 @@ def tokenizer_speed(checkpoint: Path) -> dict:
     return record
 
 
-def last_line(stderr: str) -> str:
-    return (stderr.strip().splitlines() or ["no output"])[-1]
+def failure_line(stderr: str, log: Path) -> str:
+    """The line that says why a subprocess failed (the last `...Error: ...` line, not a warning printed
+    before it), with the whole stderr kept in `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(stderr)
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()] or ["no output"]
+    errors = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|error)\b", ln) or ln.startswith("glm-asr: error")]
+    return f"{(errors or lines)[-1]} (full stderr: {log})"
 
 
 def runnable(system: str, dtype: str, checkpoint: Path) -> bool:
@@ -341,7 +390,9 @@ def runnable(system: str, dtype: str, checkpoint: Path) -> bool:
         try:
             export_onnx_folder(checkpoint, dtype)
         except subprocess.CalledProcessError as e:
-            print(f"bench: {system} {dtype} skipped: the export failed: {last_line(e.stderr)}", file=sys.stderr)
+            why = failure_line(e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or "",
+                               checkpoint.parent / f"export-{dtype}.log")
+            print(f"bench: {system} {dtype} skipped: the export failed: {why}", file=sys.stderr)
             return False
     return True
 
@@ -352,7 +403,7 @@ def run_worker(system: str, dtype: str, checkpoint: Path, reps: int, decode_toke
                "--reps", str(reps), "--decode-tokens", str(decode_tokens)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
-        print(f"bench: {system} {dtype} skipped: {last_line(done.stderr)}", file=sys.stderr)
+        print(f"bench: {system} {dtype} skipped: {failure_line(done.stderr, checkpoint.parent / f'{system}-{dtype}.log')}", file=sys.stderr)
         return None
     print(f"  done: {system} {dtype}", file=sys.stderr, flush=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -400,16 +451,19 @@ def main() -> int:
         record = merge_rounds(rounds)
         dtype = record["dtype"]
         costs = model_costs(preset, record["prompt_tokens"])
-        bytes_per_token = costs["decoder_params_per_token"] * {"fp32": 4, "bf16": 2, "int8": 1}[dtype]
+        bytes_per_token = costs["decoder_params_per_token"] * (1 if dtype.startswith("int8") else {"fp32": 4, "bf16": 2}[dtype])
         record.update(limits)
         record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
         record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
-        # int8: our encoder runs fp32; onnxruntime's int8 GEMMs are held to the fp32 rate too (the CPU's
-        # int8 rate without VNNI is no higher, README); the ratio says how they compare.
-        flops_dtype = "bf16" if dtype == "bf16" else "fp32"
-        record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (limits[f"matmul_gflops_{flops_dtype}"] * 1e9)
+        # The audio path's own arithmetic: bf16 or int8 where it runs so, else fp32 (ours int8 keeps an fp32
+        # audio path; onnxruntime's int8 graphs have int8 MatMuls, held to the int8 rate).
+        audio_dtype = {"bf16": "bf16", "int8+bf16audio": "bf16", "int8+int8audio": "int8"}.get(dtype, "fp32")
+        if record["system"] == "onnxruntime" and dtype == "int8":
+            audio_dtype = "int8"
+        rate = limits["matmul_gops_int8"] if audio_dtype == "int8" else limits[f"matmul_gflops_{audio_dtype}"]
+        record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (rate * 1e9)
         record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
-        record["matmul_gflops"] = limits[f"matmul_gflops_{flops_dtype}"]
+        record["matmul_gflops"] = rate
         records.append(record)
     add_speedups(records)
     # Greedy-token agreement with the first fp32 system run (ours, when it ran; else the first system): fp32
@@ -423,7 +477,10 @@ def main() -> int:
     tokenizer = tokenizer_speed(checkpoint)
     print_table(records, limits, tokenizer, preset)
     if args.json:
-        args.json.write_text(json.dumps({"records": records, "machine": limits, "tokenizer": tokenizer}, indent=2) + "\n")
+        from glm_asr import cpu
+
+        machine = {**limits, "cpu": cpu_record(cpu)}
+        args.json.write_text(json.dumps({"records": records, "machine": machine, "tokenizer": tokenizer}, indent=2) + "\n")
     return 0
 
 
@@ -449,7 +506,7 @@ def add_speedups(records: list[dict]) -> None:
     for int8 (whose activations are fp32); absent when that transformers run is not in this run."""
     baselines = {r["dtype"]: r for r in records if r["system"] == "transformers"}
     for r in records:
-        baseline = baselines.get("fp32" if r["dtype"] == "int8" else r["dtype"])
+        baseline = baselines.get("fp32" if r["dtype"].startswith("int8") else r["dtype"])
         if r["system"] == "transformers" or baseline is None:
             continue
         r["speedup_vs"] = f"transformers {baseline['dtype']}"
@@ -458,14 +515,20 @@ def add_speedups(records: list[dict]) -> None:
 
 def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str) -> None:
     kernels = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.1f}" for k, v in limits.items() if k.startswith("bandwidth_gbs_"))
+    from glm_asr import cpu
+
+    print(f"CPU: {cpu.features().model}, class {cpu.features().cpu_class}; choices: bf16 "
+          f"{'native' if cpu.rules().native_bf16 else 'widened'}, decode matvec {cpu.choices().matvec}, "
+          f"int8 activations {'7' if cpu.rules().int8_reduce_range else '8'}-bit")
     print(f"preset {preset}; machine, {limits['threads']} threads: {limits['bandwidth_gbs']:.1f} GB/s matrix-vector bandwidth "
-          f"({kernels}), {limits['matmul_gflops_fp32']:.0f} / {limits['matmul_gflops_bf16']:.0f} GFLOP/s fp32 / bf16 matmul")
-    header = (f"{'system':12} {'dtype':5} {'load s':>6} {'load RSS GB':>11} {'audio s/win':>11} {'x limit':>7} {'prefill s':>9} "
+          f"({kernels}), {limits['matmul_gflops_fp32']:.0f} / {limits['matmul_gflops_bf16']:.0f} GFLOP/s fp32 / bf16 matmul, "
+          f"{limits['matmul_gops_int8']:.0f} GOP/s int8")
+    header = (f"{'system':12} {'dtype':14} {'load s':>6} {'load RSS GB':>11} {'audio s/win':>11} {'x limit':>7} {'prefill s':>9} "
               f"{'decode ms/tok':>13} {'x limit':>7} {'RTF 30s+100':>11} {'same ids':>8}")
     print(header)
     print("-" * len(header))
     for r in records:
-        print(f"{r['system']:12} {r['dtype']:5} {r['load_s']:6.1f} {r['load_peak_rss_bytes'] / 1e9:11.2f} "
+        print(f"{r['system']:12} {r['dtype']:14} {r['load_s']:6.1f} {r['load_peak_rss_bytes'] / 1e9:11.2f} "
               f"{r['encoder_s_per_window']:11.2f} {r['encoder_vs_limit']:7.2f} {r['prefill_s']:9.2f} "
               f"{r['decode_ms_per_token']:13.1f} {r['decode_vs_limit']:7.2f} {r['rtf_30s_100tok']:11.3f} "
               f"{100 * r['tokens_equal_fraction']:7.0f}%")

@@ -1,0 +1,79 @@
+"""glm_asr/cpu.py: every choice follows its rule from the features given, any capability can be forced, and the
+matvec calibration is measured once and cached. Nothing here assumes the CPU class it runs on."""
+
+import dataclasses
+import json
+
+import pytest
+
+from glm_asr import cpu
+from glm_asr.cli import main
+
+AVX2 = cpu.Features("an AVX2 CPU", avx2=True, avx512=False, avx512_bf16=False, vnni=False, amx=False, onednn=True, onednn_bf16=False)
+ZEN4 = dataclasses.replace(AVX2, model="an AVX-512 BF16 CPU", avx512=True, avx512_bf16=True, vnni=True, onednn_bf16=True)
+SPR = dataclasses.replace(ZEN4, model="an AMX CPU", amx=True)
+
+
+def test_each_class_gets_its_rules():
+    avx2, zen4, spr = (cpu.decide(f, measure=False) for f in (AVX2, ZEN4, SPR))
+    assert (avx2.native_bf16, avx2.int8_reduce_range, avx2.int8_gemm_engine) == (False, True, "x86")
+    assert (zen4.native_bf16, zen4.int8_reduce_range, zen4.int8_gemm_engine) == (True, False, "x86")
+    assert (spr.native_bf16, spr.int8_reduce_range, spr.int8_gemm_engine) == (True, False, "onednn")
+    assert [f.cpu_class for f in (AVX2, ZEN4, SPR)] == ["AVX2", "AVX-512 + VNNI + BF16", "AVX-512 + VNNI + BF16 + AMX"]
+    assert all(set(c.reasons) == {"onednn_fp32", "native_bf16", "matvec", "int8_reduce_range", "int8_gemm_engine", "threads"}
+               for c in (avx2, zen4, spr))
+
+
+def test_forcing_overrides_features_and_choices():
+    forced = cpu.decide(SPR, {"native_bf16": False, "vnni": False, "matvec": "torch"})
+    assert (forced.native_bf16, forced.int8_reduce_range, forced.matvec) == (False, True, "torch")
+    assert "(forced)" in forced.reasons["native_bf16"] and "(forced)" in forced.reasons["int8_reduce_range"]
+    assert cpu.decide(AVX2, {"native_bf16": True}, measure=False).native_bf16
+
+
+def test_forced_block_is_undone_and_nests():
+    before = cpu.rules()
+    with cpu.forced(native_bf16=not before.native_bf16):
+        assert cpu.native_bf16() is (not before.native_bf16)
+        with cpu.forced(vnni=not cpu.features().vnni):
+            assert cpu.rules().int8_reduce_range is cpu.features().vnni
+            assert cpu.native_bf16() is (not before.native_bf16)
+    assert cpu.rules() == before
+
+
+def test_force_environment_variable_is_parsed_and_bad_values_named(monkeypatch):
+    assert cpu._parse_force(" native_bf16=0, vnni=1,matvec=onednn") == {"native_bf16": False, "vnni": True, "matvec": "onednn"}
+    for bad, named in [("native_bf16", "not NAME=VALUE"), ("turbo=1", "'turbo=1'"), ("vnni=yes", "vnni='yes'"), ("matvec=mkl", "matvec='mkl'")]:
+        with pytest.raises(ValueError, match=named):
+            cpu._parse_force(bad)
+
+
+def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv(cpu.CACHE_ENV, str(tmp_path))
+    measured = []
+    monkeypatch.setattr(cpu, "time_matvec_kernels", lambda: measured.append(1) or {"openblas": 10.0, "onednn": 12.0, "torch": 8.0})
+    assert cpu.calibrate()[0] == "onednn" and len(measured) == 1
+    (cached,) = tmp_path.glob("matvec-*.json")
+    assert json.loads(cached.read_text())["fastest"] == "onednn"
+    fastest, rates, where = cpu.calibrate()
+    assert (fastest, rates["onednn"], len(measured)) == ("onednn", 12.0, 1) and "cached" in where
+    cpu.calibrate(refresh=True)
+    assert len(measured) == 2
+    assert "onednn 12.0" in cpu.decide(SPR).reasons["matvec"]
+
+
+def test_the_matvec_timing_measures_every_kernel():
+    rates = cpu.time_matvec_kernels(megabytes=8, rounds=1)
+    assert set(rates) <= set(cpu.MATVEC_KERNELS) and {"openblas", "torch"} <= set(rates)
+    assert all(r > 0 for r in rates.values())
+
+
+def test_info_prints_the_class_and_every_choice(capsys, monkeypatch):
+    monkeypatch.setenv(cpu.FORCE_ENV, "matvec=torch")  # no calibration in the test
+    monkeypatch.setattr(cpu, "_choices", None)
+    monkeypatch.setattr(cpu, "_rules", None)
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"class: {cpu.features().cpu_class}" in out
+    for text in ("fp32 GEMMs", "bf16:", "fp32 decode matvec: torch", "int8 activations", "int8 encoder GEMMs", "threads"):
+        assert text in out
