@@ -76,6 +76,7 @@ class Choices:
 
     onednn_fp32: bool  # fp32 products of more than one row on oneDNN
     native_bf16: bool  # False: bf16 GEMMs, convolutions and attention widened to fp32
+    bf16_packed: bool  # bf16 decode steps read weights packed into oneDNN's layout
     matvec: str  # fp32 single-row products: one of MATVEC_KERNELS
     int8_reduce_range: bool  # 7-bit int8 activations
     int8_gemm_engine: str  # quantised engine for the int8 audio encoder's GEMMs
@@ -111,7 +112,7 @@ def detect() -> Features:
 
 def _parse_force(text: str) -> dict[str, object]:
     """GLM_ASR_FORCE="native_bf16=0,vnni=1,matvec=onednn" -> {...}; names any unknown or malformed entry."""
-    known = {f.name for f in dataclasses.fields(Features) if f.type in (bool, "bool")} | {"native_bf16", "matvec"}
+    known = {f.name for f in dataclasses.fields(Features) if f.type in (bool, "bool")} | {"native_bf16", "bf16_packed", "matvec"}
     out: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
@@ -208,6 +209,13 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
         reasons["native_bf16"] = ("oneDNN reports native bf16 (AVX-512 BF16 or AMX): PyTorch's bf16 kernels" if native_bf16 else
                                   "no native bf16 (no AVX-512 BF16 or AMX): bf16 GEMMs, convolutions and attention widened to fp32")
 
+    if "bf16_packed" in force:
+        bf16_packed, reasons["bf16_packed"] = bool(force["bf16_packed"]), "forced"
+    else:
+        bf16_packed = native_bf16 and f.onednn
+        reasons["bf16_packed"] = ("native bf16: decode steps read weights packed once into oneDNN's layout (a second copy)"
+                                  if bf16_packed else "no native bf16: decode steps read the plain bf16 weights")
+
     if "matvec" in force:
         matvec, reasons["matvec"] = str(force["matvec"]), "forced"
     elif not measure:
@@ -228,7 +236,7 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
     threads = torch.get_num_threads()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     reasons["threads"] = f"torch's own count; {usable} logical CPUs usable by this process"
-    return Choices(f.onednn, native_bf16, matvec, int8_reduce_range, int8_gemm_engine, threads, reasons)
+    return Choices(f.onednn, native_bf16, bf16_packed, matvec, int8_reduce_range, int8_gemm_engine, threads, reasons)
 
 
 _features: Features | None = None
@@ -272,7 +280,7 @@ def native_bf16() -> bool:
 @contextmanager
 def forced(**values: object) -> Iterator[None]:
     """Within the block, the given capabilities or choices are taken as given (tests force every branch):
-    Features fields (`vnni=False`, `amx=True`, ...), `native_bf16=` and `matvec=`."""
+    Features fields (`vnni=False`, `amx=True`, ...), `native_bf16=`, `bf16_packed=` and `matvec=`."""
     global _choices, _rules, _forced
     _parse_force(",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in values.items()))  # validates
     saved = (_choices, _rules, _forced)
@@ -291,6 +299,7 @@ def describe(c: Choices | None = None, f: Features | None = None) -> str:
              f"torch {torch.__version__}, numpy {np.__version__}", "choices:"]
     shown = {"onednn_fp32": "fp32 GEMMs on oneDNN" if c.onednn_fp32 else "fp32 GEMMs on PyTorch's default",
              "native_bf16": "bf16: native" if c.native_bf16 else "bf16: widened to fp32",
+             "bf16_packed": f"bf16 decode weights: {'packed' if c.bf16_packed else 'plain'}",
              "matvec": f"fp32 decode matvec: {c.matvec}",
              "int8_reduce_range": f"int8 activations: {'7' if c.int8_reduce_range else '8'}-bit",
              "int8_gemm_engine": f"int8 encoder GEMMs: {c.int8_gemm_engine} engine",

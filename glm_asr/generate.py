@@ -51,9 +51,10 @@ def greedy_generate(
     hidden = model.language_model.model(embeds, positions, key_valid[:, :T], cache, 0)
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     head = model.language_model.lm_head
-    # A cached fp32 CPU step is all single-row products: the kernel that reads weights fastest here (cpu.py).
-    fast_matvec = B == 1 and cache is not None and isinstance(head, Linear) and use_onednn(hidden, head.weight)
-    with decode_matvec() if fast_matvec else nullcontext():
+    # A cached CPU step of batch 1 is all single-row products: the kernels that read weights fastest here (cpu.py).
+    fast_matvec = B == 1 and cache is not None and isinstance(head, Linear) and hidden.device.type == "cpu"
+    fp32 = use_onednn(hidden, head.weight)
+    with decode_matvec(None if fp32 else "torch") if fast_matvec else nullcontext():
         for step in range(max_new_tokens):
             logits = model.language_model.lm_head(hidden[:, -1])  # only the last position is needed
             token = logits.float().argmax(-1).masked_fill(finished, int(eos[0]))

@@ -20,13 +20,14 @@ def test_each_class_gets_its_rules():
     assert (zen4.native_bf16, zen4.int8_reduce_range, zen4.int8_gemm_engine) == (True, False, "x86")
     assert (spr.native_bf16, spr.int8_reduce_range, spr.int8_gemm_engine) == (True, False, "onednn")
     assert [f.cpu_class for f in (AVX2, ZEN4, SPR)] == ["AVX2", "AVX-512 + VNNI + BF16", "AVX-512 + VNNI + BF16 + AMX"]
-    assert all(set(c.reasons) == {"onednn_fp32", "native_bf16", "matvec", "int8_reduce_range", "int8_gemm_engine", "threads"}
+    assert [c.bf16_packed for c in (avx2, zen4, spr)] == [False, True, True]
+    assert all(set(c.reasons) == {"onednn_fp32", "native_bf16", "bf16_packed", "matvec", "int8_reduce_range", "int8_gemm_engine", "threads"}
                for c in (avx2, zen4, spr))
 
 
 def test_forcing_overrides_features_and_choices():
     forced = cpu.decide(SPR, {"native_bf16": False, "vnni": False, "matvec": "torch"})
-    assert (forced.native_bf16, forced.int8_reduce_range, forced.matvec) == (False, True, "torch")
+    assert (forced.native_bf16, forced.bf16_packed, forced.int8_reduce_range, forced.matvec) == (False, False, True, "torch")
     assert "(forced)" in forced.reasons["native_bf16"] and "(forced)" in forced.reasons["int8_reduce_range"]
     assert cpu.decide(AVX2, {"native_bf16": True}, measure=False).native_bf16
 
@@ -75,5 +76,5 @@ def test_info_prints_the_class_and_every_choice(capsys, monkeypatch):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"class: {cpu.features().cpu_class}" in out
-    for text in ("fp32 GEMMs", "bf16:", "fp32 decode matvec: torch", "int8 activations", "int8 encoder GEMMs", "threads"):
+    for text in ("fp32 GEMMs", "bf16:", "bf16 decode weights", "fp32 decode matvec: torch", "int8 activations", "int8 encoder GEMMs", "threads"):
         assert text in out

@@ -6,6 +6,7 @@ import torch
 from conformance import golden, runner
 from conformance.cases import clips
 from conformance.ours import features
+from glm_asr import cpu
 from glm_asr.decoder import KVCache
 from glm_asr.generate import greedy_generate, prompt_positions
 
@@ -26,6 +27,28 @@ def setup(case_id: str):  # noqa: ANN201
 def test_greedy_ids_equal_the_reference(case_id):
     model, stored, inputs = setup(case_id)
     assert torch.equal(greedy_generate(model, *inputs, max_new_tokens=MAX_NEW), stored["generated_ids"])
+
+
+@pytest.mark.parametrize("kernel", cpu.MATVEC_KERNELS)
+def test_every_decode_kernel_gives_the_reference_ids(kernel):
+    # The test above runs the kernel this machine chose; each of the others is forced here.
+    for case_id in ("tiny_a/speech_like/fp32", "tiny_b/chirp/fp32"):
+        model, stored, inputs = setup(case_id)
+        with cpu.forced(matvec=kernel):
+            assert torch.equal(greedy_generate(model, *inputs, max_new_tokens=MAX_NEW), stored["generated_ids"]), case_id
+
+
+@pytest.mark.skipif(not cpu.features().onednn_bf16, reason="oneDNN has no bf16 arithmetic on this CPU: packed bf16 is never chosen here")
+@pytest.mark.parametrize("name", ["tiny_a", "tiny_b"])
+def test_bf16_decoding_on_packed_weights_chooses_the_same_ids(name):
+    model = runner.tiny_model(name, "bf16", "cpu", MANIFEST["models"][name]["weights_sha256"])
+    _, stored, (ids, attn, mel, mask) = setup(f"{name}/speech_like/fp32")
+    runs = []
+    for packed in (False, True):
+        with cpu.forced(bf16_packed=packed):
+            runs.append(greedy_generate(model, ids, attn, mel.bfloat16(), mask, max_new_tokens=MAX_NEW))
+    assert any(hasattr(m, "_packed_bf16") for m in model.modules())
+    assert torch.equal(*runs)
 
 
 @pytest.mark.parametrize("case_id", [c for c in FP32_CASES if "/batch/" in c])

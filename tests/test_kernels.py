@@ -24,6 +24,17 @@ def test_onednn_path_equals_f_linear(shape, bias):
     assert float((out - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
 
 
+def test_without_onednn_every_product_takes_f_linear(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))
+    layer = Linear(64, 48).requires_grad_(False)
+    with cpu.forced(onednn=False):
+        assert not use_onednn(torch.randn(3, 64), layer.weight)
+        layer(torch.randn(3, 64))
+        layer.bfloat16()(torch.randn(3, 64, dtype=torch.bfloat16))  # nor widened bf16, which runs on oneDNN
+    assert not calls
+
+
 def test_a_non_contiguous_input_is_read_by_its_strides():
     layer = Linear(64, 48).requires_grad_(False)
     x = torch.randn(2, 5, 64)[:, 1:4]
@@ -132,3 +143,21 @@ def test_a_single_bf16_row_keeps_the_bf16_kernel(monkeypatch, native):
         assert not calls
         layer(torch.randn(2, 64, dtype=torch.bfloat16))
     assert len(calls) == (0 if native else 1)  # more rows: widened to fp32 on oneDNN only without native bf16
+
+
+@pytest.mark.skipif(not cpu.features().onednn_bf16, reason="oneDNN has no bf16 arithmetic on this CPU: packed bf16 is never chosen here")
+def test_packed_bf16_single_rows_equal_pytorchs_and_follow_the_weight():
+    torch.manual_seed(0)
+    layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
+    with cpu.forced(bf16_packed=True), kernels.decode_matvec("torch"):
+        out = layer(x)
+        assert hasattr(layer, "_packed_bf16") and "_packed_bf16" not in layer.state_dict()
+        assert out.shape == (1, 1, 48) and torch.equal(out, F.linear(x, layer.weight, layer.bias))
+        layer.weight.mul_(2)  # a changed weight is packed again, never read stale
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+        layer(torch.randn(3, 64, dtype=torch.bfloat16))  # more rows: PyTorch's bf16 product, as outside the block
+    with cpu.forced(bf16_packed=False), kernels.decode_matvec("torch"):
+        del layer._packed_bf16
+        layer(x)
+        assert not hasattr(layer, "_packed_bf16")
