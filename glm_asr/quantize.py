@@ -99,7 +99,7 @@ def quantize_decoder(model: GlmAsrModel) -> GlmAsrModel:
     The model may be in any float dtype. Each weight is widened to fp32 (exact) before it is quantised, and
     everything else is cast to fp32 afterwards, so a bf16 checkpoint loaded as stored (`load_model(dtype=None)`)
     becomes exactly the model its fp32 load would, without ever holding the whole checkpoint in fp32: the
-    load peak halves (README, Performance)."""
+    load peak halves (docs/performance.md)."""
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 quantisation runs on the CPU (PyTorch's quantised kernels); load the model with device='cpu'")
     _quantize_linears(model.language_model, "x86")
