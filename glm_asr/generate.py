@@ -53,7 +53,7 @@ def greedy_generate(
     head = model.language_model.lm_head
     # A cached CPU step of batch 1 is all single-row products: the kernels that read weights fastest here (cpu.py).
     fast_matvec = B == 1 and cache is not None and isinstance(head, Linear) and hidden.device.type == "cpu"
-    fp32 = use_onednn(hidden, head.weight)
+    fp32 = fast_matvec and use_onednn(hidden, head.weight)
     with decode_matvec(None if fp32 else "torch") if fast_matvec else nullcontext():
         for step in range(max_new_tokens):
             logits = model.language_model.lm_head(hidden[:, -1])  # only the last position is needed
