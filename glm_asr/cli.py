@@ -80,9 +80,20 @@ def _transcribe(args: argparse.Namespace) -> int:
     import torch
 
     from . import corpus_cli
+    from .bulk import transcribe_items
     from .transcribe import load_model_and_processor, load_onnx_model_and_processor
 
     plan = corpus_cli.prepare(args)
+    if args.ray is not None:  # the model loads in each Ray actor, not here
+        if args.backend != "torch":
+            raise ValueError("--ray runs the torch backend; drop --backend onnxruntime")
+        from .ray_corpus import transcribe_items_on_ray
+
+        model_kwargs = {"model_path": args.model, "device": args.device, "dtype": getattr(torch, DTYPES[args.dtype]),
+                        "random_preset": args.random, "quantize": args.quantize}
+        stream = transcribe_items_on_ray(plan.todo, address=args.ray or None, model_kwargs=model_kwargs, actors=args.ray_actors,
+                                         gpus_per_actor=1.0 if args.device.startswith("cuda") else 0.0, **corpus_cli.options(args))
+        return corpus_cli.run(args, plan, stream)
     if args.backend == "onnxruntime":
         if args.onnx_dir is None:
             raise ValueError("--backend onnxruntime needs --onnx-dir: a folder written by tools/export_onnx.py")
@@ -94,7 +105,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     else:
         model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
                                                     random_preset=args.random, quantize=args.quantize)
-    return corpus_cli.run(args, plan, model, processor)
+    return corpus_cli.run(args, plan, transcribe_items(model, processor, plan.todo, **corpus_cli.options(args)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=8, help="inputs (or 30 s windows) decoded together")
     tr.add_argument("--stop-on-repeat", type=int, default=None, metavar="N",
                     help="end an input's decoding when an n-gram (n = 1..8) has repeated N times in a row (recorded in --output)")
+    tr.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="transcribe with Ray Data actors (glm-asr[ray]): a running cluster's address (e.g. auto), or none for a local Ray")
+    tr.add_argument("--ray-actors", type=int, default=1, help="with --ray: actors, each holding one model")
     tr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="onnxruntime: run an exported --onnx-dir")
     tr.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
     tr.set_defaults(run=_transcribe)

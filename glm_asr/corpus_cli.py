@@ -12,9 +12,10 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
 
-from .bulk import FileResult, transcribe_items
+from .bulk import FileResult
 from .corpus import Item, ResultsFile, expand_inputs
 from .subtitles import render
 
@@ -127,14 +128,20 @@ def prepare(args: argparse.Namespace) -> Plan:
     return Plan(items, todo, results, targets)
 
 
-def run(args: argparse.Namespace, plan: Plan, model: Any, processor: Any) -> int:
-    """Transcribes the plan's inputs; returns 2 if any input failed, else 0."""
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    """transcribe_items' keyword arguments from the command line."""
+    return {"max_new_tokens": args.max_new_tokens, "chunked": True if args.chunked else None, "batch_size": args.batch_size,
+            "stop_on_repeat": args.stop_on_repeat}
+
+
+def run(args: argparse.Namespace, plan: Plan, stream: Iterator[FileResult]) -> int:
+    """Writes out the results of the plan's inputs as `stream` yields them (from transcribe_items, or from
+    ray_corpus.transcribe_items_on_ray); returns 2 if any input failed, else 0."""
     results, targets = plan.results, plan.targets
     progress = Progress(len(plan.items), len(plan.items) - len(plan.todo))
     failed, listing = 0, []
     try:
-        for result in transcribe_items(model, processor, plan.todo, max_new_tokens=args.max_new_tokens, chunked=True if args.chunked else None,
-                                       batch_size=args.batch_size, stop_on_repeat=args.stop_on_repeat):
+        for result in stream:
             if result.error is not None:
                 failed += 1
                 progress.write(f"glm-asr: error: {result.error}", sys.stderr)
