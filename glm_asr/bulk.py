@@ -62,6 +62,8 @@ def _read_ahead(items: list[Item], out: queue.Queue, cancelled: threading.Event)
             samples: np.ndarray | str = load_audio(item.path, item.offset, item.duration)
         except (AudioError, OSError) as e:
             samples = str(e) if str(item.path) in str(e) else f"{item.path}: {e}"
+        except Exception as e:  # noqa: BLE001 (anything else one file raises is that file's error: the main thread must not wait forever)
+            samples = f"{item.path}: {type(e).__name__}: {e}"
         entry = (item, samples, time.perf_counter() - started)
         while not cancelled.is_set():
             try:

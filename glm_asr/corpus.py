@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-AUDIO_EXTENSIONS = frozenset(
-    ".wav .mp3 .flac .ogg .oga .opus .m4a .aac .webm .mp4 .mkv .mka .mov .wma .aif .aiff .amr .ac3 .3gp".split()
-)
+AUDIO_EXTENSIONS = frozenset([
+    ".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".mka", ".mov", ".wma",
+    ".aif", ".aiff", ".amr", ".ac3", ".3gp",
+])
 MANIFEST_EXTENSIONS = (".jsonl", ".json")
 RESULT_FIELDS = ("audio_filepath", "offset", "duration", "text", "segments", "timings", "error", "stopped_on_repeat")
 
