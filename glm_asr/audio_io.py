@@ -27,8 +27,8 @@ class AudioError(ValueError):
 def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
     """An audio file as float32 mono samples at 16 kHz, from `offset` seconds for `duration` seconds (to the
     end when None). WAV (a RIFF header) is read by scipy: integer PCM scaled to [-1, 1), channels averaged,
-    other rates resampled with a polyphase filter (scipy.signal.resample_poly). Any other file is decoded
-    by PyAV when it is installed (audio_av.py)."""
+    other rates resampled with a polyphase filter (scipy.signal.resample_poly). Any other file, and WAV in an
+    encoding scipy does not read (mu-law, A-law, ADPCM), is decoded by PyAV when it is installed (audio_av.py)."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
@@ -53,6 +53,11 @@ def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | N
             warnings.simplefilter("error", scipy.io.wavfile.WavFileWarning)  # a truncated file must not pass quietly
             rate, data = scipy.io.wavfile.read(path)
     except (ValueError, EOFError, struct.error, scipy.io.wavfile.WavFileWarning, IndexError, OSError) as e:
+        if "Unknown wave file format" in str(e):  # mu-law, A-law, ADPCM (telephony archives): ffmpeg decodes them
+            try:
+                return to_mono_16k(decode(path, offset, duration), SAMPLING_RATE, str(path))
+            except (ImportError, DecodeError):
+                pass  # the WAV error below says more
         raise AudioError(f"{path}: an unreadable or truncated WAV file ({e}); supported: {SUPPORTED}") from e
     if rate <= 0:
         raise AudioError(f"{path}: the header gives sample rate {rate}; expected a positive rate such as 16000")

@@ -16,6 +16,7 @@ FORMATS = {
     "m4a": ("ipod", "aac", 44100, 128_000),
     "webm": ("webm", "libopus", 48000, 96_000),
     "mp4": ("mp4", "aac", 22050, 96_000),
+    "mulaw.wav": ("wav", "pcm_mulaw", 8000, None),  # telephony: a WAV that scipy does not read
 }
 
 

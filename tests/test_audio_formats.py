@@ -16,6 +16,8 @@ T = np.arange(3 * 16000) / 16000
 SIGNAL = (0.3 * np.sin(2 * np.pi * 440 * T) + 0.2 * np.sin(2 * np.pi * 1250 * T) + 0.1 * np.sin(2 * np.pi * 3100 * T)).astype(np.float32)
 # Lossy codecs keep 24-41 dB of these signals and of the shared speech clips (seen); a wrong rate, a shift of
 # a few samples or a dropped channel leaves under 10 dB. FLAC loses only the two resamplings (39-60 dB seen).
+# 8 kHz mu-law WAV (read by PyAV, as scipy does not) keeps 37 dB of the tones and 17-21 dB of the speech
+# clips, whose energy above 4 kHz it cannot hold.
 MIN_SNR_DB = {"flac": 35.0}
 LOSSY_MIN_SNR_DB = 15.0
 

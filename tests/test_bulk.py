@@ -1,6 +1,7 @@
 """Corpus transcription: batched across inputs equals one at a time, inputs from directories and manifests,
 results records, resume, subtitle files, stop-on-repeat, progress."""
 
+import importlib.util
 import io
 import json
 import shutil
@@ -179,3 +180,11 @@ def test_progress_bar_on_a_terminal_only(corpus):
         progress.close()
     assert "2/4" in terminal.getvalue() and "0.50 h audio" in terminal.getvalue() and "RTF" in terminal.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_ray_without_the_extra_is_one_line(corpus, capsys):
+    if importlib.util.find_spec("ray") is not None:
+        pytest.skip("Ray is installed here: tests/test_ray.py runs it (tox -e ray)")
+    assert main(["transcribe", str(corpus[0]), "--ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install glm-asr[ray]" in err
