@@ -77,14 +77,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    import json
-    import time
-
     import torch
 
-    from .audio_io import AudioError
-    from .transcribe import load_model_and_processor, load_onnx_model_and_processor, transcribe_detailed
+    from . import corpus_cli
+    from .bulk import transcribe_items
+    from .transcribe import load_model_and_processor, load_onnx_model_and_processor
 
+    plan = corpus_cli.prepare(args)
+    if args.ray is not None:  # the model loads in each Ray actor, not here
+        if args.backend != "torch":
+            raise ValueError("--ray runs the torch backend; drop --backend onnxruntime")
+        from .ray_corpus import transcribe_items_on_ray
+
+        model_kwargs = {"model_path": args.model, "device": args.device, "dtype": getattr(torch, DTYPES[args.dtype]),
+                        "random_preset": args.random, "quantize": args.quantize, "quantize_audio_path": args.quantize_audio}
+        stream = transcribe_items_on_ray(plan.todo, address=args.ray or None, model_kwargs=model_kwargs, actors=args.ray_actors,
+                                         gpus_per_actor=1.0 if args.device.startswith("cuda") else 0.0, **corpus_cli.options(args))
+        return corpus_cli.run(args, plan, stream)
     if args.backend == "onnxruntime":
         if args.onnx_dir is None:
             raise ValueError("--backend onnxruntime needs --onnx-dir: a folder written by tools/export_onnx.py")
@@ -97,29 +106,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
                                                     random_preset=args.random, quantize=args.quantize,
                                                     quantize_audio_path=args.quantize_audio)
-    failed, records = 0, []
-    show_progress = sys.stderr.isatty() and len(args.files) > 1
-    for n, path in enumerate(args.files, 1):
-        if show_progress:
-            print(f"[{n}/{len(args.files)}] {path}", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        try:
-            result = transcribe_detailed(model, processor, path, max_new_tokens=args.max_new_tokens,
-                                         chunked=True if args.chunked else None)[0]
-        except (AudioError, OSError) as e:
-            failed += 1
-            print(f"glm-asr: error: {e}", file=sys.stderr)
-            continue
-        wall = time.perf_counter() - started
-        if args.json:
-            records.append({"file": str(path), "text": result.text, "audio_seconds": result.audio_seconds,
-                            "wall_seconds": wall, "real_time_factor": wall / max(result.audio_seconds, 1e-9),
-                            "segments": [s.__dict__ for s in result.segments]})
-        else:
-            print(f"{path}\t{result.text}", flush=True)
-    if args.json:
-        print(json.dumps(records, ensure_ascii=False, indent=2))
-    return 2 if failed else 0
+    return corpus_cli.run(args, plan, transcribe_items(model, processor, plan.todo, **corpus_cli.options(args)))
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -151,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--recalibrate", action="store_true", help="measure the decode kernels again instead of reading the cache")
     info.set_defaults(run=_info)
 
-    tr = sub.add_parser("transcribe", help="transcribe WAV files: one line per file, or --json")
-    tr.add_argument("files", nargs="+", type=Path)
+    tr = sub.add_parser("transcribe", help="transcribe audio files, directories or manifests: one line per file, --json, or --output results.jsonl")
+    tr.add_argument("files", nargs="+", type=Path, help="audio files (WAV; any format ffmpeg decodes with glm-asr[audio]), "
+                    "directories (searched recursively by extension) and .jsonl manifests (NeMo's audio_filepath, offset, duration)")
     tr.add_argument("--model", type=Path, default=None, help="checkpoint folder (config.json, model.safetensors, tokenizer.json); default: random weights")
     tr.add_argument("--random", default="small", choices=["small", "full"], help="random preset when --model is not given")
     tr.add_argument("--device", default="cpu")
@@ -165,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-new-tokens", type=int, default=500)
     tr.add_argument("--chunked", action="store_true", help="transcribe every 30 s window on its own, with per-window segments")
     tr.add_argument("--json", action="store_true", help="print JSON: text, segments, audio seconds, wall time, real-time factor")
+    tr.add_argument("--output", type=Path, default=None, help="append one JSONL record per input as it completes (never overwritten: see --resume)")
+    tr.add_argument("--resume", action="store_true", help="continue an --output file: skip the inputs it records")
+    tr.add_argument("--format", choices=["srt", "vtt", "txt"], default=None, help="also write a subtitle or text file per input into --output-dir")
+    tr.add_argument("--output-dir", type=Path, default=None, help="folder for the --format files (mirrors directory inputs' layout)")
+    tr.add_argument("--batch-size", type=int, default=8, help="inputs (or 30 s windows) decoded together")
+    tr.add_argument("--stop-on-repeat", type=int, default=None, metavar="N",
+                    help="end an input's decoding when an n-gram (n = 1..8) has repeated N times in a row (recorded in --output)")
+    tr.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="transcribe with Ray Data actors (glm-asr[ray]): a running cluster's address (e.g. auto), or none for a local Ray")
+    tr.add_argument("--ray-actors", type=int, default=1, help="with --ray: actors, each holding one model")
     tr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="onnxruntime: run an exported --onnx-dir")
     tr.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
     tr.set_defaults(run=_transcribe)

@@ -29,10 +29,12 @@ def greedy_generate(
     eos_token_id: tuple[int, ...] | None = None,
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    stop: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """New token ids (B, n <= max_new_tokens). A row that has emitted an eos id (default: the config's) is
     padded with the first eos id until every row is done, as transformers' `generate(do_sample=False)` does.
-    `on_token`, if given, is called with each step's ids (B,) as soon as they are chosen (streaming, timing)."""
+    `on_token`, if given, is called with each step's ids (B,) as soon as they are chosen (streaming, timing).
+    `stop`, if given, is called with them too and returns (B,) bools: rows to end there as if at an eos id."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
     config = model.config.text_config
@@ -62,6 +64,8 @@ def greedy_generate(
             if on_token is not None:
                 on_token(token)
             finished |= torch.isin(token, eos)
+            if stop is not None:
+                finished |= stop(token)
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             next_embeds = model.language_model.model.embed_tokens(token[:, None])  # (B, 1, D)

@@ -35,6 +35,16 @@ def test_bench_smoke(tmp_path):
     assert "decode ms/tok" in done.stdout and f"class {cpu.features().cpu_class}" in done.stdout
 
 
+
+def test_bulk_bench_smoke(tmp_path):
+    out = tmp_path / "bulk.json"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--bulk", "--preset", "small", "--clips", "2", "--seconds", "2",
+                           "--tokens", "3", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    assert record["identical"] is True and all(record[k] > 0 for k in ("single_s", "batched_s", "bound_s"))
+    assert "audio s/s" in done.stdout and "files/h" in done.stdout
+
 def _bench_module():  # tools/ is not a package: load the script as a module
     spec = importlib.util.spec_from_file_location("bench", ROOT / "tools" / "bench.py")
     module = importlib.util.module_from_spec(spec)

@@ -3,6 +3,7 @@
     python tools/bench.py                          # every system available here, full size, prints a table
     python tools/bench.py --json bench.json        # and one record per system and dtype
     python tools/bench.py --smoke                  # small preset, one repetition: what CI runs
+    python tools/bench.py --bulk                   # corpus throughput, one file at a time and batched (tools/bulk_bench.py)
 
 One deterministic random full-size checkpoint (release layout, bf16 safetensors, the synthetic GLM-size
 tokenizer) is made once into --cache, and for the onnxruntime systems exported once next to it by
@@ -410,7 +411,12 @@ def run_worker(system: str, dtype: str, checkpoint: Path, reps: int, decode_toke
 
 
 def main() -> int:
+    if "--bulk" in sys.argv[1:]:  # its own options: tools/bulk_bench.py
+        import bulk_bench
+
+        return bulk_bench.main([a for a in sys.argv[1:] if a != "--bulk"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bulk", action="store_true", help="corpus throughput instead; see `bench.py --bulk --help`")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--dtypes", default="fp32,bf16,int8", help="each system runs those of these it supports")
     parser.add_argument("--reps", type=int, default=3)
