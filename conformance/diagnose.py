@@ -1,15 +1,28 @@
-"""Diagnosis of a port's first diverging stage: the shape of its error (which windows or batch rows, which
-frames or tokens, which channels carry it)."""
+"""Diagnosis of a port's first diverging stage: the stage recomputed under each known porting bug
+(conformance/bugs.py), fed the reference's input to that stage; a bug whose result the port's tensor equals
+within the stage's tolerance is named. Otherwise, the shape of the error: which windows or batch rows, which
+frames or tokens, which channels carry it."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
 
 import torch
 
+import glm_asr
 from glm_asr.config import GlmAsrConfig
 
-from .kit import KitStage
+from .bugs import BUGS, Bug
+from .compare import failures, measure
+from .kit import MODE, KitStage
+from .ours import isolated_steps
+from .stages import select, stages
+from .tolerances import tolerance
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FRONT_END = ("input_ids", "input_features_mask", "mel")
 
 
 def _ranges(indices: list[int]) -> str:
@@ -50,8 +63,105 @@ def error_shape(stage: KitStage, port: torch.Tensor, ref: torch.Tensor) -> str:
     return f"no known bug matches; the error is in {'; '.join(parts) or 'no row in particular'}; {channels}; largest at {worst}"
 
 
+@functools.lru_cache(maxsize=4)
+def _model(checkpoint: Path, dtype: str) -> glm_asr.GlmAsrModel:
+    return glm_asr.load_model(checkpoint, dtype=DTYPES[dtype])
+
+
+class _Case:
+    """A kit case's model, clips and the reference's stage inputs, in full along every frame axis."""
+
+    def __init__(self, kit_dir: Path, case: dict, expected: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
+        self.folder = kit_dir / case["dir"]
+        self.dtype, self.expected, self.inputs = case["dtype"], expected, inputs
+        self.model = _model(self.folder / "checkpoint", case["dtype"])
+        self.clips = [glm_asr.load_audio(self.folder / c["file"]) for c in case["clips"]]
+        self._ours: dict[str, torch.Tensor] | None = None
+
+    def full_input(self, source: str, stage_list: dict) -> torch.Tensor:
+        """The reference's `source` stage where the kit stores it; beyond its crop, our model's (equal within
+        tolerance on every stored frame, which is all the reference kept)."""
+        if source == "mel":
+            return self.inputs["input_features"]
+        ref, s = self.expected[source], stage_list[source]
+        if self._ours is None:
+            self._ours = self.run(None)
+        ours = self._ours[source].float()
+        if s.padded_tokens:  # the kit zeroes padding rows; a bug that unmasks them must see what a model puts there
+            return torch.where(self.inputs["attention_mask"][..., None].bool(), ref, ours)
+        full = ours.clone()
+        full.narrow(s.frame_axis, 0, ref.shape[s.frame_axis]).copy_(ref)
+        return full
+
+    def run(self, bug: Bug | None) -> dict[str, torch.Tensor]:
+        """Every stage of our model from the kit's inputs, chained, under `bug` (None: as it is)."""
+        inputs = bug.inputs(self.inputs) if bug and bug.inputs else self.inputs
+        with torch.inference_mode(), bug.patch(self.model) if bug else contextlib.nullcontext(), glm_asr.capture() as taps:
+            self.model(inputs["input_ids"], inputs["input_features"].to(DTYPES[self.dtype]), inputs["input_features_mask"],
+                       inputs["attention_mask"], inputs["position_ids"])
+        return taps
+
+    def under(self, bug: Bug | None, stage: KitStage, stage_list: dict) -> torch.Tensor | None:
+        """What `stage` gives under `bug` (None: as we compute it), prepared as the kit compares it; None where
+        the bug cannot reach it."""
+        if bug is not None and bug.front_end != (stage.name in FRONT_END):
+            return None
+        with torch.inference_mode(), bug.patch(self.model) if bug else contextlib.nullcontext():
+            if stage.name in FRONT_END:
+                processor = glm_asr.Processor.from_dir(self.folder / "checkpoint", self.model.config.audio_config.num_mel_bins)
+                batch = processor(self.clips)
+                made = {"input_ids": batch.input_ids, "input_features_mask": batch.input_features_mask, "mel": batch.input_features}
+                return made[stage.name] if stage.exact else select(stage.stage, made[stage.name], self.inputs)
+            inputs = bug.inputs(self.inputs) if bug and bug.inputs else self.inputs
+            source, _, step = isolated_steps(self.model)[stage.name]
+            g = {f"inputs.{k}": v for k, v in inputs.items()}
+            out = step(self.full_input(source, stage_list).to(DTYPES[self.dtype]), g)
+            return select(stage.stage, out, self.inputs)
+
+
+def _equal(stage: KitStage, a: torch.Tensor, b: torch.Tensor, dtype: str) -> bool:
+    if stage.exact:
+        return tuple(a.shape) == tuple(b.shape) and torch.equal(a.long(), b.long())
+    return not failures(measure(a, b, stage.stage.feature_axis), tolerance(stage.name, dtype, MODE))
+
+
+def matching_bugs(kit_dir: Path, case: dict, config: GlmAsrConfig, stage: KitStage, port: torch.Tensor,
+                  expected: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> tuple[list[str], bool]:
+    """Names of the known bugs under which `stage` gives the port's tensor within the stage's tolerance (bugs
+    that do not change this stage are skipped), and whether our own computation of it, fed the same input,
+    equals the port's."""
+    if stage.name == "generated_ids":
+        return [], False
+    stage_list = {s.name: s for s in stages(config)}
+    data = _Case(kit_dir, case, expected, inputs)
+    ours = data.under(None, stage, stage_list)
+    found = []
+    for name, bug in BUGS.items():
+        made = data.under(bug, stage, stage_list)
+        if made is not None and _equal(stage, port, made, case["dtype"]) and not _equal(stage, ours, made, case["dtype"]):
+            found.append(name)
+    if not found and stage.name not in FRONT_END:
+        # A bug too small to fail the stages before this one may still have moved its input more than the
+        # tolerance allows here: compare with the bug applied from the start as well.
+        for name, bug in BUGS.items():
+            if not bug.front_end:
+                made = select(stage.stage, data.run(bug)[stage.name], inputs)
+                if _equal(stage, port, made, case["dtype"]) and not _equal(stage, ours, made, case["dtype"]):
+                    found.append(name)
+    return found, _equal(stage, port, ours, case["dtype"])
+
+
 def diagnose(kit_dir: Path, case: dict, config: GlmAsrConfig, stage: KitStage, port: torch.Tensor,
              expected: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> str | None:
+    """One line on the first diverging stage: the known bug it equals, or where its error lies."""
+    found, like_ours = matching_bugs(kit_dir, case, config, stage, port, expected, inputs)
+    if found:
+        return " and ".join(f"{stage.name} equals the reference with {BUGS[n].says} (known bug `{n}`)" for n in found)
+    if stage.name == "generated_ids":
+        return "only the greedy ids differ: dump logits and the stages before them to see where"
+    if like_ours:
+        return (f"{stage.name} equals glm-asr's own computation on this machine, fed the same input: a numerical "
+                "difference from the reference's machine (another FFT or BLAS code path), not a known porting bug")
     if stage.exact:
-        return None
+        return "no known bug matches"
     return error_shape(stage, port, expected[stage.name])

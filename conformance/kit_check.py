@@ -66,7 +66,9 @@ def _exact(name: str, got: torch.Tensor, want: torch.Tensor) -> StageResult:
 def prepare(stage: KitStage, tensor: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """A port's stage tensor as the kit stores the reference's: fp32, cropped, padding rows zeroed."""
     s, tensor = stage.stage, tensor.to(torch.float32)
-    if s.padded_tokens and tensor.ndim == 3 and tensor.shape[:2] == inputs["attention_mask"].shape:
+    if s.padded_tokens:
+        if tensor.ndim != 3 or tensor.shape[:2] != inputs["attention_mask"].shape:
+            return tensor  # another prompt length: `measure` reports the shape
         tensor = torch.where(inputs["attention_mask"][..., None].bool(), tensor, 0.0)  # whatever a port left there
     if s.frame_axis is not None and tensor.ndim > s.frame_axis and tensor.shape[s.frame_axis] < kept_length(s, inputs["input_features_mask"]):
         return tensor  # too short: `measure` reports the shape

@@ -24,18 +24,23 @@ from glm_asr.generate import greedy_generate, prompt_positions
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def run_case(kit: Path, case: dict, max_new_tokens: int, own_front_end: bool) -> dict[str, torch.Tensor]:
+def load(kit: Path, case: dict) -> glm_asr.GlmAsrModel:
+    return glm_asr.load_model(kit / case["dir"] / "checkpoint", dtype=DTYPES[case["dtype"]])
+
+
+def run_case(model: glm_asr.GlmAsrModel, kit: Path, case: dict, max_new_tokens: int, own_front_end: bool) -> dict[str, torch.Tensor]:
+    """Every stage of one case, named as the kit's README asks."""
     folder = kit / case["dir"]
-    model = glm_asr.load_model(folder / "checkpoint", dtype=DTYPES[case["dtype"]])
     inputs = load_file(folder / "inputs.safetensors")
     out: dict[str, torch.Tensor] = {}
     if own_front_end:
         processor = glm_asr.Processor.from_dir(folder / "checkpoint", model.config.audio_config.num_mel_bins)
         batch = processor([glm_asr.load_audio(folder / c["file"]) for c in case["clips"]])
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-                  "position_ids": prompt_positions(batch.attention_mask),
                   "input_features": batch.input_features, "input_features_mask": batch.input_features_mask}
         out = {"input_ids": batch.input_ids, "input_features_mask": batch.input_features_mask, "mel": batch.input_features}
+    # Positions as our generation computes them, not the kit's copy: a bug there must show.
+    inputs["position_ids"] = prompt_positions(inputs["attention_mask"])
     features = inputs["input_features"].to(DTYPES[case["dtype"]])
     with torch.inference_mode(), glm_asr.capture() as taps:
         model(input_ids=inputs["input_ids"], input_features=features, input_features_mask=inputs["input_features_mask"],
@@ -57,7 +62,8 @@ def main() -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     for case_id, case in kit["cases"].items():
         if args.case in case_id:
-            save_file(run_case(args.kit, case, kit["generate"]["max_new_tokens"], args.own_front_end), args.results / case["results"])
+            results = run_case(load(args.kit, case), args.kit, case, kit["generate"]["max_new_tokens"], args.own_front_end)
+            save_file(results, args.results / case["results"])
             print(f"{case_id}: {args.results / case['results']}", flush=True)
     return 0
 
