@@ -125,6 +125,13 @@ def _tiled_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
 _ATTENTION = glm_asr.decoder.attention
 
 
+_MASK = glm_asr.decoder.attention_mask
+
+
+def _causal_only(key_valid: torch.Tensor, num_queries: int, offset: int) -> torch.Tensor:
+    return _MASK(torch.ones_like(key_valid), num_queries, offset)
+
+
 def _merge_channels_first(encoder_states: torch.Tensor) -> torch.Tensor:
     W, frames, D = encoder_states.shape  # (W, F/2, D) -> (W, F/8, D, 4) flattened: channel-major
     return encoder_states.reshape(W, frames // 4, 4, D).transpose(2, 3).reshape(W, frames // 4, 4 * D)
@@ -188,7 +195,7 @@ BUGS: dict[str, Bug] = {
                                visible="none: RoPE depends only on position differences, so shifting a row's positions changes "
                                "nothing but rounding (seen in the batch cases: within the fp32 tolerance)"),
     "no_padding_mask": Bug("decoder.layers.", "left-padding tokens attended to (their keys not masked)",
-                           inputs=lambda inputs: {**inputs, "attention_mask": torch.ones_like(inputs["attention_mask"])},
+                           lambda m: mock.patch.object(glm_asr.decoder, "attention_mask", _causal_only),
                            visible="batch cases only: nothing else is left-padded"),
     "rms_norm_scale_before_cast": Bug("decoder.layers.", "RMSNorm multiplying by its weight before the cast back to bf16",
                                       lambda m: mock.patch.object(glm_asr.decoder.RMSNorm, "forward", _rms_scale_before_cast),

@@ -14,7 +14,7 @@ import torch
 import glm_asr
 from glm_asr.config import GlmAsrConfig
 
-from .bugs import BUGS, Bug
+from .bugs import BUGS, Bug, matches_stage
 from .compare import failures, measure
 from .kit import MODE, KitStage
 from .ours import isolated_steps
@@ -101,6 +101,19 @@ class _Case:
                        inputs["attention_mask"], inputs["position_ids"])
         return taps
 
+    def chained(self, bug: Bug, stage: KitStage, stage_list: dict) -> torch.Tensor:
+        """`stage` with `bug` in every stage from the bug's first one on, fed the reference's input to that one."""
+        inputs = bug.inputs(self.inputs) if bug.inputs else self.inputs
+        g = {f"inputs.{k}": v for k, v in inputs.items()}
+        steps = isolated_steps(self.model)
+        names = list(steps)
+        start = names.index(bug.stage + "0" if bug.stage.endswith(".") else bug.stage)
+        x = self.full_input(steps[names[start]][0], stage_list).to(DTYPES[self.dtype])
+        with torch.inference_mode(), bug.patch(self.model):
+            for name in names[start : names.index(stage.name) + 1]:
+                x = steps[name][2](x, g)
+        return select(stage.stage, x, self.inputs)
+
     def under(self, bug: Bug | None, stage: KitStage, stage_list: dict) -> torch.Tensor | None:
         """What `stage` gives under `bug` (None: as we compute it), prepared as the kit compares it; None where
         the bug cannot reach it."""
@@ -142,10 +155,10 @@ def matching_bugs(kit_dir: Path, case: dict, config: GlmAsrConfig, stage: KitSta
             found.append(name)
     if not found and stage.name not in FRONT_END:
         # A bug too small to fail the stages before this one may still have moved its input more than the
-        # tolerance allows here: compare with the bug applied from the start as well.
+        # tolerance allows here: compare with the bug applied from its first stage on as well.
         for name, bug in BUGS.items():
-            if not bug.front_end:
-                made = select(stage.stage, data.run(bug)[stage.name], inputs)
+            if not bug.front_end and matches_stage(bug, stage.name):
+                made = data.chained(bug, stage, stage_list)
                 if _equal(stage, port, made, case["dtype"]) and not _equal(stage, ours, made, case["dtype"]):
                     found.append(name)
     return found, _equal(stage, port, ours, case["dtype"])
