@@ -78,16 +78,26 @@ front end and prompt builder:
    projector (W, 375, D) (tiny cases: the same, 3000 frames per window).
 2. Window w keeps its first `floor((L_w + 1) / 8)` audio tokens, `L_w` = `input_features_mask[w].sum()`.
    The kept tokens of all windows, in window order, overwrite, in order, the rows of the prompt's token
-   embeddings where `input_ids` equals the config's `audio_token_id` (row-major over the batch).
+   embeddings where `input_ids` equals `audio_token_id` (top level of config.json), row-major over the batch.
 3. The decoder runs the (B, T) prompt with `position_ids` for RoPE and a causal mask that also hides keys
    where `attention_mask` is 0.
-4. Greedy generation: exactly as `generate(do_sample=False, max_new_tokens={max_new})`: at most {max_new}
-   new tokens; a row that has produced any id of `text_config.eos_token_id` continues with the first eos id
-   as padding; stop early when every row is done. Continue positions from each row's last position + 1.
+4. Greedy generation, as transformers' `generate(do_sample=False, max_new_tokens={max_new})`: at most {max_new}
+   new tokens, the argmax of the last position's logits each step. A row that has produced any id of
+   `text_config.eos_token_id` (a list) is finished: its later tokens are the first eos id. Stop early when
+   every row is finished. Each step feeds every row's chosen token (the first eos id for finished rows) at
+   position (that row's last position + 1), as a valid key (attention mask 1) from then on.
 
-If your port has its own front end and prompt builder, also run them on the WAV files and dump their
-`input_ids` and `input_features_mask` (the checker compares them exactly). The features you computed
-are then best dumped as `mel` (compared with a tolerance).
+If your port has its own front end and prompt builder, run them on the WAV files instead, and dump their
+`input_ids` and `input_features_mask` (compared exactly) and the features as `mel` (compared with a tolerance):
+
+- Features, per 30 s window (480,000 samples, zero-padded): STFT with n_fft 400, periodic Hann window, hop 160,
+  centred with reflect padding, last frame dropped (3000 frames); power; `num_mel_bins` Slaney-scale,
+  Slaney-normalised mel filters over 0-8000 Hz; `log10(max(x, 1e-10))`; clamp below at the window's maximum
+  (padding included) minus 8; `(x + 4) / 4`. A window of n samples has `ceil(n / 160)` valid frames.
+- Prompt, per clip, N = the sum over its windows of `floor((L_w + 1) / 8)`:
+  `<|user|>\\n<|begin_of_audio|>` + N x `<|pad|>` + `<|end_of_audio|><|user|>\\nPlease transcribe this audio into text<|assistant|>\\n`
+  (`\\n` a newline), tokenized with `checkpoint/tokenizer.json` (byte-level BPE, with its merges; the
+  `<|...|>` strings are its added special tokens). A batch is left-padded with `<|endoftext|>`.
 
 ## 3. What to dump, and in which layout
 
@@ -118,6 +128,17 @@ first entries of the frame axis, as many as the case's longest valid window has 
 frames, conv2 frames = ceil(L/2), audio tokens = floor((L+1)/8)); kit.json gives the exact count per stage
 (`cropping`). Decoder-side stages (B, T, ...) are compared with left-padding rows zeroed, so those rows may
 hold anything.
+
+## The model, in short (where ports went wrong)
+
+Encoder: conv1 (k3, s1, p1) + exact GELU, conv2 (k3, s2, p1) + exact GELU, then pre-norm layers
+`h = x + o_proj(attn(LN1(x)))`, `y = h + fc2(gelu(fc1(LN2(h))))`, LayerNorm eps 1e-5; q, v and o have a
+bias, k has none; no attention mask; scale 1/sqrt(head_dim). RoPE (theta from `rope_parameters`) on the first
+`partial_rotary_factor` of each head's dims only, rotate-half pairing (dim j with j + R/2), positions 0..F/2-1.
+Projector: 4 frames concatenated, linear_1, GELU, linear_2. Decoder: Llama, RMSNorm computed in fp32, cast
+back, then times its weight; grouped-query attention (query head h uses kv head h // (heads / kv_heads)); full
+rotate-half RoPE; SwiGLU `down(silu(gate(x)) * up(x))`; LM head tied to the embedding when
+`tie_word_embeddings` is true.
 
 ## 4. How to check
 
