@@ -32,6 +32,11 @@ def _conformance(args: argparse.Namespace) -> int:
         rows += runner.run_case(case_id, args.device, root, manifest)
     shown = [r for r in rows if not r.ok] if args.failures_only else rows
     print(runner.format_table(shown))
+    if args.plot:
+        from conformance import plot
+
+        for path in plot.plot_conformance(rows, args.plot):
+            print(f"plot: {path}")
     failed = sum(not r.ok for r in rows)
     print(f"\n{len(rows) - failed} passed, {failed} failed ({len(case_ids)} cases, device {args.device})")
     return 1 if failed else 0
@@ -152,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     conf.add_argument("--case", default="", help="only cases whose id contains this text, e.g. tiny_a/ or /bf16")
     conf.add_argument("--failures-only", action="store_true", help="print only the failing rows")
+    conf.add_argument("--plot", type=Path, default=None, help="write a PNG per case of the error per stage into this folder (needs glm-asr[plot])")
     conf.set_defaults(run=_conformance)
 
     kit = sub.add_parser("kit", help="conformance kit for other implementations: export the cases, check a port's results")

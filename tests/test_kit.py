@@ -188,3 +188,17 @@ def test_a_bug_within_tolerance_in_its_first_layer_is_named_where_it_shows(kit_d
     result = run_with_bug(kit_dir, "tanh_gelu", "tiny_a/speech_like/fp32")
     assert result.first_failure == "encoder.layers.1"
     assert "(known bug `tanh_gelu`)" in result.diagnosis
+
+
+def test_plots_mark_the_first_failure(kit_dir, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib (pip install glm-asr[plot])")
+    results = tmp_path / "results"
+    run_ours(kit_dir, results, "tiny_b/silence/fp32")
+    tensors = load_file(results / "tiny_b.silence.fp32.safetensors")
+    tensors["merged"] *= 1.01
+    save_file(tensors, results / "tiny_b.silence.fp32.safetensors")
+    assert main(["kit", "check", str(kit_dir), str(results), "--plot", str(tmp_path / "plots")]) == 1
+    assert main(["conformance", "--case", "tiny_b/silence/fp32", "--plot", str(tmp_path / "conformance")]) in (0, 1)
+    for path in (tmp_path / "plots" / "tiny_b.silence.fp32.png", tmp_path / "conformance" / "tiny_b.silence.fp32.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "first diverging stage: merged" in capsys.readouterr().out
