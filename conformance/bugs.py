@@ -178,7 +178,7 @@ BUGS: dict[str, Bug] = {
                                    _prompt("<|user|>\n<|begin_of_audio|>{pads}<|end_of_audio|><|user|>\n{instruction}<|assistant|>"), front_end=True),
     "tokenizer_no_merges": Bug("input_ids", "a tokenizer that ignores its BPE merges (the instruction as single bytes)", _no_merges, front_end=True),
     "full_rotary": Bug("encoder.layers.", "RoPE on all head dims of the encoder instead of the first half", _full_rotary),
-    "interleaved_rope": Bug("encoder.layers.", "interleaved RoPE pairs (2i, 2i+1) in the encoder instead of rotate-half (i, i + 16 of 32)",
+    "interleaved_rope": Bug("encoder.layers.", "interleaved RoPE pairs (2i, 2i+1) in the encoder instead of rotate-half (i, i + R/2)",
                             lambda m: mock.patch.object(glm_asr.encoder, "apply_rope", apply_rope_interleaved)),
     "tanh_gelu": Bug("encoder.layers.", "tanh-approximated GELU in the encoder MLP", _encoder_mlp_tanh),
     "layer_norm_eps_1e-6": Bug("encoder.layers.", "encoder LayerNorm eps 1e-6 instead of 1e-5",
