@@ -5,7 +5,8 @@ Each bug names the stage where it first shows, says what it is in words that com
 reference with ...", and changes the model through `patch` (a context manager around the computation), the
 inputs through `inputs` (e.g. position ids) or the front end through `front_end` (features, mask, prompt ids).
 The same names are the text edits of conformance/mutations.py where one exists, so tools/ports/ours_port.py
-run from a mutated checkout must be diagnosed with the bug of the same name (tests/test_kit.py).
+run from a mutated checkout must be diagnosed with the bug of the same name (tools/kit_mutation_check.py);
+tests/test_kit.py applies each bug here in-process.
 """
 
 from __future__ import annotations

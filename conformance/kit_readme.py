@@ -59,7 +59,7 @@ Each case is a folder `cases/<case>/`:
   - `input_features` (W, M, 3000) float32: log-mel windows of every clip, clip 0's windows first
   - `input_features_mask` (W, 3000) int32: 1 on each window's valid frames, `ceil(samples / 160)` of them
 - `expected.safetensors`: the reference's tensors, named by stage (table below), cropped as described in
-  section 3, float32; `generated_ids` (B, N) int64.
+  section 3, float32; `generated_ids` (B, N) int64 in the fp32 cases.
 
 | case | folder | dtype | samples per clip | input_features | input_ids | results file |
 |---|---|---|---|---|---|---|

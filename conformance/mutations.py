@@ -81,12 +81,6 @@ MUTATIONS: dict[str, Mutation] = {
         "out = attention(q, k.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), v.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), mask)",
         "GQA: query head h reads kv head h mod Hkv (tiled) instead of h // (H / Hkv)",
     ),
-    "positions_from_zero": Mutation(
-        "glm_asr/generate.py",
-        "return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)",
-        "return torch.arange(attention_mask.shape[1], device=attention_mask.device).expand(attention_mask.shape).clone()",
-        "left-padded prompts get positions 0..T-1 instead of counting from their first real token",
-    ),
     "no_padding_mask": Mutation(
         "glm_asr/decoder.py",
         "allowed = (key_pos <= query_pos) & key_valid[:, None, :].bool()",
