@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 import glm_asr
+from glm_asr.atomic import replace_directory
 
 from . import golden
 from .cases import MODELS, SR, clips
@@ -48,7 +49,8 @@ EXACT = {
     "input_features_mask": "the port's own valid-frame mask (W, 3000); optional: for ports that compute features",
     "generated_ids": "the greedy continuation (B, N)",
 }
-EXACT_REASON = "integers: tokens and masks compare exactly (fp32 greedy ids too; the reference's top-2 logit margins on these cases are far above the fp32 tolerance)"
+EXACT_REASON = ("integers; the greedy ids of fp32 cases too: three implementations within the fp32 logits tolerance "
+                "(glm-asr, transformers, glm-asr's ONNX export in onnxruntime) choose the reference's ids on every case")
 LAYOUTS = {
     "mel": "(W, M, F) log-mel windows: W windows, M mel bins, F = 3000 frames",
     "conv1": "(W, Da, F) after conv1 and GELU, channels first",
@@ -152,7 +154,11 @@ def export(out: Path, root: Path = golden.ROOT) -> dict:
     manifest = golden.load_manifest(root)
     for e in golden.all_entries(manifest):
         golden.read_verified(root, e)
-    out.mkdir(parents=True, exist_ok=True)
+    # Built next to `out` and renamed into place: a failed export leaves no half-written kit behind.
+    return replace_directory(out, lambda staging: _write(staging, root, manifest))
+
+
+def _write(out: Path, root: Path, manifest: dict) -> dict:
     kit: dict = {
         "format": "glm-asr-conformance-kit", "version": FORMAT_VERSION,
         "generated_by": f"glm-asr kit export (glm-asr {getattr(glm_asr, '__version__', 'unknown')})",

@@ -142,7 +142,7 @@ rotate-half RoPE; SwiGLU `down(silu(gate(x)) * up(x))`; LM head tied to the embe
 
 ## 4. How to check
 
-With this project installed (`pip install glm-asr`; no transformers needed):
+With glm-asr installed (`pip install .` in its checkout; no transformers needed):
 
     glm-asr kit check KIT RESULTS [--json report.json] [--plot plots/]
 

@@ -11,6 +11,7 @@ Exit 0 when every outcome is as expected, 1 otherwise. Nothing in this checkout 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,10 @@ def run(name: str, kit_dir: Path, work: Path) -> tuple[bool, str]:
     case_id = CASES.get(name, DEFAULT_CASE)
     results = work / name / "results"
     front = ["--own-front-end"] if name in BUGS and BUGS[name].front_end else []
-    env = {"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    probe = "import glm_asr, pathlib, sys; sys.exit(0 if pathlib.Path(glm_asr.__file__).is_relative_to(pathlib.Path.cwd()) else 1)"
+    if subprocess.run([sys.executable, "-c", probe], cwd=copy, env=env).returncode:
+        raise SystemExit("the copy does not import its own glm_asr; run from an editable install or a plain checkout")
     port = subprocess.run([sys.executable, str(copy / "tools/ports/ours_port.py"), str(kit_dir), str(results), "--case", case_id, *front],
                           cwd=copy, capture_output=True, text=True, env=env)
     want_stage, want_bug = expected(name)
