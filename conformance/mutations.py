@@ -56,4 +56,71 @@ MUTATIONS: dict[str, Mutation] = {
         "return (self.weight * x32).to(x.dtype)",
         "RMSNorm multiplies by its weight in fp32 before casting back (visible in bf16)",
     ),
+    # The bugs below are also in conformance/bugs.py under the same names: the kit must diagnose each by name.
+    "interleaved_rope": Mutation(
+        "glm_asr/encoder.py",
+        "from .rope import apply_rope, rope_cos_sin",
+        "from conformance.rope_variants import apply_rope_interleaved as apply_rope\nfrom .rope import rope_cos_sin",
+        "encoder RoPE pairing dims (2i, 2i+1) instead of rotate-half's (i, i + 16)",
+    ),
+    "decoder_interleaved_rope": Mutation(
+        "glm_asr/decoder.py",
+        "from .rope import apply_rope, rope_cos_sin",
+        "from conformance.rope_variants import apply_rope_interleaved as apply_rope\nfrom .rope import rope_cos_sin",
+        "decoder RoPE pairing dims (2i, 2i+1) instead of rotate-half's (i, i + 64)",
+    ),
+    "merge_order": Mutation(
+        "glm_asr/projector.py",
+        "return encoder_states.reshape(W, frames // MERGE_FACTOR, MERGE_FACTOR * D)",
+        "return encoder_states.reshape(W, frames // MERGE_FACTOR, MERGE_FACTOR, D).transpose(2, 3).reshape(W, frames // MERGE_FACTOR, MERGE_FACTOR * D)",
+        "the four merged encoder frames interleaved channel by channel instead of concatenated",
+    ),
+    "gqa_tiled": Mutation(
+        "glm_asr/decoder.py",
+        "out = attention(q, k, v, mask)",
+        "out = attention(q, k.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), v.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), mask)",
+        "GQA: query head h reads kv head h mod Hkv (tiled) instead of h // (H / Hkv)",
+    ),
+    "no_padding_mask": Mutation(
+        "glm_asr/decoder.py",
+        "allowed = (key_pos <= query_pos) & key_valid[:, None, :].bool()",
+        "allowed = (key_pos <= query_pos) | ~key_valid[:, None, :].bool()",
+        "left-padding tokens attended to: their keys are not masked",
+    ),
+    "rms_eps_outside_sqrt": Mutation(
+        "glm_asr/decoder.py",
+        "x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)",
+        "x32 = x32 / (x32.pow(2).mean(-1, keepdim=True).sqrt() + self.eps)",
+        "RMSNorm's eps added after the square root instead of under it",
+    ),
+    "symmetric_hann": Mutation(
+        "glm_asr/audio.py",
+        "hann = torch.hann_window(N_FFT, device=windows.device)",
+        "hann = torch.hann_window(N_FFT, periodic=False, device=windows.device)",
+        "a symmetric Hann window for the STFT instead of the periodic one",
+    ),
+    "mel_unnormalised": Mutation(
+        "glm_asr/audio.py",
+        "return triangles * (2.0 / (filter_hz[2:] - filter_hz[:-2]))[None, :]",
+        "return triangles",
+        "mel filters without the Slaney area normalisation",
+    ),
+    "prompt_one_user": Mutation(
+        "glm_asr/processor.py",
+        "<|end_of_audio|><|user|>\\n{instruction}",
+        "<|end_of_audio|>\\n{instruction}",
+        "the prompt without its second <|user|>",
+    ),
+    "prompt_no_final_newline": Mutation(
+        "glm_asr/processor.py",
+        "{instruction}<|assistant|>\\n\"",
+        "{instruction}<|assistant|>\"",
+        "the prompt without the newline after <|assistant|>",
+    ),
+    "tokenizer_no_merges": Mutation(
+        "glm_asr/tokenizer.py",
+        "self._merges[vocab[pair[0]] * self._m + vocab[pair[1]]] = rank << 32 | vocab[pair[0] + pair[1]]",
+        "pass  # merges dropped",
+        "a tokenizer that ignores its BPE merges",
+    ),
 }

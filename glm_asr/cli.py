@@ -32,9 +32,37 @@ def _conformance(args: argparse.Namespace) -> int:
         rows += runner.run_case(case_id, args.device, root, manifest)
     shown = [r for r in rows if not r.ok] if args.failures_only else rows
     print(runner.format_table(shown))
+    if args.plot:
+        from conformance import plot
+
+        for path in plot.plot_conformance(rows, args.plot):
+            print(f"plot: {path}")
     failed = sum(not r.ok for r in rows)
     print(f"\n{len(rows) - failed} passed, {failed} failed ({len(case_ids)} cases, device {args.device})")
     return 1 if failed else 0
+
+
+def _kit(args: argparse.Namespace) -> int:
+    try:
+        from conformance import kit, kit_check
+    except ImportError as e:
+        raise RuntimeError(f"the conformance harness is not importable ({e}); install glm-asr with its conformance package") from e
+    if args.kit_command == "export":
+        made = kit.export(args.out)
+        print(f"wrote {len(made['cases'])} cases, {len(made['files'])} files to {args.out}; read {args.out / 'README.md'}")
+        return 0
+    results = kit_check.check(args.kit, args.results, args.case)
+    print(kit_check.format_report(results))
+    if args.json:
+        import json
+
+        args.json.write_text(json.dumps(kit_check.report_json(args.kit, args.results, results), indent=1) + "\n")
+    if args.plot:
+        from conformance import plot
+
+        for path in plot.plot_kit(results, args.plot):
+            print(f"plot: {path}")
+    return 0 if all(c.first_failure is None for c in results) else 1
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -126,7 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     conf.add_argument("--case", default="", help="only cases whose id contains this text, e.g. tiny_a/ or /bf16")
     conf.add_argument("--failures-only", action="store_true", help="print only the failing rows")
+    conf.add_argument("--plot", type=Path, default=None, help="write a PNG per case of the error per stage into this folder (needs glm-asr[plot])")
     conf.set_defaults(run=_conformance)
+
+    kit = sub.add_parser("kit", help="conformance kit for other implementations: export the cases, check a port's results")
+    kit_sub = kit.add_subparsers(dest="kit_command", required=True)
+    export = kit_sub.add_parser("export", help="write every golden case, with a README for porters, into a new folder")
+    export.add_argument("out", type=Path, help="a folder that does not exist yet (or is empty)")
+    check = kit_sub.add_parser("check", help="compare a port's results with the kit; exit 0 pass, 1 fail, 2 unusable input")
+    check.add_argument("kit", type=Path, help="a folder written by `glm-asr kit export`")
+    check.add_argument("results", type=Path, help="the port's results: <case>.safetensors files, tensors named by stage")
+    check.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
+    check.add_argument("--plot", type=Path, default=None, help="write a PNG per case of the error per stage into this folder (needs glm-asr[plot])")
+    check.add_argument("--case", default="", help="only cases whose id contains this text")
+    kit.set_defaults(run=_kit)
 
     demo = sub.add_parser("demo", help="run the whole pipeline on random weights and a bundled clip, in seconds")
     demo.add_argument("--preset", default="small", choices=["small", "full"])

@@ -1,0 +1,179 @@
+"""The kit's README.md: everything a porter needs, written from kit.json so it cannot drift from the files."""
+
+from __future__ import annotations
+
+
+def _limits(t: dict) -> str:
+    parts = []
+    if t["max_abs"] is not None:
+        parts.append(f"max_abs <= {t['max_abs']:g}")
+    if t["max_rel"] is not None:
+        parts.append(f"max_rel <= {t['max_rel']:g}")
+    if t["nmse"] is not None:
+        parts.append(f"nmse <= {t['nmse']:g}")
+    if t["min_cos"] is not None:
+        parts.append(f"min_cos >= 1 - {1 - t['min_cos']:.0e}")
+    return ", ".join(parts)
+
+
+def readme(kit: dict) -> str:
+    cases = kit["cases"]
+    first = next(iter(cases.values()))
+    case_rows = "\n".join(
+        f"| `{cid}` | `{c['dir']}` | {c['dtype']} | {', '.join(str(a['samples']) for a in c['clips'])} | "
+        f"{'x'.join(map(str, c['inputs']['input_features']['shape']))} | {'x'.join(map(str, c['inputs']['input_ids']['shape']))} | `{c['results']}` |"
+        for cid, c in cases.items()
+    )
+    stage_rows = "\n".join(
+        f"| `{s['name']}` | {s['layout']} | {'x'.join(map(str, s.get('full_shape', s['shape'])))} | "
+        f"{'exact' if s.get('exact') else s['tolerance']} |"
+        for s in first["stages"]
+    )
+    tol_rows = "\n".join(f"| `{k}` | {_limits(t)} | {t['reason']} |" for k, t in kit["tolerances"].items())
+    max_new = kit["generate"]["max_new_tokens"]
+    return f"""# GLM-ASR-Nano conformance kit (format {kit['format']} {kit['version']})
+
+Test cases for an implementation ("port") of GLM-ASR-Nano-2512: tiny random-weight checkpoints in the
+released layout, audio, the reference processor's inputs, and the reference implementation's tensor at every
+stage of the pipeline, with the tolerance each must meet. The expected values were computed by
+{kit['reference'].get('reference', 'the reference')} (transformers {kit['reference'].get('transformers')},
+torch {kit['reference'].get('torch')}). Every file's sha256 is in `kit.json`.
+
+Your port runs each case and writes one safetensors file per case; the checker compares it stage by stage,
+reports the first stage that diverges and, where it can, which known porting bug explains the difference.
+
+## 1. What is in a case
+
+Each case is a folder `cases/<case>/`:
+
+- `checkpoint/config.json`, `checkpoint/model.safetensors`, `checkpoint/tokenizer.json`: the released layout
+  (`audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.weight`
+  absent when `tie_word_embeddings` is true), fp32 weights. The configs are small but shaped like the release
+  in every way that matters: read every size from `config.json`, hard-code nothing (head_dim is not
+  hidden_size / heads in the decoder, kv heads may equal query heads, mel bins are 128 or 80).
+- `audio_<i>.wav`: the clips, 16 kHz mono IEEE float32. One clip, or two for a batch case.
+- `inputs.safetensors`: what the reference processor gave the model:
+  - `input_ids` (B, T) int64: the prompt per clip, left-padded with `<|endoftext|>`
+  - `attention_mask` (B, T) int64: 0 on left padding
+  - `position_ids` (B, T) int64: `cumsum(attention_mask) - 1`, and 1 on padding (as generation computes them)
+  - `input_features` (W, M, 3000) float32: log-mel windows of every clip, clip 0's windows first
+  - `input_features_mask` (W, 3000) int32: 1 on each window's valid frames, `ceil(samples / 160)` of them
+- `expected.safetensors`: the reference's tensors, named by stage (table below), cropped as described in
+  section 3, float32; `generated_ids` (B, N) int64 in the fp32 cases.
+
+| case | folder | dtype | samples per clip | input_features | input_ids | results file |
+|---|---|---|---|---|---|---|
+{case_rows}
+
+`dtype` bf16 means: cast the fp32 weights and `input_features` to bfloat16 and compute as the model does in
+bf16 (norms and softmax in fp32, cast back). Everything else is fp32 throughout.
+
+## 2. How to run a case
+
+Feed the case's `inputs.safetensors` to your model exactly as given, which isolates your model from your
+front end and prompt builder:
+
+1. `input_features` (W, M, 3000) through the encoder, every window in full (all 3000 frames; the encoder has
+   no attention mask: padded frames are attended to), giving (W, 1500, Da) and after the 4-frame merge and
+   projector (W, 375, D) (tiny cases: the same, 3000 frames per window).
+2. Window w keeps its first `floor((L_w + 1) / 8)` audio tokens, `L_w` = `input_features_mask[w].sum()`.
+   The kept tokens of all windows, in window order, overwrite, in order, the rows of the prompt's token
+   embeddings where `input_ids` equals `audio_token_id` (top level of config.json), row-major over the batch.
+3. The decoder runs the (B, T) prompt with `position_ids` for RoPE and a causal mask that also hides keys
+   where `attention_mask` is 0.
+4. Greedy generation, as transformers' `generate(do_sample=False, max_new_tokens={max_new})`: at most {max_new}
+   new tokens, the argmax of the last position's logits each step. A row that has produced any id of
+   `text_config.eos_token_id` (a list) is finished: its later tokens are the first eos id. Stop early when
+   every row is finished. Each step feeds every row's chosen token (the first eos id for finished rows) at
+   position (that row's last position + 1), as a valid key (attention mask 1) from then on.
+
+If your port has its own front end and prompt builder, run them on the WAV files instead, and dump their
+`input_ids` and `input_features_mask` (compared exactly) and the features as `mel` (compared with a tolerance):
+
+- Features, per 30 s window (480,000 samples, zero-padded): STFT with n_fft 400, periodic Hann window, hop 160,
+  centred with reflect padding, last frame dropped (3000 frames); power; `num_mel_bins` Slaney-scale,
+  Slaney-normalised mel filters over 0-8000 Hz; `log10(max(x, 1e-10))`; clamp below at the window's maximum
+  (padding included) minus 8; `(x + 4) / 4`. A window of n samples has `ceil(n / 160)` valid frames.
+- Prompt, per clip, N = the sum over its windows of `floor((L_w + 1) / 8)`:
+  `<|user|>\\n<|begin_of_audio|>` + N x `<|pad|>` + `<|end_of_audio|><|user|>\\nPlease transcribe this audio into text<|assistant|>\\n`
+  (`\\n` a newline), tokenized with `checkpoint/tokenizer.json` (byte-level BPE, with its merges; the
+  `<|...|>` strings are its added special tokens). A batch is left-padded with `<|endoftext|>`.
+
+## 3. What to dump, and in which layout
+
+Write `RESULTS/<results file>` (table above) for every case you run: a safetensors file whose tensor names
+are the stage names below, in the layouts below. Any subset is fine: a stage you do not dump is reported as
+"not provided", never as a failure; a black-box port may give only `logits` or `generated_ids`. Floats may be
+fp32, fp16 or bf16 (compared as fp32); ids any integer type. W windows, B batch rows, T prompt tokens, F =
+3000 frames, Da encoder width, D decoder width, V vocabulary.
+
+| stage | layout | shape in the first case (uncropped) | tolerance |
+|---|---|---|---|
+{stage_rows}
+
+`encoder.layers.<i>` and `decoder.layers.<i>` exist for every layer i of the config (`num_hidden_layers`);
+the per-case list with exact shapes is `kit.json` -> `cases` -> `<case>` -> `stages`.
+
+Notes on the stages:
+- `conv1` is GELU(conv1(mel)), channels first; `conv2` is GELU(conv2(.)) transposed to (W, F/2, Da): what
+  encoder layer 0 reads. `encoder.layers.<i>` is the residual stream after layer i, *before* the final norm;
+  `encoder.norm` is after it (transformers' last `hidden_states` entry is post-norm: not `encoder.layers.<last>`).
+- `merged` is the projector's input, (W, 375, 4 Da) with token t = frames 4t..4t+3 concatenated.
+- `projector` is every window's full projector output, before valid tokens are picked.
+- `inputs_embeds` is the decoder's input, audio rows already written in.
+- `decoder.norm` is after the final RMSNorm; `logits` over every prompt position.
+
+Per-window stages (`mel` through `projector`) may be dumped in full or already cropped: the checker keeps the
+first entries of the frame axis, as many as the case's longest valid window has at that stage's rate (mel
+frames, conv2 frames = ceil(L/2), audio tokens = floor((L+1)/8)); kit.json gives the exact count per stage
+(`cropping`). Decoder-side stages (B, T, ...) are compared with left-padding rows zeroed, so those rows may
+hold anything.
+
+## The model, in short (where ports went wrong)
+
+Encoder: conv1 (k3, s1, p1) + exact GELU, conv2 (k3, s2, p1) + exact GELU, then pre-norm layers
+`h = x + o_proj(attn(LN1(x)))`, `y = h + fc2(gelu(fc1(LN2(h))))`, LayerNorm eps 1e-5; q, v and o have a
+bias, k has none; no attention mask; scale 1/sqrt(head_dim). RoPE (theta from `rope_parameters`) on the first
+`partial_rotary_factor` of each head's dims only, rotate-half pairing (dim j with j + R/2), positions 0..F/2-1.
+Projector: 4 frames concatenated, linear_1, GELU, linear_2. Decoder: Llama, RMSNorm computed in fp32, cast
+back, then times its weight; grouped-query attention (query head h uses kv head h // (heads / kv_heads)); full
+rotate-half RoPE; SwiGLU `down(silu(gate(x)) * up(x))`; LM head tied to the embedding when
+`tie_word_embeddings` is true.
+
+## 4. How to check
+
+With glm-asr installed (`pip install .` in its checkout; no transformers needed):
+
+    glm-asr kit check KIT RESULTS [--json report.json] [--plot plots/]
+
+prints a table per case and stage (max abs error, max abs error / max |reference|, NMSE, 1 - min cosine,
+the tolerance, the verdict), the first diverging stage of each case in the order above and a diagnosis of it.
+Exit 0: every provided stage passes; 1: a stage fails; 2: unusable input (a missing or malformed file, a case
+with no comparable tensor), with a one-line reason naming the file.
+
+Without it, the metrics are simple to compute (a = yours, b = expected, in float64):
+non-finite values must match the reference's exactly; then `max_abs = max |a - b|`,
+`max_rel = max_abs / max |b|`, `nmse = sum (a - b)^2 / sum b^2`, `min_cos` the minimum over rows (vectors
+along the stage's `feature_axis` in kit.json) of the cosine similarity (rows that are zero in both count as 1).
+A stage passes when every limit of its tolerance holds:
+
+| tolerance | limits | why |
+|---|---|---|
+{tol_rows}
+
+Ids and masks compare exactly: {kit['exact']['reason']}.
+
+## 5. A port's loop, in outline
+
+```python
+from safetensors.numpy import load_file, save_file
+import json
+kit = json.load(open("KIT/kit.json"))
+for case_id, case in kit["cases"].items():
+    inputs = load_file(f"KIT/{{case['dir']}}/inputs.safetensors")
+    model = your_port.load(f"KIT/{{case['dir']}}/checkpoint", dtype=case["dtype"])
+    taps = your_port.forward(inputs, dump=True)          # dict: stage name -> numpy array
+    taps["generated_ids"] = your_port.greedy(inputs, max_new_tokens={max_new})
+    save_file(taps, f"RESULTS/{{case['results']}}")
+```
+"""

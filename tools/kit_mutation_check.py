@@ -1,0 +1,101 @@
+"""Proves the kit names the bugs it knows: applies each text edit of conformance/mutations.py to a copy of the
+checkout, runs tools/ports/ours_port.py there (the mutated model as a port), and checks the results with this
+checkout's (unmutated) kit checker. Each bug must fail the kit at the stage conformance/bugs.py says it first
+shows, with a diagnosis naming it; a bug the cases cannot see must pass, as bugs.py says.
+
+    python tools/kit_mutation_check.py [NAMES...] [--kit DIR]
+
+Exit 0 when every outcome is as expected, 1 otherwise. Nothing in this checkout is modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from conformance import kit, kit_check  # noqa: E402
+from conformance.bugs import BUGS  # noqa: E402
+from conformance.mutations import MUTATIONS  # noqa: E402
+
+# The case that shows each bug (bugs.py says which cases can); speech_like otherwise. tiny_b for tanh GELU: in
+# tiny_a's small activations its first layer stays within tolerance and the kit names it at the second.
+CASES = {"tanh_gelu": "tiny_b/speech_like/fp32", "positions_from_zero": "tiny_a/batch/fp32", "no_padding_mask": "tiny_a/batch/fp32", "rms_norm_scale_before_cast": "tiny_a/speech_like/bf16"}
+DEFAULT_CASE = "tiny_a/speech_like/fp32"
+
+
+def expected(name: str) -> tuple[str | None, str | None]:
+    """(first failing stage, bug named) the kit must report; (None, None) for a bug the cases cannot see."""
+    if name == "k_bias":
+        return "load", None  # the checkpoint has no k bias: the mutated model refuses to load it
+    bug = BUGS[name]
+    if bug.visible.startswith("none"):
+        return None, None
+    stage = bug.stage + "0" if bug.stage.endswith(".") else bug.stage
+    return stage, name
+
+
+def copy_checkout(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+
+
+def run(name: str, kit_dir: Path, work: Path) -> tuple[bool, str]:
+    m = MUTATIONS[name]
+    copy = work / name / "repo"
+    copy_checkout(copy)
+    source = (copy / m.path).read_text()
+    if source.count(m.old) != 1:
+        return False, f"the text to replace is not in {m.path} exactly once"
+    (copy / m.path).write_text(source.replace(m.old, m.new))
+    case_id = CASES.get(name, DEFAULT_CASE)
+    results = work / name / "results"
+    front = ["--own-front-end"] if name in BUGS and BUGS[name].front_end else []
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    probe = "import glm_asr, pathlib, sys; sys.exit(0 if pathlib.Path(glm_asr.__file__).is_relative_to(pathlib.Path.cwd()) else 1)"
+    if subprocess.run([sys.executable, "-c", probe], cwd=copy, env=env).returncode:
+        raise SystemExit("the copy does not import its own glm_asr; run from an editable install or a plain checkout")
+    port = subprocess.run([sys.executable, str(copy / "tools/ports/ours_port.py"), str(kit_dir), str(results), "--case", case_id, *front],
+                          cwd=copy, capture_output=True, text=True, env=env)
+    want_stage, want_bug = expected(name)
+    if port.returncode:
+        got = "port failed: " + (port.stderr.strip().splitlines() or ["?"])[-1][:120]
+        return want_stage == "load", got
+    result = next(r for r in kit_check.check(kit_dir, results) if r.case == case_id)
+    got = f"{result.first_failure or 'pass'}: {result.diagnosis or ''}"
+    if want_stage is None:
+        return result.first_failure is None, got
+    named = want_bug is not None and f"`{want_bug}`" in (result.diagnosis or "")
+    return result.first_failure == want_stage and named, got
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", choices=[[], *MUTATIONS])
+    parser.add_argument("--kit", type=Path, default=None, help="an exported kit (default: export one to a temporary folder)")
+    args = parser.parse_args()
+    wrong = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        kit_dir = args.kit or kit.export(Path(tmp) / "kit") and Path(tmp) / "kit"
+        for name in args.names or MUTATIONS:
+            ok, got = run(name, kit_dir, Path(tmp))
+            stage, bug = expected(name)
+            want = "pass (invisible: " + BUGS[name].visible + ")" if stage is None else f"{stage}" + (f", `{bug}`" if bug else "")
+            wrong += not ok
+            print(f"{name:26} {'ok   ' if ok else 'WRONG'} expected {want}; got {got}", flush=True)
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
