@@ -123,6 +123,13 @@ class Conv1d(nn.Conv1d):
 class Linear(nn.Linear):
     """An nn.Linear (same parameters, same state_dict keys) with the CPU kernel choice above."""
 
+    def __getstate__(self) -> dict:
+        # The packed bf16 weight is an opaque oneDNN tensor, which can be neither copied nor pickled: a copy
+        # (copy.deepcopy, pickle) leaves it out and packs again on first use.
+        state = dict(self.__dict__)
+        state.pop("_packed_bf16", None)
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_onednn(x, self.weight):
             matvec = _decode_matvec.get() if x.numel() == x.shape[-1] else None

@@ -1,6 +1,8 @@
 """glm_asr/kernels.py: each kernel swap computes what the default kernel would, and is left when it must be.
 Every branch is forced (glm_asr.cpu.forced), so each runs on any CPU class."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,6 +159,10 @@ def test_packed_bf16_single_rows_equal_pytorchs_and_follow_the_weight():
         layer.weight.mul_(2)  # a changed weight is packed again, never read stale
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
         layer(torch.randn(3, 64, dtype=torch.bfloat16))  # more rows: PyTorch's bf16 product, as outside the block
+    copied = copy.deepcopy(layer)  # the opaque packed tensor is left out of copies, and packed again on use
+    assert not hasattr(copied, "_packed_bf16") and hasattr(layer, "_packed_bf16")
+    with cpu.forced(bf16_packed=True), kernels.decode_matvec("torch"):
+        assert torch.equal(copied(x), layer(x)) and hasattr(copied, "_packed_bf16")
     with cpu.forced(bf16_packed=False), kernels.decode_matvec("torch"):
         del layer._packed_bf16
         layer(x)
