@@ -212,7 +212,7 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
     if "bf16_packed" in force:
         bf16_packed, reasons["bf16_packed"] = bool(force["bf16_packed"]), "forced"
     else:
-        bf16_packed = native_bf16 and f.onednn
+        bf16_packed = native_bf16 and f.onednn_bf16  # oneDNN packs bf16 only where it does bf16 arithmetic
         reasons["bf16_packed"] = ("native bf16: decode steps read weights packed once into oneDNN's layout (a second copy)"
                                   if bf16_packed else "no native bf16: decode steps read the plain bf16 weights")
 

@@ -90,13 +90,19 @@ def decode_matvec(kernel: str | None = None) -> Iterator[str]:
         _decode_matvec.reset(token)
 
 
+def pack_bf16_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A bf16 (N, K) weight in oneDNN's blocked layout for single-row products (an opaque oneDNN tensor). oneDNN
+    packs bf16 only on CPUs with AVX-512 BW/VL/DQ or AVX-NE-CONVERT: cpu.py chooses it where bf16 is native."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+
+
 def packed_bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: nn.Module) -> torch.Tensor:
     """F.linear of bf16 tensors on a copy of `weight` packed into oneDNN's blocked layout, made on first use and
     kept on `layer` (not in its state_dict); remade if the weight has changed since (another dtype, a load)."""
     key = (weight.data_ptr(), weight._version, weight.dtype)
     packed = getattr(layer, "_packed_bf16", None)
     if packed is None or packed[0] != key:
-        packed = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1))
+        packed = (key, pack_bf16_weight(weight.detach()))
         layer._packed_bf16 = packed
     # oneDNN's single-row kernel is fastest on a 2-D (1, K) input: 15% faster than the same row as (1, 1, K).
     return onednn_linear(x.reshape(1, -1), packed[1], bias).view(*x.shape[:-1], -1)
