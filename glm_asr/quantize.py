@@ -70,7 +70,11 @@ _ENGINE_LOCK = threading.Lock()
 
 @contextmanager
 def _engine(name: str) -> Iterator[None]:
-    """The quantised engine is a process-wide setting read when a weight is packed; the packed weight keeps it."""
+    """The quantised engine is a process-wide setting read when a weight is packed; the packed weight keeps it.
+    Already in force (inside `_quantize_linears`' pool), it is left alone, so the pool's threads pack in parallel."""
+    if torch.backends.quantized.engine == name:
+        yield
+        return
     with _ENGINE_LOCK:
         saved = torch.backends.quantized.engine
         torch.backends.quantized.engine = name
@@ -86,7 +90,7 @@ def _quantize_linears(root: nn.Module, engine: str) -> None:
              for name, child in module.named_children() if isinstance(child, nn.Linear)]
     # fbgemm packs a weight on one core, so a thread per core quantises a layer each. The float layer is dropped
     # as soon as its int8 one is in place, so the peak grows by a few layers, not by the model.
-    with ThreadPoolExecutor(torch.get_num_threads()) as pool:
+    with _engine(engine), ThreadPoolExecutor(torch.get_num_threads()) as pool:  # one engine switch for the pool
         for (module, name), int8 in zip(slots, pool.map(lambda slot: Int8Linear(getattr(*slot), engine), slots)):
             setattr(module, name, int8)
 
