@@ -1,4 +1,4 @@
-"""The golden cases: two tiny configs x eight audio inputs, all made by deterministic code of our own.
+"""The golden cases: two tiny configs x nine audio inputs, all made by deterministic code of our own.
 
 The configs differ in every dimension code could hard-code (widths, heads, kv-head ratio 1 and 2, head_dim
 not equal to hidden/heads, layer counts, mel bins, vocab, RoPE theta, eps, tied and untied LM head).
@@ -106,10 +106,13 @@ def clips(case: str) -> list[np.ndarray]:
         "odd_length": lambda: [_tone(12345 / SR, 300.0, 0.3) + _noise(12345 / SR, seed=13, std=0.02)],  # 12,345 samples
         "over_30s": lambda: [_speech_like(31.0, seed=14)],  # two windows, the second 1 s long
         "batch": lambda: [_tone(1.2, 250.0), _speech_like(2.7, seed=15)],  # left padding, two lengths
+        # 12,500 samples = 79 valid frames = 8k - 1: conv2's output length ceil(79 / 2) = 40 keeps 10 audio tokens,
+        # where a port that floors it (79 // 2 = 39) keeps 9 and builds a prompt one <|pad|> short.
+        "frames_8k_minus_1": lambda: [_speech_like(12500 / SR, seed=16)],
     }[case]()
     return [c.astype(np.float32) for c in made]
 
 
-CASES = ["silence", "tone", "chirp", "noise", "speech_like", "odd_length", "over_30s", "batch"]
+CASES = ["silence", "tone", "chirp", "noise", "speech_like", "odd_length", "over_30s", "batch", "frames_8k_minus_1"]
 # bf16 runs of the reference, for the numerics fp32 cannot see (e.g. RMSNorm's cast-back-then-scale order).
 BF16_CASES = ["speech_like"]

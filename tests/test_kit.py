@@ -150,12 +150,6 @@ def test_an_empty_results_folder_and_an_altered_kit_exit_2(kit_dir, tmp_path, ca
     assert "README.md: sha256 differs" in err
 
 
-# One case that shows each bug (conformance/bugs.py: `visible`); tiny_b for tanh GELU, which tiny_a's small
-# activations keep within tolerance in its first layer.
-BUG_CASES = {"tanh_gelu": "tiny_b/speech_like/fp32", "no_padding_mask": "tiny_a/batch/fp32", "positions_from_zero": "tiny_a/batch/fp32",
-             "rms_norm_scale_before_cast": "tiny_a/speech_like/bf16"}
-
-
 def run_with_bug(kit_dir: Path, name: str, case_id: str) -> kit_check.CaseResult:
     """Our model with one bug patched in, as the port; the kit's verdict on it."""
     bug = BUGS[name]
@@ -174,7 +168,7 @@ def test_each_known_bug_fails_the_kit_at_its_stage_and_is_named(kit_dir, name):
     """In-process here (the bug patched around our model as the port); tools/kit_mutation_check.py does the same
     with the text edits of conformance/mutations.py applied to a copy of the checkout (tox -e kit)."""
     bug = BUGS[name]
-    result = run_with_bug(kit_dir, name, BUG_CASES.get(name, "tiny_a/speech_like/fp32"))
+    result = run_with_bug(kit_dir, name, bug.shown_by)
     if bug.visible.startswith("none"):
         assert result.first_failure is None, result.diagnosis
         return
