@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conformance import golden, kit, kit_check
+from conformance import diagnose, golden, kit, kit_check
 from conformance.bugs import BUGS
 from conformance.cases import FULL, MODELS
 from conformance.stages import row_axis, sample_rows, stages, take_rows
@@ -259,3 +259,17 @@ def test_the_full_size_goldens_keep_the_rows_sample_rows_picks():
             assert info.get("rows") == sample_rows(stage, inputs, FULL.config.audio_token_id), (case_id, stage.name)
             assert list(stored[stage.name].shape) == info.get("stored_shape", info["shape"]), (case_id, stage.name)
         assert stored["generated_ids"].shape == (inputs["input_ids"].shape[0], manifest["generate"]["max_new_tokens"])
+
+
+def test_an_unknown_error_is_located_by_rows_and_channels():
+    stage = next(s for s in kit.kit_stages(MODELS["tiny_b"].config) if s.name == "decoder.layers.0")
+    ref = torch.randn(2, 7, 40, generator=torch.Generator().manual_seed(0))
+    port = ref.clone()
+    port[1, 4:6, 13] += 1.0  # two tokens of batch row 1, one channel
+    where = diagnose.error_shape(stage, port, ref)
+    assert where.startswith("the error is in batch row 1: 2 of 7 tokens (4-5); channels 13 (100%)")
+    assert diagnose.error_shape(stage, port, ref, positions=[0, 2, 4, 6, 8, 10, 12]).startswith(
+        "the error is in batch row 1: 2 of 7 tokens (8, 10) of the rows kept")
+    wide = torch.randn(1, 3, 2048, generator=torch.Generator().manual_seed(1))  # the released decoder width
+    noisy = wide + 0.01 * torch.randn(wide.shape, generator=torch.Generator().manual_seed(2))
+    assert "spread over all channels" in diagnose.error_shape(stage, noisy, wide)
