@@ -2,16 +2,17 @@
 
     python tools/regenerate_golden.py           # rewrite golden/ (atomically; a failed run changes nothing)
     python tools/regenerate_golden.py --check   # regenerate in memory and compare, write nothing
-    python tools/regenerate_golden.py --full [--check]   # golden/full/ only: the released shape (tox -e golden-full)
+    python tools/regenerate_golden.py --full [--check]   # golden/full/ only: the released shape (tox -e golden -- --full)
 
 --check reports each file as byte-identical, within tolerance (made on another CPU class, which the manifest
 names: bytes differ, numbers within the tolerance table) or beyond tolerance, and exits 1 only on the last.
 
 Weights, audio and tokenizers are made by our own deterministic code (conformance/weights.py, cases.py,
-tokenizer_fixture.py); only the reference computes the expected tensors. --full runs the reference at the
-released shape (2.1B parameters, a 4.3 GB bf16 checkpoint in a temporary folder, peak RSS about 13 GB, about
-5 minutes on 2 cores) and keeps slices of every stage (conformance/stages.py sample_rows) and the greedy ids. One thread, so reductions run in
-the same order every time and two runs give byte-identical files.
+tokenizer_fixture.py); only the reference computes the expected tensors. The tiny models run on one thread,
+so reductions run in the same order every time and two runs give byte-identical files. --full runs the
+reference at the released shape on every core (2.1B parameters, a 4.3 GB bf16 checkpoint in a temporary
+folder; on 2 cores about 5 minutes, peak RSS 13 GB) and keeps a few rows of every stage
+(conformance/stages.py sample_rows) and the greedy ids.
 """
 
 from __future__ import annotations
