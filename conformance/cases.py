@@ -1,4 +1,4 @@
-"""The golden cases: two tiny configs x eight audio inputs, all made by deterministic code of our own.
+"""The golden cases: two tiny configs x nine audio inputs, all made by deterministic code of our own.
 
 The configs differ in every dimension code could hard-code (widths, heads, kv-head ratio 1 and 2, head_dim
 not equal to hidden/heads, layer counts, mel bins, vocab, RoPE theta, eps, tied and untied LM head).
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from glm_asr.config import AudioConfig, GlmAsrConfig, TextConfig
-from glm_asr.presets import SPECIAL_TOKENS
+from glm_asr.presets import FIRST_SPECIAL_ID, SPECIAL_TOKENS
 
 SR = 16000
 # The reference's input text, written out from SPEC on purpose rather than taken from glm_asr/processor.py:
@@ -22,12 +22,14 @@ PROMPT = "<|user|>\n<|begin_of_audio|><|pad|><|end_of_audio|><|user|>\nPlease tr
 
 
 @dataclass(frozen=True)
-class TinyModel:
+class GoldenModel:
     name: str
     config: GlmAsrConfig
     n_base_tokens: int  # regular tokenizer tokens; the special tokens follow
     residual_scale: float  # gain of the layers that write into a residual stream
     seed: int
+    checkpoint_dtype: str = "float32"  # as model.safetensors stores the weights
+    embed_scale: float | None = None  # token embeddings' scale, when not residual_scale
 
 
 def _special(base: int, name: str) -> int:
@@ -41,7 +43,7 @@ def _eos(base: int) -> tuple[int, ...]:
 MODELS = {
     m.name: m
     for m in [
-        TinyModel(
+        GoldenModel(
             "tiny_a",
             GlmAsrConfig(
                 AudioConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -53,7 +55,7 @@ MODELS = {
             ),
             n_base_tokens=300, residual_scale=3e-3, seed=1,
         ),
-        TinyModel(
+        GoldenModel(
             "tiny_b",
             GlmAsrConfig(
                 AudioConfig(hidden_size=24, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
@@ -106,10 +108,23 @@ def clips(case: str) -> list[np.ndarray]:
         "odd_length": lambda: [_tone(12345 / SR, 300.0, 0.3) + _noise(12345 / SR, seed=13, std=0.02)],  # 12,345 samples
         "over_30s": lambda: [_speech_like(31.0, seed=14)],  # two windows, the second 1 s long
         "batch": lambda: [_tone(1.2, 250.0), _speech_like(2.7, seed=15)],  # left padding, two lengths
+        # 12,500 samples = 79 valid frames = 8k - 1: conv2's output length ceil(79 / 2) = 40 keeps 10 audio tokens,
+        # where a port that floors it (79 // 2 = 39) keeps 9 and builds a prompt one <|pad|> short.
+        "frames_8k_minus_1": lambda: [_speech_like(12500 / SR, seed=16)],
     }[case]()
     return [c.astype(np.float32) for c in made]
 
 
-CASES = ["silence", "tone", "chirp", "noise", "speech_like", "odd_length", "over_30s", "batch"]
+CASES = ["silence", "tone", "chirp", "noise", "speech_like", "odd_length", "over_30s", "batch", "frames_8k_minus_1"]
 # bf16 runs of the reference, for the numerics fp32 cannot see (e.g. RMSNorm's cast-back-then-scale order).
 BF16_CASES = ["speech_like"]
+
+
+# The released shape (GlmAsrConfig's defaults: 2.1B parameters), for ports that hard-code it: golden/full/ keeps
+# slices of its stages (conformance/stages.py sample_rows). Stored in bf16 as the release is, run in fp32: both
+# the reference and a port widen the same bf16 values exactly. Embeddings at 0.02: with the LM head tied to
+# them, unit-scale embeddings make the last token's own row win every step (seen: "\n" 24 times for every
+# audio, so greedy ids would pass a port whose encoder is broken); at 0.02 the ids vary and follow the audio.
+FULL = GoldenModel("full", GlmAsrConfig(), n_base_tokens=FIRST_SPECIAL_ID, residual_scale=1.0, seed=2512,
+                   checkpoint_dtype="bfloat16", embed_scale=0.02)
+FULL_CASES = ["speech_like", "batch"]  # fp32 only: the bf16 tolerances were measured on the tiny models, not on 60 layers

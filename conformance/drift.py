@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load
 
 from . import golden
-from .cases import MODELS
+from .cases import FULL, MODELS
 from .compare import failures, measure
 from .stages import stages
 from .tolerances import tolerance
@@ -49,7 +49,7 @@ def _case_drift(rel: str, stored: bytes, regenerated: bytes, entry: dict) -> Fil
     old, new = load(stored), load(regenerated)
     if old.keys() != new.keys():
         return FileDrift(rel, BEYOND, f"tensors differ: {sorted(old.keys() ^ new.keys())}")
-    by_name = {s.name: s for s in stages(MODELS[entry["model"]].config)}
+    by_name = {s.name: s for s in stages({**MODELS, FULL.name: FULL}[entry["model"]].config)}
     worst, worst_text, problems = -1.0, "", []
     for name in sorted(old):
         a, b = old[name], new[name]
@@ -75,9 +75,10 @@ def _case_drift(rel: str, stored: bytes, regenerated: bytes, entry: dict) -> Fil
     return FileDrift(rel, WITHIN, worst_text)
 
 
-def drift(root: Path, files: dict[str, bytes]) -> list[FileDrift]:
-    """Every file of the stored tree at `root` and of the regenerated `files`, classified."""
+def drift(root: Path, files: dict[str, bytes], skip: tuple[str, ...] = ()) -> list[FileDrift]:
+    """Every file of the stored tree at `root` (but its subfolders `skip`) and of the regenerated `files`, classified."""
     existing = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+    existing = {rel for rel in existing if rel.split("/")[0] not in skip}
     out = [FileDrift(rel, BEYOND, f"missing from {root}") for rel in sorted(set(files) - existing)]
     out += [FileDrift(rel, BEYOND, "not produced by the regeneration") for rel in sorted(existing - set(files))]
     cases = {entry["path"]: entry for entry in json.loads(files[golden.MANIFEST])["cases"].values()} if golden.MANIFEST in files else {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from glm_asr.atomic import replace_directory
 
 ROOT = Path(__file__).resolve().parent.parent / "golden"
 MANIFEST = "manifest.json"
+FULL = "full"  # golden/full/: the full-size cases, with a manifest of their own (tools/regenerate_golden.py --full)
 
 
 class GoldenError(ValueError):
@@ -30,12 +32,13 @@ def sha256(data: bytes) -> str:
 
 def load_manifest(root: Path = ROOT) -> dict:
     path = root / MANIFEST
+    how = "tox -e golden -- --full" if root.name == FULL else "tox -e golden"
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise GoldenError(f"{path}: missing; regenerate with `tox -e golden`") from e
+        raise GoldenError(f"{path}: missing; regenerate with `{how}`") from e
     except json.JSONDecodeError as e:
-        raise GoldenError(f"{path}: not valid JSON ({e}); regenerate with `tox -e golden`") from e
+        raise GoldenError(f"{path}: not valid JSON ({e}); regenerate with `{how}`") from e
 
 
 def read_verified(root: Path, entry: dict) -> bytes:
@@ -59,13 +62,17 @@ def load_case(root: Path, entry: dict) -> dict[str, torch.Tensor]:
 
 def all_entries(manifest: dict) -> list[dict]:
     """Every {path, sha256} entry of the manifest: tokenizers and cases."""
-    return [m["tokenizer"] for m in manifest["models"].values()] + list(manifest["cases"].values())
+    return [m["tokenizer"] for m in manifest.get("models", {}).values()] + list(manifest["cases"].values())
 
 
-def write_tree(root: Path, files: dict[str, bytes]) -> None:
-    """Replaces `root` by exactly `files` (relative path -> bytes), or leaves it untouched on failure."""
+def write_tree(root: Path, files: dict[str, bytes], keep: tuple[str, ...] = ()) -> None:
+    """Replaces `root` by exactly `files` (relative path -> bytes) and copies of its subfolders `keep`, or
+    leaves it untouched on failure."""
 
     def fill(staging: Path) -> None:
+        for name in keep:
+            if (root / name).is_dir():
+                shutil.copytree(root / name, staging / name)
         for rel, data in files.items():
             path = staging / rel
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,14 @@ without this repository, transformers or PyTorch.
     OUT/kit.json                       format, cases, stages in pipeline order, tolerances, sha256 of every file
     OUT/README.md                      for a porter: how to feed a case, what to dump, how to check
     OUT/cases/<case>/checkpoint/       config.json, model.safetensors, tokenizer.json (the released layout)
+    OUT/checkpoints/full/              with --full: the released shape's checkpoint, shared by the full cases
     OUT/cases/<case>/audio_<i>.wav     the clips, 16 kHz mono float32
     OUT/cases/<case>/inputs.safetensors    the reference processor's tensors
     OUT/cases/<case>/expected.safetensors  the reference's tensor for every stage, plus its greedy ids
 
-Expected tensors are copied from golden/, which only tools/regenerate_golden.py writes from transformers;
-nothing here runs our model to make an expected value.
+Expected tensors are copied from golden/ (golden/full/ for --full), which only tools/regenerate_golden.py
+writes from transformers; nothing here runs our model to make an expected value. Full-size cases keep only
+some entries of each stage (`rows` in kit.json; conformance/stages.py sample_rows).
 """
 
 from __future__ import annotations
@@ -28,10 +30,10 @@ import glm_asr
 from glm_asr.atomic import replace_directory
 
 from . import golden
-from .cases import MODELS, SR, clips
+from .cases import FULL, MODELS, SR, GoldenModel, clips
 from .kit_readme import readme
 from .ours import features
-from .stages import Stage, kept_length, stages
+from .stages import Stage, kept_length, row_axis, stages
 from .tokenizer_fixture import build_bpe_tokenizer_json
 from .tolerances import TABLE, group
 from .weights import make_weights, save_checkpoint, weights_digest
@@ -114,9 +116,13 @@ def _full_shape(stage: Stage, kept: list[int]) -> list[int]:
     return full
 
 
-def _stage_entry(stage: Stage, shape: list[int], dtype: str, inputs: dict[str, torch.Tensor]) -> dict:
+def _stage_entry(stage: Stage, stored: dict, dtype: str, inputs: dict[str, torch.Tensor]) -> dict:
+    shape = stored["shape"]
     entry = {"name": stage.name, "layout": layout(stage.name), "shape": shape, "full_shape": _full_shape(stage, shape),
              "feature_axis": stage.feature_axis, "tolerance": f"{MODE}/{dtype}/{group(stage.name)}"}
+    if "rows" in stored:
+        entry["rows"] = {"axis": row_axis(stage), "index": stored["rows"]}
+        entry["expected_shape"] = stored["stored_shape"]
     if stage.frame_axis is not None:
         n = kept_length(stage, inputs["input_features_mask"])
         entry["cropping"] = (f"axis {stage.frame_axis} cut to its first {n} entries (the longest valid window at "
@@ -147,18 +153,35 @@ def _case_inputs(entry: dict, stored: dict[str, torch.Tensor], n_mels: int, clip
     return {k: v.contiguous() for k, v in sorted(inputs.items())}, ours_error
 
 
-def export(out: Path, root: Path = golden.ROOT) -> dict:
-    """Writes the kit into `out` (absent or empty) and returns kit.json's content."""
+def export(out: Path, root: Path = golden.ROOT, full: bool = False) -> dict:
+    """Writes the kit into `out` (absent or empty) and returns kit.json's content; `full` adds the full-size
+    cases of golden/full/ and their 4.3 GB checkpoint."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise KitError(f"{out}: exists and is not an empty directory; give a new path (nothing was written)")
     manifest = golden.load_manifest(root)
     for e in golden.all_entries(manifest):
         golden.read_verified(root, e)
+    full_manifest = golden.load_manifest(root / golden.FULL) if full else None
+    for e in golden.all_entries(full_manifest) if full else ():
+        golden.read_verified(root / golden.FULL, e)
     # Built next to `out` and renamed into place: a failed export leaves no half-written kit behind.
-    return replace_directory(out, lambda staging: _write(staging, root, manifest))
+    return replace_directory(out, lambda staging: _write(staging, root, manifest, full_manifest))
 
 
-def _write(out: Path, root: Path, manifest: dict) -> dict:
+def _checkpoint(directory: Path, model: GoldenModel, weights_sha256: str, tokenizer_sha256: str, manifest_path: Path) -> Path:
+    """Writes a golden model's checkpoint as our deterministic code makes it, checked against the golden's hashes."""
+    dtype = getattr(torch, model.checkpoint_dtype)
+    weights = make_weights(model.config, model.seed, model.residual_scale, dtype, model.embed_scale)
+    if weights_digest(weights) != weights_sha256:
+        raise KitError(f"{manifest_path}: weights for {model.name} made here differ from the golden's; regenerate golden/")
+    save_checkpoint(directory, model.config, weights, dtype)
+    build_bpe_tokenizer_json(directory / "tokenizer.json", model.n_base_tokens)
+    if golden.sha256((directory / "tokenizer.json").read_bytes()) != tokenizer_sha256:
+        raise KitError(f"{manifest_path}: the tokenizer made here for {model.name} differs from the golden's; regenerate golden/")
+    return directory
+
+
+def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) -> dict:
     kit: dict = {
         "format": "glm-asr-conformance-kit", "version": FORMAT_VERSION,
         "generated_by": f"glm-asr kit export (glm-asr {getattr(glm_asr, '__version__', 'unknown')})",
@@ -166,50 +189,56 @@ def _write(out: Path, root: Path, manifest: dict) -> dict:
         "tolerances": {"/".join(k): v.as_dict() for k, v in sorted(TABLE.items()) if k[0] == MODE},
         "exact": {"reason": EXACT_REASON, "stages": EXACT}, "cases": {}, "files": {},
     }
-    weights_ok: dict[str, dict[str, torch.Tensor]] = {}
     for case_id, entry in manifest["cases"].items():
-        tiny, dtype = MODELS[entry["model"]], entry["dtype"]
-        if entry["model"] not in weights_ok:
-            weights = make_weights(tiny.config, tiny.seed, tiny.residual_scale)
-            if weights_digest(weights) != manifest["models"][entry["model"]]["weights_sha256"]:
-                raise KitError(f"{root / golden.MANIFEST}: weights for {entry['model']} made here differ from the golden's; regenerate golden/")
-            weights_ok[entry["model"]] = weights
-        clip_list = clips(entry["audio"])
-        if [golden.sha256(c.tobytes()) for c in clip_list] != manifest["clips"][entry["audio"]]:
-            raise KitError(f"{root / golden.MANIFEST}: clips of {entry['audio']} made here differ from the golden's; regenerate golden/")
-        stored = golden.load_case(root, entry)
-        inputs, mel_error = _case_inputs(entry, stored, tiny.config.audio_config.num_mel_bins, clip_list)
-        directory = out / "cases" / case_dir(case_id)
-        checkpoint = save_checkpoint(directory / "checkpoint", tiny.config, weights_ok[entry["model"]])
-        build_bpe_tokenizer_json(checkpoint / "tokenizer.json", tiny.n_base_tokens)
-        if (checkpoint / "tokenizer.json").read_bytes() != golden.read_verified(root, manifest["models"][entry["model"]]["tokenizer"]):
-            raise KitError(f"{root}: the tokenizer made here differs from golden/{entry['model']}/tokenizer.json; regenerate golden/")
-        for i, clip in enumerate(clip_list):
-            scipy.io.wavfile.write(directory / f"audio_{i}.wav", SR, clip)
-        save_file(inputs, directory / "inputs.safetensors")
-        expected = {k: v.contiguous() for k, v in stored.items() if not k.startswith(("inputs.", "early_stop."))}
-        save_file(expected, directory / "expected.safetensors")
-        config = tiny.config
-        kit["cases"][case_id] = {
-            "dir": f"cases/{case_dir(case_id)}", "results": f"{case_dir(case_id)}.safetensors",
-            "model": entry["model"], "audio": entry["audio"], "dtype": dtype,
-            "clips": [{"file": f"audio_{i}.wav", "samples": int(c.shape[0])} for i, c in enumerate(clip_list)],
-            "input_features_provenance": (
-                f"frames 0..{stored['mel'].shape[2] - 1} of every window: the reference processor's; later frames: glm_asr.log_mel "
-                f"(max abs {mel_error:.1e} from the reference on the earlier frames on the exporting machine)"),
-            "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in inputs.items()},
-            "stages": [
-                {"name": s.name, "layout": layout(s.name), "exact": True,
-                 "shape": list((inputs if s.name != "generated_ids" else expected)[s.name].shape)}
-                if s.exact else _stage_entry(s.stage, entry["stages"][s.name]["shape"], dtype, inputs)
-                for s in kit_stages(config) if s.name != "generated_ids" or "generated_ids" in expected
-            ],
-        }
+        model, directory = MODELS[entry["model"]], out / "cases" / case_dir(case_id)
+        m = manifest["models"][entry["model"]]
+        _checkpoint(directory / "checkpoint", model, m["weights_sha256"], m["tokenizer"]["sha256"], root / golden.MANIFEST)
+        kit["cases"][case_id] = _case(out, directory / "checkpoint", case_id, entry, model, golden.load_case(root, entry),
+                                      manifest["clips"][entry["audio"]], root / golden.MANIFEST)
+    if full_manifest is not None:
+        m, where = full_manifest["model"], root / golden.FULL / golden.MANIFEST
+        kit["full_reference"] = full_manifest["provenance"]
+        checkpoint = _checkpoint(out / "checkpoints" / FULL.name, FULL, m["weights_sha256"], m["tokenizer_sha256"], where)
+        for case_id, entry in full_manifest["cases"].items():
+            kit["cases"][case_id] = _case(out, checkpoint, case_id, entry, FULL, golden.load_case(root / golden.FULL, entry),
+                                          full_manifest["clips"][entry["audio"]], where)
     kit["files"] = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "README.md").write_text(readme(kit))
     kit["files"]["README.md"] = _sha256(out / "README.md")
     (out / KIT_JSON).write_text(json.dumps(kit, indent=1) + "\n")
     return kit
+
+
+def _case(out: Path, checkpoint: Path, case_id: str, entry: dict, model: GoldenModel, stored: dict[str, torch.Tensor],
+          clip_digests: list[str], manifest_path: Path) -> dict:
+    """Writes one case's folder (audio, inputs, expected) and returns its kit.json entry."""
+    clip_list = clips(entry["audio"])
+    if [golden.sha256(c.tobytes()) for c in clip_list] != clip_digests:
+        raise KitError(f"{manifest_path}: clips of {entry['audio']} made here differ from the golden's; regenerate golden/")
+    inputs, mel_error = _case_inputs(entry, stored, model.config.audio_config.num_mel_bins, clip_list)
+    directory = out / "cases" / case_dir(case_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, clip in enumerate(clip_list):
+        scipy.io.wavfile.write(directory / f"audio_{i}.wav", SR, clip)
+    save_file(inputs, directory / "inputs.safetensors")
+    expected = {k: v.contiguous() for k, v in stored.items() if not k.startswith(("inputs.", "early_stop."))}
+    save_file(expected, directory / "expected.safetensors")
+    return {
+        "dir": f"cases/{case_dir(case_id)}", "checkpoint": str(checkpoint.relative_to(out)), "results": f"{case_dir(case_id)}.safetensors",
+        "model": entry["model"], "audio": entry["audio"], "dtype": entry["dtype"],
+        "sampled": any("rows" in s for s in entry["stages"].values()),
+        "clips": [{"file": f"audio_{i}.wav", "samples": int(c.shape[0])} for i, c in enumerate(clip_list)],
+        "input_features_provenance": (
+            f"frames 0..{stored['mel'].shape[2] - 1} of every window: the reference processor's; later frames: glm_asr.log_mel "
+            f"(max abs {mel_error:.1e} from the reference on the earlier frames on the exporting machine)"),
+        "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")} for k, v in inputs.items()},
+        "stages": [
+            {"name": s.name, "layout": layout(s.name), "exact": True,
+             "shape": list((inputs if s.name != "generated_ids" else expected)[s.name].shape)}
+            if s.exact else _stage_entry(s.stage, entry["stages"][s.name], entry["dtype"], inputs)
+            for s in kit_stages(model.config) if s.name != "generated_ids" or "generated_ids" in expected
+        ],
+    }
 
 
 def load_kit(directory: Path, verify: bool = True) -> dict:

@@ -16,7 +16,7 @@ from glm_asr.config import GlmAsrConfig
 
 from .compare import Metrics, failures, measure
 from .kit import MODE, KitError, KitStage, kit_stages, load_kit
-from .stages import kept_length, select
+from .stages import kept_length, select, take_rows
 from .tolerances import Tolerance, tolerance
 
 OK, FAIL, MISSING = "ok", "FAIL", "not provided"
@@ -46,7 +46,7 @@ class CaseResult:
 
 
 def case_config(kit_dir: Path, case: dict) -> GlmAsrConfig:
-    path = kit_dir / case["dir"] / "checkpoint" / "config.json"
+    path = kit_dir / case["checkpoint"] / "config.json"
     return GlmAsrConfig.from_dict(json.loads(path.read_text()), str(path))
 
 
@@ -81,6 +81,7 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
     expected = load_file(kit_dir / case["dir"] / "expected.safetensors")
     config = case_config(kit_dir, case)
     order = [s for s in kit_stages(config) if s.name in expected or s.name in inputs]
+    entries = {e["name"]: e for e in case["stages"]}
     rows, prepared = [], {}
     for s in order:
         want = expected.get(s.name, inputs.get(s.name))
@@ -93,6 +94,12 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
             continue
         prepared[s.name] = prepare(s, got, inputs)
         tol = tolerance(s.name, case["dtype"], MODE)
+        if "rows" in entries[s.name]:  # a full-size case: the reference's tensor is kept at these entries only
+            if list(prepared[s.name].shape) != entries[s.name]["shape"]:
+                problem = f"shape {tuple(got.shape)} != reference {tuple(entries[s.name]['shape'])}"
+                rows.append(StageResult(s.name, FAIL, tuple(entries[s.name]["shape"]), tolerance=tol, failures=(problem,)))
+                continue
+            prepared[s.name] = take_rows(s.stage, prepared[s.name], entries[s.name]["rows"]["index"])
         metrics = measure(prepared[s.name], want, s.stage.feature_axis)
         problems = tuple(failures(metrics, tol))
         rows.append(StageResult(s.name, FAIL if problems else OK, tuple(want.shape), metrics, tol, problems))
@@ -103,10 +110,12 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
                        f"expected some of: {', '.join(s.name for s in order)}")
     first = result.first_failure
     if first is not None:
-        from .diagnose import diagnose  # imports the model: only when something failed
+        from .diagnose import diagnose, diagnose_sampled  # imports the model: only when something failed
 
         stage = next(s for s in order if s.name == first)
-        result.diagnosis = diagnose(kit_dir, case, config, stage, prepared.get(first, results[first]), expected, inputs)
+        port = prepared.get(first, results[first])
+        result.diagnosis = (diagnose_sampled(stage, port, expected, entries[first]) if case.get("sampled")
+                            else diagnose(kit_dir, case, config, stage, port, expected, inputs))
     return result
 
 

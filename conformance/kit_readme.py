@@ -31,10 +31,25 @@ def readme(kit: dict) -> str:
     )
     tol_rows = "\n".join(f"| `{k}` | {_limits(t)} | {t['reason']} |" for k, t in kit["tolerances"].items())
     max_new = kit["generate"]["max_new_tokens"]
+    sampled = [cid for cid, c in cases.items() if c.get("sampled")]
+    full_note = (f"""
+### Full-size cases
+
+{', '.join(f'`{c}`' for c in sampled)} run the released shape (2.1B parameters, 128 mel bins, 32 encoder and 28
+decoder layers), for ports that hard-code it. Their checkpoint, shared, is `{cases[sampled[0]]['checkpoint']}`:
+random weights stored in bf16 as the release is, widened to fp32 for these fp32 cases (exactly: bf16 is a
+prefix of fp32). Dump the same tensors as for any case, in full. The reference's tensors are too large to keep
+whole (a window is 1500 x 1280 floats per encoder layer), so `expected.safetensors` holds only some entries
+of each stage after cropping: the stage's `rows` in kit.json gives the axis and the indices (first, middle
+and last valid frames; each row's first real token, first, middle and last audio token, and the last two
+prompt positions; of `logits` only the last position, whose scores choose the first greedy id), and the
+checker picks the same entries from your tensor. `mel` is kept whole. A diverging full-size case gets where
+its error lies but no bug name: run the tiny cases for that.
+""" if sampled else "")
     return f"""# GLM-ASR-Nano conformance kit (format {kit['format']} {kit['version']})
 
 Test cases for an implementation ("port") of GLM-ASR-Nano-2512: tiny random-weight checkpoints in the
-released layout, audio, the reference processor's inputs, and the reference implementation's tensor at every
+released layout{' (and a full-size one)' if sampled else ''}, audio, the reference processor's inputs, and the reference implementation's tensor at every
 stage of the pipeline, with the tolerance each must meet. The expected values were computed by
 {kit['reference'].get('reference', 'the reference')} (transformers {kit['reference'].get('transformers')},
 torch {kit['reference'].get('torch')}). Every file's sha256 is in `kit.json`.
@@ -44,11 +59,12 @@ reports the first stage that diverges and, where it can, which known porting bug
 
 ## 1. What is in a case
 
-Each case is a folder `cases/<case>/`:
+Each case is a folder `cases/<case>/` and a checkpoint folder, kit.json -> `cases` -> `<case>` -> `checkpoint`
+(`cases/<case>/checkpoint` for the tiny cases):
 
-- `checkpoint/config.json`, `checkpoint/model.safetensors`, `checkpoint/tokenizer.json`: the released layout
+- `config.json`, `model.safetensors`, `tokenizer.json` in the checkpoint folder: the released layout
   (`audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.weight`
-  absent when `tie_word_embeddings` is true), fp32 weights. The configs are small but shaped like the release
+  absent when `tie_word_embeddings` is true), fp32 weights (bf16 in the full-size checkpoint). The configs are small but shaped like the release
   in every way that matters: read every size from `config.json`, hard-code nothing (head_dim is not
   hidden_size / heads in the decoder, kv heads may equal query heads, mel bins are 128 or 80).
 - `audio_<i>.wav`: the clips, 16 kHz mono IEEE float32. One clip, or two for a batch case.
@@ -96,7 +112,7 @@ If your port has its own front end and prompt builder, run them on the WAV files
   (padding included) minus 8; `(x + 4) / 4`. A window of n samples has `ceil(n / 160)` valid frames.
 - Prompt, per clip, N = the sum over its windows of `floor((L_w + 1) / 8)`:
   `<|user|>\\n<|begin_of_audio|>` + N x `<|pad|>` + `<|end_of_audio|><|user|>\\nPlease transcribe this audio into text<|assistant|>\\n`
-  (`\\n` a newline), tokenized with `checkpoint/tokenizer.json` (byte-level BPE, with its merges; the
+  (`\\n` a newline), tokenized with the checkpoint's `tokenizer.json` (byte-level BPE, with its merges; the
   `<|...|>` strings are its added special tokens). A batch is left-padded with `<|endoftext|>`.
 
 ## 3. What to dump, and in which layout
@@ -128,7 +144,7 @@ first entries of the frame axis, as many as the case's longest valid window has 
 frames, conv2 frames = ceil(L/2), audio tokens = floor((L+1)/8)); kit.json gives the exact count per stage
 (`cropping`). Decoder-side stages (B, T, ...) are compared with left-padding rows zeroed, so those rows may
 hold anything.
-
+{full_note}
 ## The model, in short (where ports went wrong)
 
 Encoder: conv1 (k3, s1, p1) + exact GELU, conv2 (k3, s2, p1) + exact GELU, then pre-norm layers
@@ -171,7 +187,7 @@ import json
 kit = json.load(open("KIT/kit.json"))
 for case_id, case in kit["cases"].items():
     inputs = load_file(f"KIT/{{case['dir']}}/inputs.safetensors")
-    model = your_port.load(f"KIT/{{case['dir']}}/checkpoint", dtype=case["dtype"])
+    model = your_port.load(f"KIT/{{case['checkpoint']}}", dtype=case["dtype"])
     taps = your_port.forward(inputs, dump=True)          # dict: stage name -> numpy array
     taps["generated_ids"] = your_port.greedy(inputs, max_new_tokens={max_new})
     save_file(taps, f"RESULTS/{{case['results']}}")

@@ -117,6 +117,12 @@ MUTATIONS: dict[str, Mutation] = {
         "{instruction}<|assistant|>\"",
         "the prompt without the newline after <|assistant|>",
     ),
+    "conv_length_floor": Mutation(
+        "glm_asr/projector.py",
+        "after_conv2 = (valid_frames - 1) // 2 + 1",
+        "after_conv2 = valid_frames // 2",
+        "the frames after conv2 floored (L // 2) instead of ceil(L / 2): one audio token short where L = 8k - 1",
+    ),
     "tokenizer_no_merges": Mutation(
         "glm_asr/tokenizer.py",
         "self._merges[vocab[pair[0]] * self._m + vocab[pair[1]]] = rank << 32 | vocab[pair[0] + pair[1]]",

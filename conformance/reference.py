@@ -26,7 +26,7 @@ from transformers import (  # noqa: E402
 from glm_asr.config import GlmAsrConfig  # noqa: E402
 
 from .cases import PROMPT  # noqa: E402
-from .stages import select, stages  # noqa: E402
+from .stages import sample_rows, select, stages, take_rows  # noqa: E402
 
 VERSION = transformers.__version__
 
@@ -123,16 +123,21 @@ def generate(
 
 
 def case_tensors(
-    model: GlmAsrForConditionalGeneration, inputs: dict[str, torch.Tensor], config: GlmAsrConfig
+    model: GlmAsrForConditionalGeneration, inputs: dict[str, torch.Tensor], config: GlmAsrConfig, sampled: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """What a golden file holds for one case: the processor's inputs (`inputs.*`) and every stage cut by
-    `select`, plus per stage its stored shape and whether it was stored uncropped."""
+    `select`, plus per stage its stored shape and whether it was stored uncropped. `sampled` (full-size
+    cases) keeps only the entries `sample_rows` picks of each stage and records them as `rows`."""
     taps = run_stages(model, inputs)
     tensors = {f"inputs.{k}": v.contiguous() for k, v in inputs.items() if k != "input_features"}
     info = {}
     for stage in stages(config):
         kept = select(stage, taps[stage.name], inputs)
-        tensors[stage.name] = kept
         full = stage.frame_axis is None or kept.shape[stage.frame_axis] == taps[stage.name].shape[stage.frame_axis]
         info[stage.name] = {"shape": list(kept.shape), "stored_full": full}
+        if sampled:
+            rows = sample_rows(stage, inputs, config.audio_token_id)
+            kept = take_rows(stage, kept, rows)
+            info[stage.name].update(rows=rows, stored_shape=list(kept.shape))
+        tensors[stage.name] = kept
     return tensors, info

@@ -59,3 +59,38 @@ def select(stage: Stage, tensor: torch.Tensor, inputs: dict[str, torch.Tensor]) 
     if stage.padded_tokens:
         tensor = tensor * inputs["attention_mask"].to(torch.float32)[..., None]
     return tensor.contiguous()
+
+
+def row_axis(stage: Stage) -> int:
+    """The frame or token axis: the one `sample_rows` picks entries along."""
+    return stage.frame_axis if stage.frame_axis is not None else 1
+
+
+def sample_rows(stage: Stage, inputs: dict[str, torch.Tensor], audio_token_id: int) -> list[int] | None:
+    """Which entries along `row_axis` a full-size golden keeps of a stage, after `select` (None: all of it).
+
+    Full-size stages are too large to store whole (a 30 s window is 1500 x 1280 floats per encoder layer), so
+    golden/full keeps the entries where porting bugs show first: the first and last valid frames (padding and
+    conv length), a middle one, and on the decoder side each row's first real token, its first, middle and last
+    audio token (the merge), and the prompt's last two positions (the last one chooses the first token). Of the
+    logits only the last position is kept: its 59,264 scores decide the greedy id. The mel is kept whole: a
+    port is fed it.
+    """
+    if stage.name == "mel":
+        return None
+    if stage.frame_axis is not None:
+        n = kept_length(stage, inputs["input_features_mask"])
+        return sorted({0, 1, n // 2, n - 2, n - 1} & set(range(n)))
+    T = inputs["input_ids"].shape[1]
+    if stage.name == "logits":
+        return [T - 1]
+    rows = {T - 2, T - 1}
+    for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"]):
+        audio = (ids == audio_token_id).nonzero().flatten().tolist()
+        rows |= {int(mask.argmax()), audio[0], audio[len(audio) // 2], audio[-1]}
+    return sorted(r for r in rows if 0 <= r < T)
+
+
+def take_rows(stage: Stage, tensor: torch.Tensor, rows: list[int] | None) -> torch.Tensor:
+    """The entries `rows` of a selected stage tensor (all of it for None)."""
+    return tensor if rows is None else tensor.index_select(row_axis(stage), torch.tensor(rows)).contiguous()

@@ -20,8 +20,11 @@ from glm_asr.model import GlmAsrModel
 _RESIDUAL_WRITERS = ("conv2.weight", "self_attn.o_proj.weight", "mlp.fc2.weight", "mlp.down_proj.weight")
 
 
-def make_weights(config: GlmAsrConfig, seed: int, residual_scale: float = 1.0) -> dict[str, torch.Tensor]:
-    """Release-layout float32 state dict (lm_head left out when tied, as transformers saves it)."""
+def make_weights(config: GlmAsrConfig, seed: int, residual_scale: float = 1.0, dtype: torch.dtype = torch.float32,
+                 embed_scale: float | None = None) -> dict[str, torch.Tensor]:
+    """Release-layout state dict (lm_head left out when tied, as transformers saves it), drawn in float32 and
+    cast to `dtype` tensor by tensor (a full-size bf16 checkpoint never holds 8.5 GB of float32 at once).
+    `embed_scale` (default: `residual_scale`) sets the token embeddings' scale on its own."""
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in GlmAsrModel(config).state_dict().items()}
     if config.tie_word_embeddings:
@@ -35,12 +38,12 @@ def make_weights(config: GlmAsrConfig, seed: int, residual_scale: float = 1.0) -
         elif key.endswith(".bias"):
             value = 0.02 * noise * (residual_scale if key.replace(".bias", ".weight").endswith(_RESIDUAL_WRITERS) else 1.0)
         elif key == "language_model.model.embed_tokens.weight":
-            value = residual_scale * noise
+            value = (residual_scale if embed_scale is None else embed_scale) * noise
         else:
             fan_in = math.prod(shape[1:])
             gain = residual_scale if key.endswith(_RESIDUAL_WRITERS) else 1.0
             value = noise * (gain / math.sqrt(fan_in))
-        weights[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        weights[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).to(dtype)
     return weights
 
 
@@ -57,5 +60,5 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key in sorted(weights):
         h.update(key.encode())
-        h.update(weights[key].numpy().tobytes())
+        h.update(weights[key].contiguous().view(torch.uint8).numpy().tobytes())  # the raw bytes, bf16 included
     return h.hexdigest()

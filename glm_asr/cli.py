@@ -48,7 +48,7 @@ def _kit(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise RuntimeError(f"the conformance harness is not importable ({e}); install glm-asr with its conformance package") from e
     if args.kit_command == "export":
-        made = kit.export(args.out)
+        made = kit.export(args.out, full=args.full)
         print(f"wrote {len(made['cases'])} cases, {len(made['files'])} files to {args.out}; read {args.out / 'README.md'}")
         return 0
     results = kit_check.check(args.kit, args.results, args.case)
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     kit_sub = kit.add_subparsers(dest="kit_command", required=True)
     export = kit_sub.add_parser("export", help="write every golden case, with a README for porters, into a new folder")
     export.add_argument("out", type=Path, help="a folder that does not exist yet (or is empty)")
+    export.add_argument("--full", action="store_true",
+                        help="add the released shape's cases: a 4.3 GB random bf16 checkpoint and slices of the reference's stages "
+                        "(about a minute and 9 GB of memory to write)")
     check = kit_sub.add_parser("check", help="compare a port's results with the kit; exit 0 pass, 1 fail, 2 unusable input")
     check.add_argument("kit", type=Path, help="a folder written by `glm-asr kit export`")
     check.add_argument("results", type=Path, help="the port's results: <case>.safetensors files, tensors named by stage")

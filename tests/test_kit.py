@@ -5,6 +5,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from unittest import mock
@@ -15,8 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from conformance import golden, kit, kit_check
 from conformance.bugs import BUGS
-from conformance.cases import MODELS
-from conformance.stages import stages
+from conformance.cases import FULL, MODELS
+from conformance.stages import row_axis, sample_rows, stages, take_rows
 from conformance.tolerances import tolerance
 from glm_asr.cli import main
 
@@ -150,12 +151,6 @@ def test_an_empty_results_folder_and_an_altered_kit_exit_2(kit_dir, tmp_path, ca
     assert "README.md: sha256 differs" in err
 
 
-# One case that shows each bug (conformance/bugs.py: `visible`); tiny_b for tanh GELU, which tiny_a's small
-# activations keep within tolerance in its first layer.
-BUG_CASES = {"tanh_gelu": "tiny_b/speech_like/fp32", "no_padding_mask": "tiny_a/batch/fp32", "positions_from_zero": "tiny_a/batch/fp32",
-             "rms_norm_scale_before_cast": "tiny_a/speech_like/bf16"}
-
-
 def run_with_bug(kit_dir: Path, name: str, case_id: str) -> kit_check.CaseResult:
     """Our model with one bug patched in, as the port; the kit's verdict on it."""
     bug = BUGS[name]
@@ -174,7 +169,7 @@ def test_each_known_bug_fails_the_kit_at_its_stage_and_is_named(kit_dir, name):
     """In-process here (the bug patched around our model as the port); tools/kit_mutation_check.py does the same
     with the text edits of conformance/mutations.py applied to a copy of the checkout (tox -e kit)."""
     bug = BUGS[name]
-    result = run_with_bug(kit_dir, name, BUG_CASES.get(name, "tiny_a/speech_like/fp32"))
+    result = run_with_bug(kit_dir, name, bug.shown_by)
     if bug.visible.startswith("none"):
         assert result.first_failure is None, result.diagnosis
         return
@@ -202,3 +197,65 @@ def test_plots_mark_the_first_failure(kit_dir, tmp_path, capsys):
     for path in (tmp_path / "plots" / "tiny_b.silence.fp32.png", tmp_path / "conformance" / "tiny_b.silence.fp32.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "first diverging stage: merged" in capsys.readouterr().out
+
+
+def test_a_full_size_case_is_compared_at_its_kept_rows_only(kit_dir, tmp_path):
+    """The full-size cases' machinery, on a tiny case: its expected tensors cut to `sample_rows` as
+    tools/regenerate_golden.py --full cuts the reference's; the checker cuts the port's the same way."""
+    made = kit.load_kit(kit_dir, verify=False)
+    case_id = "tiny_a/batch/fp32"
+    case = json.loads(json.dumps(made["cases"][case_id]))
+    inputs = load_file(kit_dir / case["dir"] / "inputs.safetensors")
+    expected = load_file(kit_dir / case["dir"] / "expected.safetensors")
+    config = kit_check.case_config(kit_dir, case)
+    by_name = {s.name: s for s in stages(config)}
+    for entry in case["stages"]:
+        if entry["name"] in by_name:
+            stage = by_name[entry["name"]]
+            rows = sample_rows(stage, inputs, config.audio_token_id)
+            if rows is not None:
+                entry["rows"] = {"axis": row_axis(stage), "index": rows}
+                expected[stage.name] = take_rows(stage, expected[stage.name], rows)
+    case["sampled"] = True
+    sampled_kit = tmp_path / "kit"
+    shutil.copytree(kit_dir / case["dir"], sampled_kit / case["dir"])
+    shutil.copytree(kit_dir / case["checkpoint"], sampled_kit / case["checkpoint"], dirs_exist_ok=True)
+    save_file(expected, sampled_kit / case["dir"] / "expected.safetensors")
+    assert expected["encoder.layers.0"].shape[1] == 5 and expected["logits"].shape[1] == 1
+
+    tensors = ours_port.run_case(ours_port.load(kit_dir, case), kit_dir, case, made["generate"]["max_new_tokens"], False)
+    assert kit_check.check_case(sampled_kit, case_id, case, tensors).first_failure is None
+
+    kept = next(e for e in case["stages"] if e["name"] == "decoder.layers.1")["rows"]["index"]
+    real = inputs["attention_mask"][1].nonzero().flatten().tolist()
+    dropped = next(t for t in real if t not in kept)
+    moved = dict(tensors, **{"decoder.layers.1": tensors["decoder.layers.1"].clone()})
+    moved["decoder.layers.1"][1, dropped] *= 1.5  # a token the full-size golden does not keep: not compared
+    assert kit_check.check_case(sampled_kit, case_id, case, moved).first_failure is None
+    moved["decoder.layers.1"][1, kept[-1]] *= 1.5
+    result = kit_check.check_case(sampled_kit, case_id, case, moved)
+    assert result.first_failure == "decoder.layers.1"
+    assert f"batch row 1: 1 of {len(kept)} tokens ({kept[-1]}) of the rows kept" in result.diagnosis
+    assert "run them for a diagnosis" in result.diagnosis
+
+    short = dict(tensors, **{"encoder.layers.0": tensors["encoder.layers.0"][:, :3]})
+    row = next(r for r in kit_check.check_case(sampled_kit, case_id, case, short).rows if r.stage == "encoder.layers.0")
+    assert row.status == kit_check.FAIL and row.failures[0].startswith("shape (2, 3, 32) != reference (2, 135, 32)")
+
+
+def test_the_full_size_goldens_keep_the_rows_sample_rows_picks():
+    """golden/full/ (tools/regenerate_golden.py --full): every file as its manifest says, every stage cut at
+    the rows conformance/stages.py picks from the stored inputs, so the kit's checker cuts a port's alike."""
+    full_root = golden.ROOT / golden.FULL
+    if not (full_root / golden.MANIFEST).exists():
+        pytest.skip("golden/full/ is not in this checkout")
+    manifest = golden.load_manifest(full_root)
+    assert manifest["model"]["config"] == FULL.config.to_dict() and manifest["cases"]
+    for case_id, entry in manifest["cases"].items():
+        stored = golden.load_case(full_root, entry)  # sha256 checked
+        inputs = {k.removeprefix("inputs."): v for k, v in stored.items() if k.startswith("inputs.")}
+        for stage in stages(FULL.config):
+            info = entry["stages"][stage.name]
+            assert info.get("rows") == sample_rows(stage, inputs, FULL.config.audio_token_id), (case_id, stage.name)
+            assert list(stored[stage.name].shape) == info.get("stored_shape", info["shape"]), (case_id, stage.name)
+        assert stored["generated_ids"].shape == (inputs["input_ids"].shape[0], manifest["generate"]["max_new_tokens"])

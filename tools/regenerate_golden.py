@@ -2,12 +2,15 @@
 
     python tools/regenerate_golden.py           # rewrite golden/ (atomically; a failed run changes nothing)
     python tools/regenerate_golden.py --check   # regenerate in memory and compare, write nothing
+    python tools/regenerate_golden.py --full [--check]   # golden/full/ only: the released shape (tox -e golden-full)
 
 --check reports each file as byte-identical, within tolerance (made on another CPU class, which the manifest
 names: bytes differ, numbers within the tolerance table) or beyond tolerance, and exits 1 only on the last.
 
 Weights, audio and tokenizers are made by our own deterministic code (conformance/weights.py, cases.py,
-tokenizer_fixture.py); only the reference computes the expected tensors. One thread, so reductions run in
+tokenizer_fixture.py); only the reference computes the expected tensors. --full runs the reference at the
+released shape (2.1B parameters, a 4.3 GB bf16 checkpoint in a temporary folder, peak RSS about 13 GB, about
+5 minutes on 2 cores) and keeps slices of every stage (conformance/stages.py sample_rows) and the greedy ids. One thread, so reductions run in
 the same order every time and two runs give byte-identical files.
 """
 
@@ -28,7 +31,7 @@ import torch  # noqa: E402
 from safetensors.torch import save  # noqa: E402
 
 from conformance import drift, golden, reference  # noqa: E402
-from conformance.cases import BF16_CASES, CASES, MODELS, clips  # noqa: E402
+from conformance.cases import BF16_CASES, CASES, FULL, FULL_CASES, MODELS, clips  # noqa: E402
 from conformance.tokenizer_fixture import build_bpe_tokenizer_json  # noqa: E402
 from conformance.tolerances import TABLE  # noqa: E402
 from conformance.weights import make_weights, save_checkpoint, weights_digest  # noqa: E402
@@ -38,25 +41,29 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GENERATE_TOKENS = 24  # greedy tokens stored per fp32 case; random weights rarely say eos, so this is the length
 
 
+def provenance() -> dict:
+    return {
+        "reference": "transformers GlmAsrForConditionalGeneration (attn_implementation=eager) fed by GlmAsrProcessor "
+        "with WhisperFeatureExtractor(feature_size=num_mel_bins)",
+        "transformers": reference.VERSION,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "tokenizers": tokenizers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        # Bytes reproduce within one CPU class only: native bf16, FFT and GEMM kernels differ between classes.
+        "cpu": {"model": cpu.features().model, "class": cpu.features().cpu_class,
+                "native_bf16": cpu.native_bf16()},
+    }
+
+
 def build(work: Path) -> dict[str, bytes]:
     """Every golden file, as relative path -> bytes."""
     files: dict[str, bytes] = {}
     manifest: dict = {
         "format": 1,
         "generated_by": "tools/regenerate_golden.py",
-        "provenance": {
-            "reference": "transformers GlmAsrForConditionalGeneration (attn_implementation=eager) fed by GlmAsrProcessor "
-            "with WhisperFeatureExtractor(feature_size=num_mel_bins)",
-            "transformers": reference.VERSION,
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "safetensors": safetensors.__version__,
-            "tokenizers": tokenizers.__version__,
-            "torch_threads": torch.get_num_threads(),
-            # Bytes reproduce within one CPU class only: native bf16, FFT and GEMM kernels differ between classes.
-            "cpu": {"model": cpu.features().model, "class": cpu.features().cpu_class,
-                    "native_bf16": cpu.native_bf16()},
-        },
+        "provenance": provenance(),
         "generate": {"max_new_tokens": GENERATE_TOKENS, "do_sample": False},
         "models": {},
         "clips": {case: [golden.sha256(c.tobytes()) for c in clips(case)] for case in CASES},
@@ -105,14 +112,52 @@ def build(work: Path) -> dict[str, bytes]:
     return files
 
 
-def report_check(root: Path, files: dict[str, bytes], total: int) -> int:
+def build_full(work: Path) -> dict[str, bytes]:
+    """Every file of golden/full/ (paths relative to it): slices of each stage of the released shape, fp32."""
+    config, dtype = FULL.config, getattr(torch, FULL.checkpoint_dtype)
+    weights = make_weights(config, FULL.seed, FULL.residual_scale, dtype, FULL.embed_scale)
+    digest = weights_digest(weights)
+    save_checkpoint(work, config, weights, dtype)
+    del weights
+    build_bpe_tokenizer_json(work / "tokenizer.json", FULL.n_base_tokens)
+    manifest: dict = {
+        "format": 1,
+        "generated_by": "tools/regenerate_golden.py --full",
+        "provenance": provenance(),
+        "generate": {"max_new_tokens": GENERATE_TOKENS, "do_sample": False},
+        # The tokenizer (1.8 MB) is not stored: conformance/tokenizer_fixture.py makes it, checked by its sha256.
+        "model": {"name": FULL.name, "config": config.to_dict(), "seed": FULL.seed, "residual_scale": FULL.residual_scale,
+                  "embed_scale": FULL.embed_scale, "n_base_tokens": FULL.n_base_tokens, "checkpoint_dtype": FULL.checkpoint_dtype, "weights_sha256": digest,
+                  "tokenizer_sha256": golden.sha256((work / "tokenizer.json").read_bytes())},
+        "clips": {case: [golden.sha256(c.tobytes()) for c in clips(case)] for case in FULL_CASES},
+        "cases": {},
+    }
+    processor = reference.make_processor(work / "tokenizer.json", config.audio_config.num_mel_bins)
+    model = reference.load_reference(work, torch.float32)
+    files: dict[str, bytes] = {}
+    for case in FULL_CASES:
+        inputs = reference.prepare_inputs(processor, clips(case))
+        tensors, stage_info = reference.case_tensors(model, inputs, config, sampled=True)
+        tensors["generated_ids"] = reference.generate(model, inputs, GENERATE_TOKENS)
+        data = save(tensors)
+        rel = f"{case}.fp32.safetensors"
+        files[rel] = data
+        manifest["cases"][f"{FULL.name}/{case}/fp32"] = {
+            "model": FULL.name, "audio": case, "dtype": "fp32", "path": rel, "sha256": golden.sha256(data), "stages": stage_info,
+        }
+        print(f"  {golden.FULL}/{rel}: {len(data) / 1e6:.2f} MB", file=sys.stderr)
+    files[golden.MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    return files
+
+
+def report_check(root: Path, files: dict[str, bytes], total: int, skip: tuple[str, ...] = ()) -> int:
     """Prints each file's verdict against the stored tree; 1 if any is beyond tolerance."""
     try:
         made_on = golden.load_manifest(root)["provenance"].get("cpu", {}).get("class", "an unrecorded CPU class")
     except golden.GoldenError:
         made_on = "nothing (no manifest)"
     here = cpu.features().cpu_class
-    results = drift.drift(root, files)
+    results = drift.drift(root, files, skip)
     for r in results:
         if r.verdict != drift.IDENTICAL:
             print(f"{r.path}: {r.verdict}" + (f" ({r.detail})" if r.detail else ""))
@@ -128,17 +173,21 @@ def report_check(root: Path, files: dict[str, bytes], total: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="regenerate in memory and compare with golden/; write nothing")
+    parser.add_argument("--full", action="store_true", help="the released shape only, into ROOT/full (peak RSS about 13 GB)")
     parser.add_argument("--root", type=Path, default=golden.ROOT, help="golden directory (default: %(default)s)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    # One thread for the tiny models; the full-size run would take an hour on one, and its stored slices
+    # are compared within the tolerance table, not byte for byte.
+    torch.set_num_threads(torch.get_num_threads() if args.full else 1)
     torch.manual_seed(0)
+    root = args.root / golden.FULL if args.full else args.root
     with tempfile.TemporaryDirectory() as work:
-        files = build(Path(work))
+        files = build_full(Path(work)) if args.full else build(Path(work))
     total = sum(len(d) for d in files.values())
     if args.check:
-        return report_check(args.root, files, total)
-    golden.write_tree(args.root, files)
-    print(f"wrote {len(files)} files, {total / 1e6:.1f} MB to {args.root}")
+        return report_check(root, files, total, skip=() if args.full else (golden.FULL,))
+    golden.write_tree(root, files, keep=() if args.full else (golden.FULL,))
+    print(f"wrote {len(files)} files, {total / 1e6:.1f} MB to {root}")
     return 0
 
 

@@ -44,7 +44,7 @@ def session(path: Path) -> ort.InferenceSession:
 
 def run_case(onnx_dir: Path, kit: Path, case: dict, max_new_tokens: int) -> dict[str, np.ndarray]:
     folder = kit / case["dir"]
-    config = json.loads((folder / "checkpoint" / "config.json").read_text())  # README: read every size from config.json
+    config = json.loads((kit / case["checkpoint"] / "config.json").read_text())  # README: read every size from config.json
     text = config["text_config"]
     inputs = load_file(folder / "inputs.safetensors")
     encoder, decoder = session(onnx_dir / "audio_encoder.onnx"), session(onnx_dir / "decoder.onnx")
@@ -102,7 +102,7 @@ def main() -> int:
     cache = args.onnx_cache or args.results / ".onnx"
     for case_id, case in kit["cases"].items():
         if args.case in case_id and case["dtype"] == "fp32":
-            onnx_dir = exported(args.kit / case["dir"] / "checkpoint", cache)
+            onnx_dir = exported(args.kit / case["checkpoint"], cache)
             save_file(run_case(onnx_dir, args.kit, case, kit["generate"]["max_new_tokens"]), str(args.results / case["results"]))
             print(f"{case_id}: {args.results / case['results']}", flush=True)
     return 0

@@ -25,7 +25,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def load(kit: Path, case: dict) -> glm_asr.GlmAsrModel:
-    return glm_asr.load_model(kit / case["dir"] / "checkpoint", dtype=DTYPES[case["dtype"]])
+    return glm_asr.load_model(kit / case["checkpoint"], dtype=DTYPES[case["dtype"]])
 
 
 def run_case(model: glm_asr.GlmAsrModel, kit: Path, case: dict, max_new_tokens: int, own_front_end: bool) -> dict[str, torch.Tensor]:
@@ -34,7 +34,7 @@ def run_case(model: glm_asr.GlmAsrModel, kit: Path, case: dict, max_new_tokens: 
     inputs = load_file(folder / "inputs.safetensors")
     out: dict[str, torch.Tensor] = {}
     if own_front_end:
-        processor = glm_asr.Processor.from_dir(folder / "checkpoint", model.config.audio_config.num_mel_bins)
+        processor = glm_asr.Processor.from_dir(kit / case["checkpoint"], model.config.audio_config.num_mel_bins)
         batch = processor([glm_asr.load_audio(folder / c["file"]) for c in case["clips"]])
         inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
                   "input_features": batch.input_features, "input_features_mask": batch.input_features_mask}
