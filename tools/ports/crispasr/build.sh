@@ -51,6 +51,7 @@ py="${CONVERTER_PYTHON:-$build/convenv/bin/python}"
 if [ ! -x "$py" ]; then
     python3 -m venv "$build/convenv"
     nice -n 10 "$build/convenv/bin/pip" install -q torch==2.13.0 transformers==5.24.0 tokenizers gguf safetensors numpy
+    py="$build/convenv/bin/python"
 fi
 
 cat > "$build/paths.json" <<EOF

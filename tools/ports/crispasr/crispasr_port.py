@@ -37,10 +37,14 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return u.view(np.float32)
 
 
-def stage_checkpoint(case_dir: Path, dtype: str, into: Path) -> None:
+def checkpoint_dir(kit: Path, case: dict) -> Path:
+    """The case's checkpoint folder: shared for the full-size cases, cases/<case>/checkpoint for the tiny ones."""
+    return kit / case.get("checkpoint", f"{case['dir']}/checkpoint")
+
+
+def stage_checkpoint(ckpt: Path, dtype: str, into: Path) -> None:
     """The case's checkpoint as the converter reads it: plus the preprocessor_config.json the released
     repository ships (the converter bakes the mel filterbank from it), weights bf16-rounded for bf16 cases."""
-    ckpt = case_dir / "checkpoint"
     into.mkdir(parents=True)
     for name in ("config.json", "tokenizer.json"):
         (into / name).symlink_to(ckpt / name)
@@ -55,17 +59,18 @@ def stage_checkpoint(case_dir: Path, dtype: str, into: Path) -> None:
         "n_fft": 400, "chunk_length": 30, "padding_value": 0.0, "return_attention_mask": True}))
 
 
-def convert(build: dict, kit: Path, case: dict, outtype: str, cache: Path) -> Path:
+def convert(build: dict, kit: Path, case: dict, files: dict, outtype: str, cache: Path) -> Path:
     """GGUF of the case's checkpoint, converted once per (weights, dtype, outtype)."""
-    ckpt = kit / case["dir"] / "checkpoint"
-    digest = hashlib.sha256((ckpt / "model.safetensors").read_bytes() + (ckpt / "config.json").read_bytes()).hexdigest()[:16]
+    ckpt = checkpoint_dir(kit, case)
+    rel = ckpt.relative_to(kit).as_posix()
+    digest = hashlib.sha256((files[f"{rel}/model.safetensors"] + files[f"{rel}/config.json"]).encode()).hexdigest()[:16]
     gguf = cache / f"{case['model']}.{case['dtype']}.{outtype}.{digest}.gguf"
     if gguf.exists():
         return gguf
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "checkpoint"
-        stage_checkpoint(kit / case["dir"], case["dtype"], staged)
+        stage_checkpoint(ckpt, case["dtype"], staged)
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         run = subprocess.run([build["converter_python"], build["converter"], "--input", str(staged),
                               "--output", str(gguf) + ".tmp", "--outtype", outtype],
@@ -95,9 +100,10 @@ def driver_inputs(kit: Path, case: dict, path: Path) -> None:
     save_file(tensors, path)
 
 
-def run_case(build: dict, kit: Path, case: dict, results: Path, args: argparse.Namespace, max_new_tokens: int) -> int:
-    gguf = convert(build, kit, case, args.outtype, args.build / "gguf")
-    config = json.loads((kit / case["dir"] / "checkpoint" / "config.json").read_text())
+def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, args: argparse.Namespace,
+             max_new_tokens: int) -> int:
+    gguf = convert(build, kit, case, files, args.outtype, args.build / "gguf")
+    config = json.loads((checkpoint_dir(kit, case) / "config.json").read_text())
     eos = config["text_config"]["eos_token_id"]
     eos = eos if isinstance(eos, list) else [eos]
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,7 +148,8 @@ def main() -> int:
     failed = 0
     for case_id, case in kit["cases"].items():
         if args.case in case_id:
-            failed += run_case(build, args.kit, dict(case, id=case_id), args.results, args, kit["generate"]["max_new_tokens"])
+            failed += run_case(build, args.kit, dict(case, id=case_id), kit["files"], args.results, args,
+                               kit["generate"]["max_new_tokens"])
     return 1 if failed else 0
 
 
