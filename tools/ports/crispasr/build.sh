@@ -33,8 +33,9 @@ done
 
 # 2. The library, static: CPU only (no GPU backend is enabled by default), C2PA signing off (its sources are a
 #    submodule this build does not need).
-cmake -S "$build/crispasr" -B "$build/cmake" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DCRISPASR_NO_C2PA_NATIVE=ON \
-    -DCRISPASR_BUILD_TESTS=OFF -DCRISPASR_BUILD_EXAMPLES=OFF -DCRISPASR_BUILD_SERVER=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF > "$build/cmake-configure.log"
+cmake -S "$build/crispasr" -B "$build/cmake" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DCRISPASR_NO_C2PA_NATIVE=ON -DCRISPASR_BUILD_TESTS=OFF -DCRISPASR_BUILD_EXAMPLES=OFF -DCRISPASR_BUILD_SERVER=OFF \
+    -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF > "$build/cmake-configure.log"
 nice -n 10 cmake --build "$build/cmake" --target glm-asr crispasr-core ggml ggml-base ggml-cpu -j"$jobs"
 
 # 3. The driver, linked against the static libraries.

@@ -236,12 +236,16 @@ Args parse_args(int argc, char** argv) {
         else if (s == "--max-new-tokens") a.max_new_tokens = std::stoi(next());
         else if (s == "--threads") a.threads = std::stoi(next());
         else if (s == "--own-front-end") a.own_front_end = true;
-        else if (s == "--eos") { std::stringstream ss(next()); std::string x; while (std::getline(ss, x, ',')) a.eos.push_back(std::stoi(x)); }
+        else if (s == "--eos") {
+            std::stringstream ss(next());
+            for (std::string x; std::getline(ss, x, ',');) a.eos.push_back(std::stoi(x));
+        }
         else pos.push_back(s);
     }
     if (pos.size() != 3 || a.audio_token_id < 0 || a.eos.empty())
         throw std::runtime_error("usage: crispasr_kit_driver MODEL.gguf INPUTS.safetensors OUT.safetensors "
-                                 "--audio-token-id ID --eos A,B,C [--max-new-tokens N] [--threads N] [--own-front-end]");
+                                 "--audio-token-id ID --eos A,B,C "
+                                 "[--max-new-tokens N] [--threads N] [--own-front-end]");
     a.model = pos[0]; a.inputs = pos[1]; a.out = pos[2];
     return a;
 }
@@ -372,7 +376,10 @@ int run(const Args& args) {
         size_t T = 0;
         for (auto& r : rows) T = std::max(T, r.size());
         std::vector<int64_t> ids;
-        for (auto& r : rows) { ids.insert(ids.end(), T - r.size(), args.eos[0]); ids.insert(ids.end(), r.begin(), r.end()); }
+        for (auto& r : rows) {
+            ids.insert(ids.end(), T - r.size(), args.eos[0]);
+            ids.insert(ids.end(), r.begin(), r.end());
+        }
         out["input_ids"] = make("I64", {(int64_t)rows.size(), (int64_t)T}, ids);
         // Its ids are the released tokenizer's; a model with another vocabulary cannot embed them,
         // so the decoder is not run here.

@@ -49,7 +49,8 @@ def stage_checkpoint(ckpt: Path, dtype: str, into: Path) -> None:
     for name in ("config.json", "tokenizer.json"):
         (into / name).symlink_to(ckpt / name)
     if dtype == "bf16":
-        save_file({k: bf16_round(v) for k, v in load_file(ckpt / "model.safetensors").items()}, into / "model.safetensors")
+        weights = load_file(ckpt / "model.safetensors")
+        save_file({k: bf16_round(v) for k, v in weights.items()}, into / "model.safetensors")
     else:
         (into / "model.safetensors").symlink_to(ckpt / "model.safetensors")
     config = json.loads((ckpt / "config.json").read_text())
@@ -95,7 +96,8 @@ def driver_inputs(kit: Path, case: dict, path: Path) -> None:
     for i, clip in enumerate(case["clips"]):
         rate, samples = wavfile.read(folder / clip["file"])
         if rate != 16000 or samples.dtype != np.float32 or samples.ndim != 1:
-            sys.exit(f"{folder / clip['file']}: expected 16 kHz mono float32, got {rate} Hz {samples.dtype} {samples.shape}")
+            sys.exit(f"{folder / clip['file']}: expected 16 kHz mono float32, "
+                     f"got {rate} Hz {samples.dtype} {samples.shape}")
         tensors[f"audio_{i}"] = samples
     save_file(tensors, path)
 
@@ -114,7 +116,8 @@ def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, arg
                "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads)]
         if args.own_front_end:
             cmd.append("--own-front-end")
-        env = dict(os.environ, CRISPASR_KV_QUANT=args.kv, GGML_NO_BACKTRACE="1")  # an abort prints its assert, not a gdb trace
+        # GGML_NO_BACKTRACE: an abort prints its assert, not a gdb trace
+        env = dict(os.environ, CRISPASR_KV_QUANT=args.kv, GGML_NO_BACKTRACE="1")
         run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         lines = run.stderr.strip().splitlines() or ["(no output)"]
@@ -133,11 +136,14 @@ def main() -> int:
     parser.add_argument("--case", default="", help="only cases whose id contains this text")
     parser.add_argument("--build", type=Path, default=Path(os.environ.get("CRISPASR_BUILD", "build-crispasr")),
                         help="the folder build.sh filled (default: $CRISPASR_BUILD or ./build-crispasr)")
-    parser.add_argument("--outtype", choices=["f16", "f32"], default="f16", help="weight matrices in the GGUF (f16: as shipped)")
-    parser.add_argument("--kv", choices=["f16", "f32"], default="f16", help="KV cache type (f16: the library's default)")
+    parser.add_argument("--outtype", choices=["f16", "f32"], default="f16",
+                        help="weight matrices in the GGUF (f16: as shipped)")
+    parser.add_argument("--kv", choices=["f16", "f32"], default="f16",
+                        help="KV cache type (f16: the library's default)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--own-front-end", action="store_true",
-                        help="CrispASR's log-mel and prompt from the WAVs (dumps mel, input_features_mask, input_ids, encoder stages)")
+                        help="CrispASR's log-mel and prompt from the WAVs "
+                             "(dumps mel, input_features_mask, input_ids, encoder stages)")
     args = parser.parse_args()
     paths = args.build / "paths.json"
     if not paths.exists():
