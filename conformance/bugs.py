@@ -23,8 +23,10 @@ import torch.nn.functional as F
 import glm_asr.audio
 import glm_asr.decoder
 import glm_asr.encoder
+import glm_asr.kernels
 import glm_asr.model
 import glm_asr.processor
+import glm_asr.rope
 from glm_asr.model import GlmAsrModel
 
 from . import ours
@@ -158,6 +160,38 @@ def _prompt(text: str) -> Callable[[GlmAsrModel], contextlib.AbstractContextMana
     return lambda model: mock.patch.object(glm_asr.processor, "prompt_text", prompt_text)
 
 
+def _rope_theta_10000(model: GlmAsrModel) -> contextlib.AbstractContextManager:
+    real = glm_asr.rope.rope_cos_sin
+
+    def rope(positions: torch.Tensor, rotary_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        return real(positions, rotary_dim, 10000.0, dtype)
+
+    stack = contextlib.ExitStack()
+    for module in (glm_asr.encoder, glm_asr.decoder):
+        stack.enter_context(mock.patch.object(module, "rope_cos_sin", rope))
+    return stack
+
+
+def _fp16(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float16).to(t.dtype)
+
+
+def _fp16_products(model: GlmAsrModel) -> contextlib.AbstractContextManager:
+    """ggml's fp16 weights: a product with an fp16 weight converts its input to fp16 too (a convolution's
+    im2col, a matmul's activations), then accumulates in fp32; biases stay fp32."""
+
+    def conv(self, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return self._conv_forward(_fp16(x), _fp16(self.weight), self.bias)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return F.linear(_fp16(x), _fp16(self.weight), self.bias)
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(glm_asr.kernels.Conv1d, "forward", conv))
+    stack.enter_context(mock.patch.object(glm_asr.kernels.Linear, "forward", linear))
+    return stack
+
+
 def _floor_conv_length(valid_frames: torch.Tensor) -> torch.Tensor:
     return valid_frames // 2 // 4  # floor(L / 2) frames after conv2 instead of ceil(L / 2)
 
@@ -194,6 +228,9 @@ BUGS: dict[str, Bug] = {
                              "instead of ceil(L / 2)", _floored_token_counts, front_end=True,
                              visible="frames_8k_minus_1 cases only: floor and ceil differ by a token only where L = 8k - 1",
                              shown_by="tiny_a/frames_8k_minus_1/fp32"),
+    "fp16_products": Bug("conv1", "its weights and the inputs of every product with them rounded to fp16 (fp16 weights in ggml, "
+                         "which converts a product's input to fp16 too)", _fp16_products,
+                         visible="fp32 cases: within the bf16 tolerance"),
     "full_rotary": Bug("encoder.layers.", "RoPE on all head dims of the encoder instead of the first half", _full_rotary),
     "interleaved_rope": Bug("encoder.layers.", "interleaved RoPE pairs (2i, 2i+1) in the encoder instead of rotate-half (i, i + R/2)",
                             lambda m: mock.patch.object(glm_asr.encoder, "apply_rope", apply_rope_interleaved)),
@@ -202,6 +239,9 @@ BUGS: dict[str, Bug] = {
     "layer_norm_eps_1e-6": Bug("encoder.layers.", "encoder LayerNorm eps 1e-6 instead of 1e-5",
                                lambda m: _set(_layer_norms(m), "eps", 1e-6),
                                visible="tiny_a only: its small activations make the eps matter; tiny_b's unit-scale ones hide it"),
+    "rope_theta_10000": Bug("encoder.layers.", "RoPE theta 10000 instead of the config's rope_theta", _rope_theta_10000,
+                            visible="tiny_b only (encoder 5000, decoder 50000): tiny_a and the release use 10000",
+                            shown_by="tiny_b/speech_like/fp32"),
     "merge_order": Bug("merged", "the 4 merged frames interleaved channel by channel instead of concatenated", _patch_merge),
     "decoder_interleaved_rope": Bug("decoder.layers.", "interleaved RoPE pairs (2i, 2i+1) in the decoder instead of rotate-half",
                                     lambda m: mock.patch.object(glm_asr.decoder, "apply_rope", apply_rope_interleaved)),

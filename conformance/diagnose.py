@@ -16,7 +16,7 @@ from glm_asr.config import GlmAsrConfig
 
 from .bugs import BUGS, Bug, matches_stage
 from .compare import failures, measure
-from .kit import MODE, KitStage
+from .kit import MODE, KitStage, checkpoint_dir
 from .ours import isolated_steps
 from .stages import row_axis, select, stages
 from .tolerances import tolerance
@@ -90,7 +90,7 @@ class _Case:
     def __init__(self, kit_dir: Path, case: dict, expected: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
         self.folder = kit_dir / case["dir"]
         self.dtype, self.expected, self.inputs = case["dtype"], expected, inputs
-        self.checkpoint = kit_dir / case["checkpoint"]
+        self.checkpoint = checkpoint_dir(kit_dir, case)
         self.model = _model(self.checkpoint, case["dtype"])
         self.clips = [glm_asr.load_audio(self.folder / c["file"]) for c in case["clips"]]
         self._ours: dict[str, torch.Tensor] | None = None

@@ -92,6 +92,11 @@ def kit_stages(config: glm_asr.GlmAsrConfig) -> list[KitStage]:
     ]
 
 
+def checkpoint_dir(kit_dir: Path, case: dict) -> Path:
+    """A case's checkpoint folder; kits exported before full-size cases name none: cases/<case>/checkpoint."""
+    return kit_dir / case.get("checkpoint", f"{case['dir']}/checkpoint")
+
+
 def layout(name: str) -> str:
     return LAYOUTS.get(name.rsplit(".", 1)[0] if name.split(".")[-1].isdigit() else name, "")
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from glm_asr.config import GlmAsrConfig
 
 from .compare import Metrics, failures, measure
-from .kit import MODE, KitError, KitStage, kit_stages, load_kit
+from .kit import MODE, KitError, KitStage, checkpoint_dir, kit_stages, load_kit
 from .stages import kept_length, select, take_rows
 from .tolerances import Tolerance, tolerance
 
@@ -46,7 +46,7 @@ class CaseResult:
 
 
 def case_config(kit_dir: Path, case: dict) -> GlmAsrConfig:
-    path = kit_dir / case["checkpoint"] / "config.json"
+    path = checkpoint_dir(kit_dir, case) / "config.json"
     return GlmAsrConfig.from_dict(json.loads(path.read_text()), str(path))
 
 

@@ -25,6 +25,12 @@ MUTATIONS: dict[str, Mutation] = {
         "rope_cos_sin(positions, self.config.head_dim,",
         "encoder RoPE on all 64 head dims instead of the first 32",
     ),
+    "rope_theta_10000": Mutation(
+        "glm_asr/encoder.py",
+        "rope_cos_sin(positions, self.config.rotary_dim, self.config.rope_theta, x.dtype)",
+        "rope_cos_sin(positions, self.config.rotary_dim, 10000.0, x.dtype)",
+        "encoder RoPE theta hard-coded to 10000 (the released value) instead of read from the config",
+    ),
     "k_bias": Mutation(
         "glm_asr/encoder.py",
         "self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)",

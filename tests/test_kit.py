@@ -273,3 +273,16 @@ def test_an_unknown_error_is_located_by_rows_and_channels():
     wide = torch.randn(1, 3, 2048, generator=torch.Generator().manual_seed(1))  # the released decoder width
     noisy = wide + 0.01 * torch.randn(wide.shape, generator=torch.Generator().manual_seed(2))
     assert "spread over all channels" in diagnose.error_shape(stage, noisy, wide)
+
+
+def test_a_kit_exported_before_shared_checkpoints_is_still_read(kit_dir, tmp_path):
+    """Kits of the same format written before full-size cases name no `checkpoint`: cases/<case>/checkpoint."""
+    made = kit.load_kit(kit_dir, verify=False)
+    case = dict(made["cases"]["tiny_b/silence/fp32"])
+    assert kit.checkpoint_dir(kit_dir, case) == kit_dir / case["dir"] / "checkpoint"
+    del case["checkpoint"]
+    assert kit.checkpoint_dir(kit_dir, case) == kit_dir / case["dir"] / "checkpoint"
+    tensors = ours_port.run_case(ours_port.load(kit_dir, made["cases"]["tiny_b/silence/fp32"]), kit_dir, case, 4, False)
+    tensors["logits"] = tensors["logits"] * 1.01
+    result = kit_check.check_case(kit_dir, "tiny_b/silence/fp32", case, {"logits": tensors["logits"]})
+    assert result.first_failure == "logits" and result.diagnosis
