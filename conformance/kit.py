@@ -173,8 +173,13 @@ def export(out: Path, root: Path = golden.ROOT, full: bool = False) -> dict:
     return replace_directory(out, lambda staging: _write(staging, root, manifest, full_manifest))
 
 
-def _checkpoint(directory: Path, model: GoldenModel, weights_sha256: str, tokenizer_sha256: str, manifest_path: Path) -> Path:
-    """Writes a golden model's checkpoint as our deterministic code makes it, checked against the golden's hashes."""
+def _checkpoint(directory: Path, model: GoldenModel, golden_model: dict, manifest_path: Path) -> Path:
+    """Writes a golden model's checkpoint as our deterministic code makes it, checked against the golden's
+    hashes, with the processor configs the released repository has: processor_config.json as the reference
+    saved it, and preprocessor_config.json, the same feature extractor settings in the layout converters
+    written for transformers 4.x read."""
+    weights_sha256 = golden_model["weights_sha256"]
+    tokenizer_sha256 = golden_model["tokenizer"]["sha256"] if "tokenizer" in golden_model else golden_model["tokenizer_sha256"]
     dtype = getattr(torch, model.checkpoint_dtype)
     weights = make_weights(model.config, model.seed, model.residual_scale, dtype, model.embed_scale)
     if weights_digest(weights) != weights_sha256:
@@ -183,6 +188,10 @@ def _checkpoint(directory: Path, model: GoldenModel, weights_sha256: str, tokeni
     build_bpe_tokenizer_json(directory / "tokenizer.json", model.n_base_tokens)
     if golden.sha256((directory / "tokenizer.json").read_bytes()) != tokenizer_sha256:
         raise KitError(f"{manifest_path}: the tokenizer made here for {model.name} differs from the golden's; regenerate golden/")
+    processor = golden_model["processor_config"]
+    (directory / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    legacy = {**processor["feature_extractor"], "processor_class": processor["processor_class"]}
+    (directory / "preprocessor_config.json").write_text(json.dumps(legacy, indent=2) + "\n")
     return directory
 
 
@@ -196,14 +205,13 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
     }
     for case_id, entry in manifest["cases"].items():
         model, directory = MODELS[entry["model"]], out / "cases" / case_dir(case_id)
-        m = manifest["models"][entry["model"]]
-        _checkpoint(directory / "checkpoint", model, m["weights_sha256"], m["tokenizer"]["sha256"], root / golden.MANIFEST)
+        _checkpoint(directory / "checkpoint", model, manifest["models"][entry["model"]], root / golden.MANIFEST)
         kit["cases"][case_id] = _case(out, directory / "checkpoint", case_id, entry, model, golden.load_case(root, entry),
                                       manifest["clips"][entry["audio"]], root / golden.MANIFEST)
     if full_manifest is not None:
-        m, where = full_manifest["model"], root / golden.FULL / golden.MANIFEST
+        where = root / golden.FULL / golden.MANIFEST
         kit["full_reference"] = full_manifest["provenance"]
-        checkpoint = _checkpoint(out / "checkpoints" / FULL.name, FULL, m["weights_sha256"], m["tokenizer_sha256"], where)
+        checkpoint = _checkpoint(out / "checkpoints" / FULL.name, FULL, full_manifest["model"], where)
         for case_id, entry in full_manifest["cases"].items():
             kit["cases"][case_id] = _case(out, checkpoint, case_id, entry, FULL, golden.load_case(root / golden.FULL, entry),
                                           full_manifest["clips"][entry["audio"]], where)

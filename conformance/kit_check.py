@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from glm_asr.config import GlmAsrConfig
@@ -39,10 +39,15 @@ class CaseResult:
     rows: list[StageResult]
     ignored: list[str] = field(default_factory=list)  # tensors in the results that name no stage
     diagnosis: str | None = None
+    port_error: str | None = None  # the port's own word that it stopped partway (the file's metadata "error")
 
     @property
     def first_failure(self) -> str | None:
         return next((r.stage for r in self.rows if r.status == FAIL), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_failure is None and self.port_error is None
 
 
 def case_config(kit_dir: Path, case: dict) -> GlmAsrConfig:
@@ -75,8 +80,9 @@ def prepare(stage: KitStage, tensor: torch.Tensor, inputs: dict[str, torch.Tenso
     return select(s, tensor, inputs)
 
 
-def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch.Tensor], source: str = "") -> CaseResult:
-    """One case; `source` names the results file in messages."""
+def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch.Tensor], source: str = "",
+               port_error: str | None = None) -> CaseResult:
+    """One case; `source` names the results file in messages; `port_error` is what the port said went wrong."""
     inputs = load_file(kit_dir / case["dir"] / "inputs.safetensors")
     expected = load_file(kit_dir / case["dir"] / "expected.safetensors")
     config = case_config(kit_dir, case)
@@ -104,8 +110,8 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
         problems = tuple(failures(metrics, tol))
         rows.append(StageResult(s.name, FAIL if problems else OK, tuple(want.shape), metrics, tol, problems))
     known = {s.name for s in order}
-    result = CaseResult(case_id, case["results"], rows, sorted(set(results) - known))
-    if not any(r.status != MISSING for r in rows):
+    result = CaseResult(case_id, case["results"], rows, sorted(set(results) - known), port_error=port_error)
+    if not any(r.status != MISSING for r in rows) and port_error is None:
         raise KitError(f"{source or case['results']}: no tensor named after a stage of {case_id} (found: {', '.join(sorted(results)) or 'none'}); "
                        f"expected some of: {', '.join(s.name for s in order)}")
     first = result.first_failure
@@ -119,9 +125,12 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
     return result
 
 
-def load_results(path: Path) -> dict[str, torch.Tensor]:
+def load_results(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A port's tensors, and the "error" entry of the file's metadata if the port says it stopped partway."""
     try:
-        return load_file(path)
+        with safe_open(path, "pt") as f:
+            error = (f.metadata() or {}).get("error")
+        return load_file(path), error
     except (SafetensorError, OSError, ValueError) as e:
         raise KitError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}); write one tensor per stage with safetensors") from e
 
@@ -135,7 +144,8 @@ def check(kit_dir: Path, results_dir: Path, case_filter: str = "") -> list[CaseR
     for case_id, case in kit["cases"].items():
         path = results_dir / case["results"]
         if case_filter in case_id and path.exists():
-            out.append(check_case(kit_dir, case_id, case, load_results(path), str(path)))
+            tensors, error = load_results(path)
+            out.append(check_case(kit_dir, case_id, case, tensors, str(path), error))
     if not out:
         names = ", ".join(c["results"] for c in list(kit["cases"].values())[:3])
         raise KitError(f"{results_dir}: no results file for any case{' matching ' + repr(case_filter) if case_filter else ''}; expected e.g. {names}")
@@ -167,14 +177,18 @@ def format_report(results: list[CaseResult]) -> str:
         if c.ignored:
             lines.append(f"ignored (not stage names): {', '.join(c.ignored)}")
         provided = sum(r.status != MISSING for r in c.rows)
+        if c.port_error:
+            lines.append(f"port error: {c.port_error}")
         if c.first_failure:
             lines.append(f"first diverging stage: {c.first_failure}")
             if c.diagnosis:
                 lines.append(f"diagnosis: {c.diagnosis}")
+        elif c.port_error:
+            lines.append(f"fail: the port stopped; {provided} of {len(c.rows)} stages provided, those within tolerance")
         else:
             lines.append(f"pass: {provided} of {len(c.rows)} stages provided, all within tolerance")
         lines.append("")
-    failed = [c.case for c in results if c.first_failure]
+    failed = [c.case for c in results if not c.passed]
     lines.append(f"{len(results) - len(failed)} of {len(results)} cases pass" + (f"; failing: {', '.join(failed)}" if failed else ""))
     return "\n".join(lines)
 
@@ -196,7 +210,7 @@ def report_json(kit_dir: Path, results_dir: Path, results: list[CaseResult]) -> 
 
     return {
         "kit": str(kit_dir), "results": str(results_dir),
-        "passed": all(c.first_failure is None for c in results),
-        "cases": {c.case: {"results_file": c.results_file, "pass": c.first_failure is None, "first_failure": c.first_failure,
+        "passed": all(c.passed for c in results),
+        "cases": {c.case: {"results_file": c.results_file, "pass": c.passed, "port_error": c.port_error, "first_failure": c.first_failure,
                            "diagnosis": c.diagnosis, "ignored": c.ignored, "stages": [row(r) for r in c.rows]} for c in results},
     }

@@ -64,7 +64,10 @@ Each case is a folder `cases/<case>/` and a checkpoint folder, kit.json -> `case
 
 - `config.json`, `model.safetensors`, `tokenizer.json` in the checkpoint folder: the released layout
   (`audio_tower.*`, `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.weight`
-  absent when `tie_word_embeddings` is true), fp32 weights (bf16 in the full-size checkpoint). The configs are small but shaped like the release
+  absent when `tie_word_embeddings` is true), fp32 weights (bf16 in the full-size checkpoint); and the
+  processor's settings as the released repository has them: `processor_config.json` as the reference
+  (transformers 5.x) saves its processor, `preprocessor_config.json` the same feature-extractor settings in the
+  layout converters written for transformers 4.x read. The configs are small but shaped like the release
   in every way that matters: read every size from `config.json`, hard-code nothing (head_dim is not
   hidden_size / heads in the decoder, kv heads may equal query heads, mel bins are 128 or 80).
 - `audio_<i>.wav`: the clips, 16 kHz mono IEEE float32. One clip, or two for a batch case.
@@ -82,7 +85,11 @@ Each case is a folder `cases/<case>/` and a checkpoint folder, kit.json -> `case
 {case_rows}
 
 `dtype` bf16 means: cast the fp32 weights and `input_features` to bfloat16 and compute as the model does in
-bf16 (norms and softmax in fp32, cast back). Everything else is fp32 throughout.
+bf16 (norms and softmax in fp32, cast back). Everything else is fp32 throughout. A port that cannot
+compute in a case's dtype runs it as it computes and is judged by the same tolerances: one without bf16 can
+feed bf16-rounded weights and features (round-to-nearest-even of the fp32 values); fp16 storage misses the
+fp32 tolerances from `conv1` on (the checker names it `fp16_products`), which is a fact about the port,
+not a reason to skip the case.
 
 ## 2. How to run a case
 
@@ -126,6 +133,10 @@ fp32, fp16 or bf16 (compared as fp32); ids any integer type. W windows, B batch 
 | stage | layout | shape in the first case (uncropped) | tolerance |
 |---|---|---|---|
 {stage_rows}
+
+If your port stops partway (an assertion, a shape it cannot run), write the stages it has and say why in the
+file's metadata, `{{"error": "..."}}` (safetensors `save_file(..., metadata=...)`): the checker shows it and fails
+the case, where the missing stages would otherwise read "not provided" as for a port that does not dump them.
 
 `encoder.layers.<i>` and `decoder.layers.<i>` exist for every layer i of the config (`num_hidden_layers`);
 the per-case list with exact shapes is `kit.json` -> `cases` -> `<case>` -> `stages`.

@@ -11,6 +11,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import json  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -39,6 +41,13 @@ def load_reference(checkpoint: Path, dtype: torch.dtype) -> GlmAsrForConditional
 def make_processor(tokenizer_json: Path, num_mel_bins: int) -> GlmAsrProcessor:
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), pad_token="<|endoftext|>", eos_token="<|endoftext|>")
     return GlmAsrProcessor(WhisperFeatureExtractor(feature_size=num_mel_bins), tokenizer)
+
+
+def processor_config(processor: GlmAsrProcessor) -> dict:
+    """processor_config.json as the reference saves it (transformers 5.x: the feature extractor nested in it)."""
+    with tempfile.TemporaryDirectory() as saved:
+        processor.save_pretrained(saved)
+        return json.loads((Path(saved) / "processor_config.json").read_text())
 
 
 def prepare_inputs(processor: GlmAsrProcessor, clips: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -286,3 +286,30 @@ def test_a_kit_exported_before_shared_checkpoints_is_still_read(kit_dir, tmp_pat
     tensors["logits"] = tensors["logits"] * 1.01
     result = kit_check.check_case(kit_dir, "tiny_b/silence/fp32", case, {"logits": tensors["logits"]})
     assert result.first_failure == "logits" and result.diagnosis
+
+
+def test_each_checkpoint_carries_the_reference_processors_settings(kit_dir):
+    made = kit.load_kit(kit_dir, verify=False)
+    for case_id, case in made["cases"].items():
+        folder = kit.checkpoint_dir(kit_dir, case)
+        saved = json.loads((folder / "processor_config.json").read_text())
+        assert saved == MANIFEST["models"][case["model"]]["processor_config"]
+        legacy = json.loads((folder / "preprocessor_config.json").read_text())
+        assert legacy["feature_size"] == MODELS[case["model"]].config.audio_config.num_mel_bins
+        assert legacy["processor_class"] == "GlmAsrProcessor" and legacy["n_fft"] == 400
+
+
+def test_a_port_that_says_it_stopped_fails_with_its_reason(kit_dir, tmp_path, capsys):
+    results = tmp_path / "results"
+    run_ours(kit_dir, results, "tiny_b/tone/fp32")
+    tensors = load_file(results / "tiny_b.tone.fp32.safetensors")
+    encoder_only = {k: v for k, v in tensors.items() if k.startswith(("conv", "encoder."))}
+    save_file(encoder_only, results / "tiny_b.tone.fp32.safetensors", metadata={"error": "GGML_ASSERT in decoder layer 0"})
+    assert main(["kit", "check", str(kit_dir), str(results), "--json", str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr().out
+    assert "port error: GGML_ASSERT in decoder layer 0" in out and "fail: the port stopped" in out
+    report = json.loads((tmp_path / "r.json").read_text())["cases"]["tiny_b/tone/fp32"]
+    assert not report["pass"] and report["port_error"] == "GGML_ASSERT in decoder layer 0" and report["first_failure"] is None
+    save_file({}, results / "tiny_b.tone.fp32.safetensors", metadata={"error": "unsupported head_dim"})
+    assert main(["kit", "check", str(kit_dir), str(results)]) == 1  # nothing to compare, but the port said why
+    assert "port error: unsupported head_dim" in capsys.readouterr().out

@@ -87,6 +87,7 @@ def build(work: Path) -> dict[str, bytes]:
             "tokenizer": {"path": f"{name}/tokenizer.json", "sha256": golden.sha256(tokenizer_bytes)},
         }
         processor = reference.make_processor(checkpoint / "tokenizer.json", tiny.config.audio_config.num_mel_bins)
+        manifest["models"][name]["processor_config"] = reference.processor_config(processor)
         for dtype_name, dtype in DTYPES.items():
             model = reference.load_reference(checkpoint, dtype)
             for case in CASES if dtype_name == "fp32" else BF16_CASES:
@@ -134,6 +135,7 @@ def build_full(work: Path) -> dict[str, bytes]:
         "cases": {},
     }
     processor = reference.make_processor(work / "tokenizer.json", config.audio_config.num_mel_bins)
+    manifest["model"]["processor_config"] = reference.processor_config(processor)
     model = reference.load_reference(work, torch.float32)
     files: dict[str, bytes] = {}
     for case in FULL_CASES:
