@@ -122,7 +122,11 @@ def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, arg
     if run.returncode != 0:
         lines = run.stderr.strip().splitlines() or ["(no output)"]
         tail = next((line for line in lines if "GGML_ASSERT" in line), lines[-1])
-        kept = " (its encoder stages were written)" if (results / case["results"]).exists() else ""
+        out = results / case["results"]
+        kept = " (its encoder stages were written)" if out.exists() else ""
+        # The kit's README: a port that stops partway says why in the results' metadata, so the checker
+        # fails the case with that reason instead of reading the missing stages as "not provided".
+        save_file(load_file(out) if out.exists() else {}, out, metadata={"error": f"driver exited {run.returncode}: {tail}"})
         print(f"{case['id']}: driver exited {run.returncode}: {tail}{kept}", flush=True)
         return 1
     print(f"{case['id']}: {results / case['results']}", flush=True)
