@@ -192,6 +192,10 @@ def _fp16_products(model: GlmAsrModel) -> contextlib.AbstractContextManager:
     return stack
 
 
+def _one_more_frame(n_samples: int) -> int:
+    return n_samples // glm_asr.audio.HOP_LENGTH + 1
+
+
 def _floor_conv_length(valid_frames: torch.Tensor) -> torch.Tensor:
     return valid_frames // 2 // 4  # floor(L / 2) frames after conv2 instead of ceil(L / 2)
 
@@ -219,6 +223,10 @@ BUGS: dict[str, Bug] = {
                             lambda m: mock.patch.object(glm_asr.audio, "mel_filters", _unnormalised_filters), front_end=True),
     "symmetric_hann": Bug("mel", "a symmetric Hann window instead of the periodic one",
                           lambda m: mock.patch.object(torch, "hann_window", _symmetric_hann), front_end=True),
+    "extra_valid_frame": Bug("input_features_mask", "n // 160 + 1 valid frames instead of ceil(n / 160): one more for clips "
+                             "of a multiple of 160 samples", lambda m: mock.patch.object(glm_asr.audio, "valid_frames", _one_more_frame),
+                             front_end=True, visible="clips of a multiple of 160 samples: every case but odd_length and "
+                             "frames_8k_minus_1", shown_by="tiny_a/tone/fp32"),
     "prompt_one_user": Bug("input_ids", "the prompt without its second <|user|>",
                            _prompt("<|user|>\n<|begin_of_audio|>{pads}<|end_of_audio|>\n{instruction}<|assistant|>\n"), front_end=True),
     "prompt_no_final_newline": Bug("input_ids", "the prompt without the newline after <|assistant|>",

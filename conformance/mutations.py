@@ -111,6 +111,12 @@ MUTATIONS: dict[str, Mutation] = {
         "return triangles",
         "mel filters without the Slaney area normalisation",
     ),
+    "extra_valid_frame": Mutation(
+        "glm_asr/audio.py",
+        "return math.ceil(n_samples / HOP_LENGTH)",
+        "return n_samples // HOP_LENGTH + 1",
+        "n // 160 + 1 valid frames instead of ceil(n / 160): one too many for clips of a multiple of 160 samples",
+    ),
     "prompt_one_user": Mutation(
         "glm_asr/processor.py",
         "<|end_of_audio|><|user|>\\n{instruction}",

@@ -63,6 +63,12 @@ def split_windows(audio: torch.Tensor) -> list[torch.Tensor]:
     return [audio[i * WINDOW_SAMPLES : (i + 1) * WINDOW_SAMPLES] for i in range(n_windows)]
 
 
+def valid_frames(n_samples: int) -> int:
+    """Frames of a window of n samples that hold audio, as the reference's mask counts them: ceil(n / 160)
+    (not n // 160 + 1, which counts one more whenever n is a multiple of 160)."""
+    return math.ceil(n_samples / HOP_LENGTH)
+
+
 def log_mel(
     audio: np.ndarray | torch.Tensor,
     sampling_rate: int = SAMPLING_RATE,
@@ -90,7 +96,7 @@ def log_mel(
     mask = torch.zeros(len(pieces), WINDOW_FRAMES, dtype=torch.int32, device=samples.device)
     for i, piece in enumerate(pieces):
         windows[i, : piece.shape[0]] = piece
-        mask[i, : math.ceil(piece.shape[0] / HOP_LENGTH)] = 1
+        mask[i, : valid_frames(piece.shape[0])] = 1
     return _log_mel_windows(windows, n_mels), mask
 
 
