@@ -39,6 +39,9 @@ class CaseResult:
     rows: list[StageResult]
     ignored: list[str] = field(default_factory=list)  # tensors in the results that name no stage
     diagnosis: str | None = None
+    # Front-end stages that fail after the first: the prompt builder and the feature extractor's mask and
+    # features are separate computations, so each failure there is its own bug, diagnosed on its own.
+    also: dict[str, str] = field(default_factory=dict)
     port_error: str | None = None  # the port's own word that it stopped partway (the file's metadata "error")
 
     @property
@@ -116,12 +119,15 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
                        f"expected some of: {', '.join(s.name for s in order)}")
     first = result.first_failure
     if first is not None:
-        from .diagnose import diagnose, diagnose_sampled  # imports the model: only when something failed
+        from .diagnose import FRONT_END, diagnose, diagnose_sampled  # imports the model: only when something failed
 
-        stage = next(s for s in order if s.name == first)
-        port = prepared.get(first, results[first])
-        result.diagnosis = (diagnose_sampled(stage, port, expected, entries[first]) if case.get("sampled")
-                            else diagnose(kit_dir, case, config, stage, port, expected, inputs))
+        def why(name: str) -> str:
+            stage, port = next(s for s in order if s.name == name), prepared.get(name, results[name])
+            return (diagnose_sampled(stage, port, expected, entries[name]) if case.get("sampled")
+                    else diagnose(kit_dir, case, config, stage, port, expected, inputs))
+
+        result.diagnosis = why(first)
+        result.also = {r.stage: why(r.stage) for r in rows if r.status == FAIL and r.stage in FRONT_END and r.stage != first}
     return result
 
 
@@ -183,6 +189,7 @@ def format_report(results: list[CaseResult]) -> str:
             lines.append(f"first diverging stage: {c.first_failure}")
             if c.diagnosis:
                 lines.append(f"diagnosis: {c.diagnosis}")
+            lines += [f"also failing, {stage}: {text}" for stage, text in c.also.items()]
         elif c.port_error:
             lines.append(f"fail: the port stopped; {provided} of {len(c.rows)} stages provided, those within tolerance")
         else:
@@ -212,5 +219,6 @@ def report_json(kit_dir: Path, results_dir: Path, results: list[CaseResult]) -> 
         "kit": str(kit_dir), "results": str(results_dir),
         "passed": all(c.passed for c in results),
         "cases": {c.case: {"results_file": c.results_file, "pass": c.passed, "port_error": c.port_error, "first_failure": c.first_failure,
+                           "also": c.also,
                            "diagnosis": c.diagnosis, "ignored": c.ignored, "stages": [row(r) for r in c.rows]} for c in results},
     }

@@ -313,3 +313,18 @@ def test_a_port_that_says_it_stopped_fails_with_its_reason(kit_dir, tmp_path, ca
     save_file({}, results / "tiny_b.tone.fp32.safetensors", metadata={"error": "unsupported head_dim"})
     assert main(["kit", "check", str(kit_dir), str(results)]) == 1  # nothing to compare, but the port said why
     assert "port error: unsupported head_dim" in capsys.readouterr().out
+
+
+def test_each_failing_front_end_stage_is_diagnosed_on_its_own(kit_dir):
+    """A port's prompt builder and feature extractor are separate: with both wrong, the first failure
+    (input_ids) is named, and so is the mel's bug, which no later stage would otherwise explain."""
+    made = kit.load_kit(kit_dir, verify=False)
+    case_id = "tiny_a/speech_like/fp32"
+    case = made["cases"][case_id]
+    model = ours_port.load(kit_dir, case)
+    with BUGS["prompt_one_user"].patch(model), BUGS["htk_mel"].patch(model):
+        tensors = ours_port.run_case(model, kit_dir, case, made["generate"]["max_new_tokens"], True)
+    result = kit_check.check_case(kit_dir, case_id, case, tensors)
+    assert result.first_failure == "input_ids" and "(known bug `prompt_one_user`)" in result.diagnosis
+    assert list(result.also) == ["mel"] and "(known bug `htk_mel`)" in result.also["mel"]
+    assert "also failing, mel: mel equals the reference with" in kit_check.format_report([result])
