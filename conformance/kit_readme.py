@@ -174,8 +174,9 @@ With glm-asr installed (`pip install .` in its checkout; no transformers needed)
     glm-asr kit check KIT RESULTS [--json report.json] [--plot plots/]
 
 prints a table per case and stage (max abs error, max abs error / max |reference|, NMSE, 1 - min cosine,
-the tolerance, the verdict), the first diverging stage of each case in the order above and a diagnosis of it.
-Exit 0: every provided stage passes; 1: a stage fails; 2: unusable input (a missing or malformed file, a case
+the tolerance, the verdict), the first diverging stage of each case in the order above and a diagnosis of it
+(and of every other failing front-end stage: `input_ids`, `input_features_mask`, `mel`).
+Exit 0: every provided stage passes; 1: a stage fails or the port said it stopped; 2: unusable input (a missing or malformed file, a case
 with no comparable tensor), with a one-line reason naming the file.
 
 Without it, the metrics are simple to compute (a = yours, b = expected, in float64):
