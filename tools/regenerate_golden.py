@@ -129,7 +129,8 @@ def build_full(work: Path) -> dict[str, bytes]:
         "generate": {"max_new_tokens": GENERATE_TOKENS, "do_sample": False},
         # The tokenizer (1.8 MB) is not stored: conformance/tokenizer_fixture.py makes it, checked by its sha256.
         "model": {"name": FULL.name, "config": config.to_dict(), "seed": FULL.seed, "residual_scale": FULL.residual_scale,
-                  "embed_scale": FULL.embed_scale, "n_base_tokens": FULL.n_base_tokens, "checkpoint_dtype": FULL.checkpoint_dtype, "weights_sha256": digest,
+                  "embed_scale": FULL.embed_scale, "n_base_tokens": FULL.n_base_tokens,
+                  "checkpoint_dtype": FULL.checkpoint_dtype, "weights_sha256": digest,
                   "tokenizer_sha256": golden.sha256((work / "tokenizer.json").read_bytes())},
         "clips": {case: [golden.sha256(c.tobytes()) for c in clips(case)] for case in FULL_CASES},
         "cases": {},
