@@ -127,4 +127,5 @@ BF16_CASES = ["speech_like"]
 # audio, so greedy ids would pass a port whose encoder is broken); at 0.02 the ids vary and follow the audio.
 FULL = GoldenModel("full", GlmAsrConfig(), n_base_tokens=FIRST_SPECIAL_ID, residual_scale=1.0, seed=2512,
                    checkpoint_dtype="bfloat16", embed_scale=0.02)
-FULL_CASES = ["speech_like", "batch"]  # fp32 only: the bf16 tolerances were measured on the tiny models, not on 60 layers
+FULL_CASES = ["speech_like", "batch"]
+FULL_BF16_CASES = ["speech_like"]  # most ports run in reduced precision; no greedy ids (as the tiny bf16 cases)

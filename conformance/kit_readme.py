@@ -37,9 +37,9 @@ def readme(kit: dict) -> str:
 
 {', '.join(f'`{c}`' for c in sampled)} run the released shape (2.1B parameters, 128 mel bins, 32 encoder and 28
 decoder layers), for ports that hard-code it. Their checkpoint, shared, is `{cases[sampled[0]]['checkpoint']}`:
-random weights stored in bf16 as the release is, widened to fp32 for these fp32 cases (exactly: bf16 is a
-prefix of fp32). Dump the same tensors as for any case, in full. The reference's tensors are too large to keep
-whole (a window is 1500 x 1280 floats per encoder layer), so `expected.safetensors` holds only some entries
+random weights stored in bf16 as the release is, widened exactly to fp32 for the fp32 cases. Dump the same
+tensors as for any case, in full. The reference's tensors are too large to keep whole (a window is
+1500 x 1280 floats per encoder layer), so `expected.safetensors` holds only some entries
 of each stage after cropping: the stage's `rows` in kit.json gives the axis and the indices (first, middle
 and last valid frames; each row's first real token, first, middle and last audio token, and the last two
 prompt positions; of `logits` only the last position, whose scores choose the first greedy id), and the

@@ -258,7 +258,8 @@ def test_the_full_size_goldens_keep_the_rows_sample_rows_picks():
             info = entry["stages"][stage.name]
             assert info.get("rows") == sample_rows(stage, inputs, FULL.config.audio_token_id), (case_id, stage.name)
             assert list(stored[stage.name].shape) == info.get("stored_shape", info["shape"]), (case_id, stage.name)
-        assert stored["generated_ids"].shape == (inputs["input_ids"].shape[0], manifest["generate"]["max_new_tokens"])
+        if entry["dtype"] == "fp32":  # bf16 cases keep no ids, as the tiny ones
+            assert stored["generated_ids"].shape == (inputs["input_ids"].shape[0], manifest["generate"]["max_new_tokens"])
 
 
 def test_an_unknown_error_is_located_by_rows_and_channels():

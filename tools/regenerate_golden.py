@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from safetensors.torch import save  # noqa: E402
 
 from conformance import drift, golden, reference  # noqa: E402
-from conformance.cases import BF16_CASES, CASES, FULL, FULL_CASES, MODELS, clips  # noqa: E402
+from conformance.cases import BF16_CASES, CASES, FULL, FULL_BF16_CASES, FULL_CASES, MODELS, clips  # noqa: E402
 from conformance.tokenizer_fixture import build_bpe_tokenizer_json  # noqa: E402
 from conformance.tolerances import TABLE  # noqa: E402
 from conformance.weights import make_weights, save_checkpoint, weights_digest  # noqa: E402
@@ -115,7 +115,7 @@ def build(work: Path) -> dict[str, bytes]:
 
 
 def build_full(work: Path) -> dict[str, bytes]:
-    """Every file of golden/full/ (paths relative to it): slices of each stage of the released shape, fp32."""
+    """Every file of golden/full/ (paths relative to it): slices of each stage of the released shape."""
     config, dtype = FULL.config, getattr(torch, FULL.checkpoint_dtype)
     weights = make_weights(config, FULL.seed, FULL.residual_scale, dtype, FULL.embed_scale)
     digest = weights_digest(weights)
@@ -137,19 +137,23 @@ def build_full(work: Path) -> dict[str, bytes]:
     }
     processor = reference.make_processor(work / "tokenizer.json", config.audio_config.num_mel_bins)
     manifest["model"]["processor_config"] = reference.processor_config(processor)
-    model = reference.load_reference(work, torch.float32)
     files: dict[str, bytes] = {}
-    for case in FULL_CASES:
-        inputs = reference.prepare_inputs(processor, clips(case))
-        tensors, stage_info = reference.case_tensors(model, inputs, config, sampled=True)
-        tensors["generated_ids"] = reference.generate(model, inputs, GENERATE_TOKENS)
-        data = save(tensors)
-        rel = f"{case}.fp32.safetensors"
-        files[rel] = data
-        manifest["cases"][f"{FULL.name}/{case}/fp32"] = {
-            "model": FULL.name, "audio": case, "dtype": "fp32", "path": rel, "sha256": golden.sha256(data), "stages": stage_info,
-        }
-        print(f"  {golden.FULL}/{rel}: {len(data) / 1e6:.2f} MB", file=sys.stderr)
+    for dtype_name, cases in (("fp32", FULL_CASES), ("bf16", FULL_BF16_CASES)):
+        model = reference.load_reference(work, DTYPES[dtype_name])
+        for case in cases:
+            inputs = reference.prepare_inputs(processor, clips(case))
+            tensors, stage_info = reference.case_tensors(model, inputs, config, sampled=True)
+            if dtype_name == "fp32":
+                tensors["generated_ids"] = reference.generate(model, inputs, GENERATE_TOKENS)
+            data = save(tensors)
+            rel = f"{case}.{dtype_name}.safetensors"
+            files[rel] = data
+            manifest["cases"][f"{FULL.name}/{case}/{dtype_name}"] = {
+                "model": FULL.name, "audio": case, "dtype": dtype_name, "path": rel, "sha256": golden.sha256(data),
+                "stages": stage_info,
+            }
+            print(f"  {golden.FULL}/{rel}: {len(data) / 1e6:.2f} MB", file=sys.stderr)
+        del model  # the next dtype's copy is loaded in its place, not beside it
     files[golden.MANIFEST] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
     return files
 
