@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,9 +204,13 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
         "tolerances": {"/".join(k): v.as_dict() for k, v in sorted(TABLE.items()) if k[0] == MODE},
         "exact": {"reason": EXACT_REASON, "stages": EXACT}, "cases": {}, "files": {},
     }
+    made: dict[str, Path] = {}  # each tiny model is made and checked once, then copied into its other cases
     for case_id, entry in manifest["cases"].items():
         model, directory = MODELS[entry["model"]], out / "cases" / case_dir(case_id)
-        _checkpoint(directory / "checkpoint", model, manifest["models"][entry["model"]], root / golden.MANIFEST)
+        if model.name in made:
+            shutil.copytree(made[model.name], directory / "checkpoint")
+        else:
+            made[model.name] = _checkpoint(directory / "checkpoint", model, manifest["models"][model.name], root / golden.MANIFEST)
         kit["cases"][case_id] = _case(out, directory / "checkpoint", case_id, entry, model, golden.load_case(root, entry),
                                       manifest["clips"][entry["audio"]], root / golden.MANIFEST)
     if full_manifest is not None:

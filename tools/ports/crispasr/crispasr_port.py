@@ -43,8 +43,8 @@ def checkpoint_dir(kit: Path, case: dict) -> Path:
 
 
 def stage_checkpoint(ckpt: Path, dtype: str, into: Path) -> None:
-    """The case's checkpoint as the converter reads it: plus the preprocessor_config.json the released
-    repository ships (the converter bakes the mel filterbank from it), weights bf16-rounded for bf16 cases."""
+    """The case's checkpoint as the converter reads it (it bakes the mel filterbank from
+    preprocessor_config.json), weights bf16-rounded for bf16 cases."""
     into.mkdir(parents=True)
     for name in ("config.json", "tokenizer.json"):
         (into / name).symlink_to(ckpt / name)
@@ -53,6 +53,10 @@ def stage_checkpoint(ckpt: Path, dtype: str, into: Path) -> None:
         save_file({k: bf16_round(v) for k, v in weights.items()}, into / "model.safetensors")
     else:
         (into / "model.safetensors").symlink_to(ckpt / "model.safetensors")
+    if (ckpt / "preprocessor_config.json").exists():  # the kit's, as the reference's processor saves it
+        (into / "preprocessor_config.json").symlink_to(ckpt / "preprocessor_config.json")
+        return
+    # Kits exported before they carried one: the released repository's settings, written here.
     config = json.loads((ckpt / "config.json").read_text())
     (into / "preprocessor_config.json").write_text(json.dumps({
         "feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "GlmAsrProcessor",
