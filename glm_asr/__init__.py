@@ -1,17 +1,17 @@
 """GLM-ASR-Nano-2512 in plain PyTorch, proven stage by stage against the reference implementation."""
 
-from .audio import log_mel
-from .audio_io import AudioError, load_audio
-from .capture import capture
-from .config import AudioConfig, ConfigError, GlmAsrConfig, TextConfig
-from .decoder import KVCache
-from .generate import greedy_generate
-from .loader import CheckpointError, load_model
-from .model import GlmAsrModel
-from .onnx_backend import OnnxModel, load_onnx_model_and_processor
-from .processor import Processor
-from .tokenizer import Tokenizer
-from .transcribe import Segment, Transcription, load_model_and_processor, transcribe, transcribe_detailed
+from glm_asr.model.front_end import log_mel
+from glm_asr.io.audio_file import AudioError, load_audio
+from glm_asr.model.taps import capture
+from glm_asr.model.config import AudioConfig, ConfigError, GlmAsrConfig, TextConfig
+from glm_asr.model.decoder import KVCache
+from glm_asr.transcription.generate import greedy_generate
+from glm_asr.io.checkpoint import CheckpointError, load_model
+from glm_asr.model.glm_asr import GlmAsrModel
+from glm_asr.onnx.backend import OnnxModel, load_onnx_model_and_processor
+from glm_asr.transcription.processor import Processor
+from glm_asr.text.tokenizer import Tokenizer
+from glm_asr.transcription.transcribe import Segment, Transcription, load_model_and_processor, transcribe, transcribe_detailed
 
 __all__ = [
     "AudioConfig", "AudioError", "CheckpointError", "ConfigError", "GlmAsrConfig", "GlmAsrModel", "KVCache",

@@ -13,8 +13,8 @@ SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """tiny_a's golden weights as a release-layout checkpoint directory."""
-    from conformance.cases import MODELS
-    from conformance.weights import make_weights, save_checkpoint
+    from conformance.harness.cases import MODELS
+    from conformance.harness.weights import make_weights, save_checkpoint
 
     tiny = MODELS["tiny_a"]
     return save_checkpoint(tmp_path / "ckpt", tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))

@@ -1,8 +1,8 @@
 import pytest
 
-from conformance.drift import BEYOND, IDENTICAL, drift
-from conformance.golden import write_tree
-from glm_asr.atomic import replace_directory
+from conformance.harness.drift import BEYOND, IDENTICAL, drift
+from conformance.harness.golden import write_tree
+from glm_asr.io.atomic import replace_directory
 
 
 def test_a_failed_fill_leaves_the_old_directory_untouched(tmp_path):

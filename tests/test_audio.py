@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from glm_asr import log_mel
-from glm_asr.audio import mel_filters
+from glm_asr.model.front_end import mel_filters
 
 
 @pytest.mark.parametrize("samples, windows, valid", [(0, 1, [0]), (1, 1, [1]), (12345, 1, [78]), (480_000, 1, [3000]), (480_001, 2, [3000, 1]), (496_000, 2, [3000, 100])])

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from glm_asr.audio_io import AudioError, load_audio
+from glm_asr.io.audio_file import AudioError, load_audio
 from tests.av_encode import FORMATS, encode, video_only
 from tests.conftest import SHARED_AUDIO
 

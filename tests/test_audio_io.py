@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from glm_asr.audio_io import AudioError, load_audio, to_mono_16k
+from glm_asr.io.audio_file import AudioError, load_audio, to_mono_16k
 from tests.conftest import SHARED_AUDIO
 
 TONE = (0.5 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)

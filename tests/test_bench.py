@@ -24,7 +24,7 @@ def test_bench_smoke(tmp_path):
     records = json.loads(out.read_text())["records"]
     assert [(r["system"], r["dtype"]) for r in records] == [("ours", "fp32"), ("ours", "int8"), ("ours", "int8+int8audio"),
                                                             ("onnxruntime", "fp32"), ("onnxruntime", "int8")], done.stderr
-    from glm_asr import cpu
+    from glm_asr.runtime import cpu
 
     assert all(r["cpu"]["class"] == cpu.features().cpu_class for r in records)  # a figure holds on its CPU class
     assert set(records[0]["cpu"]["choices"]) >= {"native_bf16", "matvec", "int8_reduce_range"} and records[0]["cpu"]["reasons"]

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import scipy.io.wavfile
 
-from conformance import golden
-from conformance.cases import MODELS
-from conformance.weights import make_weights, save_checkpoint
+from conformance.harness import golden
+from conformance.harness.cases import MODELS
+from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import load_model_and_processor, transcribe_detailed
-from glm_asr.bulk import transcribe_items
-from glm_asr.cli import main
-from glm_asr.corpus import Item, expand_inputs
-from glm_asr.corpus_cli import Progress
-from glm_asr.presets import demo_clip
-from glm_asr.repeat import RepeatStop, ends_in_cycle
-from glm_asr.subtitles import render
-from glm_asr.transcribe import Segment
+from glm_asr.corpus.batching import transcribe_items
+from glm_asr_cli import main
+from glm_asr.corpus.inputs import Item, expand_inputs
+from glm_asr_cli.corpus import Progress
+from glm_asr.transcription.presets import demo_clip
+from glm_asr.transcription.repetition import RepeatStop, ends_in_cycle
+from glm_asr.corpus.subtitles import render
+from glm_asr.transcription.transcribe import Segment
 
 SECONDS = [2.0, 5.5, 3.0, 9.0, 31.0]  # 31 s: two windows in one prompt, or two units when chunked
 
@@ -171,7 +171,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_on_a_terminal_only(corpus):
     pytest.importorskip("tqdm")
-    from glm_asr.bulk import FileResult
+    from glm_asr.corpus.batching import FileResult
 
     terminal, pipe = _Terminal(), io.StringIO()
     for stream in (terminal, pipe):

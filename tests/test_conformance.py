@@ -5,12 +5,13 @@ import shutil
 import pytest
 import torch
 
-from conformance import golden, runner
-from conformance.cases import BF16_CASES, CASES, MODELS
-from conformance.stages import stages
-from conformance.tolerances import TABLE
-from glm_asr import cpu
-from glm_asr.cli import main
+from conformance.harness import golden
+from conformance.harness import runner
+from conformance.harness.cases import BF16_CASES, CASES, MODELS
+from conformance.harness.stages import stages
+from conformance.harness.tolerances import TABLE
+from glm_asr.runtime import cpu
+from glm_asr_cli import main
 
 MANIFEST = golden.load_manifest()
 BACKENDS = [
@@ -54,7 +55,7 @@ def test_golden_covers_every_case_and_the_manifest_is_consistent():
         "the tolerance table changed since golden/ was written: regenerate with `tox -e golden`"
     )
     assert MANIFEST["provenance"]["transformers"] == "5.24.0"
-    assert MANIFEST["provenance"]["cpu"]["class"]  # bytes reproduce within a CPU class only (conformance/drift.py)
+    assert MANIFEST["provenance"]["cpu"]["class"]  # bytes reproduce within a CPU class only (conformance/harness/drift.py)
     over_30s = MANIFEST["cases"]["tiny_a/over_30s/fp32"]["stages"]
     assert over_30s["mel"]["shape"] == [2, 128, 3000] and over_30s["conv1"]["stored_full"]  # two whole windows
     files = [p for p in golden.ROOT.rglob("*") if p.is_file()]

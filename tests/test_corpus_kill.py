@@ -11,8 +11,8 @@ from pathlib import Path
 
 import scipy.io.wavfile
 
-from glm_asr.cli import main
-from glm_asr.presets import demo_clip
+from glm_asr_cli import main
+from glm_asr.transcription.presets import demo_clip
 
 FILES = 8
 
@@ -29,7 +29,7 @@ def test_killed_run_resumes_to_one_record_per_input(tmp_path):
     common = ["transcribe", str(corpus), "--random", "small", "--max-new-tokens", "2", "--batch-size", "2"]
     out = tmp_path / "results.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.Popen([sys.executable, "-m", "glm_asr.cli", *common, "--output", str(out)], env=env,
+    run = subprocess.Popen([sys.executable, "-m", "glm_asr_cli", *common, "--output", str(out)], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while (not out.exists() or out.read_text().count("\n") < 2) and run.poll() is None and time.monotonic() < deadline:

@@ -1,4 +1,4 @@
-"""glm_asr/cpu.py: every choice follows its rule from the features given, any capability can be forced, and the
+"""glm_asr/runtime/cpu.py: every choice follows its rule from the features given, any capability can be forced, and the
 matvec calibration is measured once and cached. Nothing here assumes the CPU class it runs on."""
 
 import dataclasses
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from glm_asr import cpu
-from glm_asr.cli import main
+from glm_asr.runtime import cpu
+from glm_asr_cli import main
 
 AVX2 = cpu.Features("an AVX2 CPU", avx2=True, avx512=False, avx512_bf16=False, vnni=False, amx=False, onednn=True, onednn_bf16=False)
 ZEN4 = dataclasses.replace(AVX2, model="an AVX-512 BF16 CPU", avx512=True, avx512_bf16=True, vnni=True, onednn_bf16=True)

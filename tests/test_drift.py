@@ -1,4 +1,4 @@
-"""conformance/drift.py: what `tools/regenerate_golden.py --check` says of a regenerated tree made on another
+"""conformance/harness/drift.py: what `tools/regenerate_golden.py --check` says of a regenerated tree made on another
 CPU class. The stored golden files, perturbed here by known amounts, stand in for the regenerated ones."""
 
 import json
@@ -6,8 +6,9 @@ import shutil
 
 from safetensors.torch import load, save
 
-from conformance import drift, golden
-from conformance.tolerances import tolerance
+from conformance.harness import drift
+from conformance.harness import golden
+from conformance.harness.tolerances import tolerance
 
 MANIFEST = golden.load_manifest()
 CASE = MANIFEST["cases"]["tiny_a/tone/fp32"]

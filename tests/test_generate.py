@@ -5,12 +5,14 @@ import copy
 import pytest
 import torch
 
-from conformance import golden, runner
-from conformance.cases import clips
-from conformance.ours import features
-from glm_asr import cpu, kernels
-from glm_asr.decoder import KVCache
-from glm_asr.generate import greedy_generate, prompt_positions
+from conformance.harness import golden
+from conformance.harness import runner
+from conformance.harness.cases import clips
+from conformance.harness.ours import features
+from glm_asr.runtime import cpu
+from glm_asr.runtime import kernels
+from glm_asr.model.decoder import KVCache
+from glm_asr.transcription.generate import greedy_generate, prompt_positions
 
 MANIFEST = golden.load_manifest()
 FP32_CASES = sorted(c for c in MANIFEST["cases"] if c.endswith("/fp32"))

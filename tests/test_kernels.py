@@ -1,5 +1,5 @@
-"""glm_asr/kernels.py: each kernel swap computes what the default kernel would, and is left when it must be.
-Every branch is forced (glm_asr.cpu.forced), so each runs on any CPU class."""
+"""glm_asr/runtime/kernels.py: each kernel swap computes what the default kernel would, and is left when it must be.
+Every branch is forced (glm_asr.runtime.cpu.forced), so each runs on any CPU class."""
 
 import copy
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glm_asr import cpu, kernels
-from glm_asr.kernels import Linear, use_onednn
+from glm_asr.runtime import cpu
+from glm_asr.runtime import kernels
+from glm_asr.runtime.kernels import Linear, use_onednn
 
 pytestmark = pytest.mark.skipif(not kernels.ONEDNN, reason="this PyTorch build has no oneDNN")
 

@@ -14,12 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conformance import diagnose, golden, kit, kit_check
-from conformance.bugs import BUGS
-from conformance.cases import FULL, MODELS
-from conformance.stages import row_axis, sample_rows, stages, take_rows
-from conformance.tolerances import tolerance
-from glm_asr.cli import main
+from conformance.kit import diagnose
+from conformance.harness import golden
+from conformance.kit import export as kit
+from conformance.kit import check as kit_check
+from conformance.kit.bugs import BUGS
+from conformance.harness.cases import FULL, MODELS
+from conformance.harness.stages import row_axis, sample_rows, stages, take_rows
+from conformance.harness.tolerances import tolerance
+from glm_asr_cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = golden.load_manifest()
@@ -167,7 +170,7 @@ def run_with_bug(kit_dir: Path, name: str, case_id: str) -> kit_check.CaseResult
 @pytest.mark.parametrize("name", sorted(BUGS))
 def test_each_known_bug_fails_the_kit_at_its_stage_and_is_named(kit_dir, name):
     """In-process here (the bug patched around our model as the port); tools/kit_mutation_check.py does the same
-    with the text edits of conformance/mutations.py applied to a copy of the checkout (tox -e kit)."""
+    with the text edits of conformance/harness/mutations.py applied to a copy of the checkout (tox -e kit)."""
     bug = BUGS[name]
     result = run_with_bug(kit_dir, name, bug.shown_by)
     if bug.visible.startswith("none"):
@@ -245,7 +248,7 @@ def test_a_full_size_case_is_compared_at_its_kept_rows_only(kit_dir, tmp_path):
 
 def test_the_full_size_goldens_keep_the_rows_sample_rows_picks():
     """golden/full/ (tools/regenerate_golden.py --full): every file as its manifest says, every stage cut at
-    the rows conformance/stages.py picks from the stored inputs, so the kit's checker cuts a port's alike."""
+    the rows conformance/harness/stages.py picks from the stored inputs, so the kit's checker cuts a port's alike."""
     full_root = golden.ROOT / golden.FULL
     if not (full_root / golden.MANIFEST).exists():
         pytest.skip("golden/full/ is not in this checkout")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conformance.cases import MODELS
-from conformance.weights import make_weights, save_checkpoint
+from conformance.harness.cases import MODELS
+from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import CheckpointError, ConfigError, GlmAsrModel, load_model
 
 TINY = MODELS["tiny_a"]

@@ -1,10 +1,10 @@
-"""The mutation catalogue (conformance/mutations.py) still applies to the code it mutates."""
+"""The mutation catalogue (conformance/harness/mutations.py) still applies to the code it mutates."""
 
 from pathlib import Path
 
 import pytest
 
-from conformance.mutations import MUTATIONS
+from conformance.harness.mutations import MUTATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,18 +19,19 @@ import torch
 pytest.importorskip("onnx", reason="the ONNX export needs onnx (pip install onnx onnxscript)")
 ort = pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime")
 
-from conformance import golden, runner  # noqa: E402
-from conformance.cases import MODELS, clips  # noqa: E402
-from conformance.compare import Metrics, failures, measure  # noqa: E402
-from conformance.ours import features  # noqa: E402
-from conformance.tolerances import Tolerance  # noqa: E402
-from conformance.weights import make_weights, save_checkpoint  # noqa: E402
-from glm_asr.cli import main as cli_main  # noqa: E402
-from glm_asr.decoder import KVCache  # noqa: E402
-from glm_asr.generate import prompt_positions  # noqa: E402
-from glm_asr.onnx_backend import OnnxModel, load_onnx_model_and_processor  # noqa: E402
-from glm_asr.onnx_graphs import DECODER_FILE, ENCODER_FILE, METADATA_FILE, AudioEmbedder  # noqa: E402
-from glm_asr.transcribe import transcribe  # noqa: E402
+from conformance.harness import golden  # noqa: E402
+from conformance.harness import runner
+from conformance.harness.cases import MODELS, clips  # noqa: E402
+from conformance.harness.metrics import Metrics, failures, measure  # noqa: E402
+from conformance.harness.ours import features  # noqa: E402
+from conformance.harness.tolerances import Tolerance  # noqa: E402
+from conformance.harness.weights import make_weights, save_checkpoint  # noqa: E402
+from glm_asr_cli import main as cli_main  # noqa: E402
+from glm_asr.model.decoder import KVCache  # noqa: E402
+from glm_asr.transcription.generate import prompt_positions  # noqa: E402
+from glm_asr.onnx.backend import OnnxModel, load_onnx_model_and_processor  # noqa: E402
+from glm_asr.onnx.graphs import DECODER_FILE, ENCODER_FILE, METADATA_FILE, AudioEmbedder  # noqa: E402
+from glm_asr.transcription.transcribe import transcribe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("export_onnx", ROOT / "tools" / "export_onnx.py")

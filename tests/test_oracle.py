@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conformance import runner
-from conformance.cases import CASES, MODELS, clips
-from conformance.ours import features
-from conformance.weights import make_weights, save_checkpoint
+from conformance.harness import runner
+from conformance.harness.cases import CASES, MODELS, clips
+from conformance.harness.ours import features
+from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import load_model
-from glm_asr.generate import greedy_generate
+from glm_asr.transcription.generate import greedy_generate
 
 pytestmark = pytest.mark.oracle
 reference = pytest.importorskip("conformance.reference", reason="transformers is not installed (tox -e oracle)")

@@ -4,10 +4,10 @@ goldens), for every case: one audio, two windows, a left-padded batch."""
 import pytest
 import torch
 
-from conformance import golden
-from conformance.cases import clips
+from conformance.harness import golden
+from conformance.harness.cases import clips
 from glm_asr import Processor, Tokenizer
-from glm_asr.processor import prompt_text
+from glm_asr.transcription.processor import prompt_text
 
 MANIFEST = golden.load_manifest()
 

@@ -1,4 +1,4 @@
-"""Int8 decoder weights and the int8 / bf16 audio path (glm_asr/quantize.py): the quantiser itself, and the
+"""Int8 decoder weights and the int8 / bf16 audio path (glm_asr/runtime/quantize.py): the quantiser itself, and the
 quantised model's agreement with fp32 on the golden cases, on each activation width (forced, so both run on any
 CPU that can run them). An approximation: reported and bounded, never held to the conformance tolerances."""
 
@@ -8,16 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from conformance import golden, runner
-from conformance.cases import MODELS, clips
-from conformance.compare import measure
-from conformance.ours import features
-from conformance.weights import make_weights, save_checkpoint
-from glm_asr import capture, cpu, load_model
-from glm_asr.cli import main as cli_main
-from glm_asr.generate import greedy_generate, prompt_positions
-from glm_asr.quantize import Int8Linear, quantize_audio, quantize_decoder
-from glm_asr.transcribe import load_model_and_processor
+from conformance.harness import golden
+from conformance.harness import runner
+from conformance.harness.cases import MODELS, clips
+from conformance.harness.metrics import measure
+from conformance.harness.ours import features
+from conformance.harness.weights import make_weights, save_checkpoint
+from glm_asr import capture, load_model
+from glm_asr.runtime import cpu
+from glm_asr_cli import main as cli_main
+from glm_asr.transcription.generate import greedy_generate, prompt_positions
+from glm_asr.runtime.quantize import Int8Linear, quantize_audio, quantize_decoder
+from glm_asr.transcription.transcribe import load_model_and_processor
 
 MANIFEST = golden.load_manifest()
 FP32_CASES = sorted(c for c in MANIFEST["cases"] if c.endswith("/fp32"))
@@ -175,7 +177,7 @@ def test_cli_transcribes_with_int8_and_refuses_it_with_onnxruntime(tmp_path, cap
     import numpy as np
     import scipy.io.wavfile
 
-    from glm_asr.presets import demo_clip
+    from glm_asr.transcription.presets import demo_clip
 
     wav = tmp_path / "clip.wav"
     scipy.io.wavfile.write(wav, 16000, (demo_clip(2.0) * 32767).astype(np.int16))

@@ -6,8 +6,8 @@ import json
 import pytest
 import scipy.io.wavfile
 
-from glm_asr.cli import main
-from glm_asr.presets import demo_clip
+from glm_asr_cli import main
+from glm_asr.transcription.presets import demo_clip
 
 pytestmark = pytest.mark.ray
 

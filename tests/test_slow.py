@@ -7,11 +7,11 @@ import gc
 import pytest
 import torch
 
-from conformance import runner
-from conformance.cases import _speech_like
-from conformance.weights import make_weights, save_checkpoint
+from conformance.harness import runner
+from conformance.harness.cases import _speech_like
+from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import GlmAsrConfig, load_model
-from glm_asr.presets import synthetic_tokenizer_json
+from glm_asr.transcription.presets import synthetic_tokenizer_json
 
 pytestmark = pytest.mark.slow
 reference = pytest.importorskip("conformance.reference", reason="transformers is not installed (tox -e slow)")

@@ -3,7 +3,7 @@
 import torch
 
 from glm_asr import GlmAsrConfig, GlmAsrModel, capture, log_mel
-from glm_asr.projector import merge_frames
+from glm_asr.model.projector import merge_frames
 
 # SPEC's exact counts. The often-quoted ~450M / ~5M / ~1B figures are wrong for this architecture.
 AUDIO_TOWER = 635_048_960

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.tokenizer_fixture import GLM_SPECIAL_TOKENS, GLM_SPLIT_PATTERN, build_bpe_tokenizer_json
-from glm_asr import _unicode_classes as uc
-from glm_asr.tokenizer import Tokenizer
+from conformance.harness.tokenizer_fixture import GLM_SPECIAL_TOKENS, GLM_SPLIT_PATTERN, build_bpe_tokenizer_json
+from glm_asr.text import unicode_classes as uc
+from glm_asr.text.tokenizer import Tokenizer
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -10,11 +10,11 @@ import pytest
 import scipy.io.wavfile
 import torch
 
-from conformance import golden
-from conformance.cases import MODELS, clips
-from conformance.weights import make_weights, save_checkpoint
+from conformance.harness import golden
+from conformance.harness.cases import MODELS, clips
+from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import load_model_and_processor, transcribe, transcribe_detailed
-from glm_asr.cli import main
+from glm_asr_cli import main
 from tests.conftest import SHARED_AUDIO
 
 MANIFEST = golden.load_manifest()

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# system -> the dtypes it runs. int8: ours = int8 decoder weights (glm_asr/quantize.py) and an fp32 audio path;
+# system -> the dtypes it runs. int8: ours = int8 decoder weights (glm_asr/runtime/quantize.py) and an fp32 audio path;
 # int8+bf16audio / int8+int8audio: the same with the audio encoder and projector in bf16 / int8
 # (quantize_audio); onnxruntime = the export's --quantize int8 (dynamic int8 MatMul weights in both graphs).
 # bf16 ONNX graphs are not exported.
@@ -79,8 +79,8 @@ def make_checkpoint(directory: Path, preset: str) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from conformance.tokenizer_fixture import build_bpe_tokenizer_json
-    from glm_asr.presets import FIRST_SPECIAL_ID, PRESETS, random_model
+    from conformance.harness.tokenizer_fixture import build_bpe_tokenizer_json
+    from glm_asr.transcription.presets import FIRST_SPECIAL_ID, PRESETS, random_model
 
     if (directory / "model.safetensors").exists():
         return directory
@@ -95,7 +95,7 @@ def make_checkpoint(directory: Path, preset: str) -> Path:
 
 
 def clip_30s():  # noqa: ANN201
-    from conformance.cases import _speech_like
+    from conformance.harness.cases import _speech_like
 
     return _speech_like(30.0, seed=5).astype("float32")
 
@@ -150,7 +150,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
             tokens[:] = run["generate"](processor([audio]), 100)[1][0].tolist()
 
         e2e_s = median_time(end_to_end, 1)
-    from glm_asr import cpu
+    from glm_asr.runtime import cpu
 
     return {
         "system": system,
@@ -169,12 +169,12 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
 
 
 from glm_asr import load_model  # noqa: E402
-from glm_asr.generate import greedy_generate  # noqa: E402
-from glm_asr.quantize import quantize_audio, quantize_decoder  # noqa: E402
+from glm_asr.transcription.generate import greedy_generate  # noqa: E402
+from glm_asr.runtime.quantize import quantize_audio, quantize_decoder  # noqa: E402
 
 
 def cpu_record(cpu) -> dict:  # noqa: ANN001
-    """The CPU, its features and every choice glm_asr/cpu.py made, with the reasons: a figure holds on its class."""
+    """The CPU, its features and every choice glm_asr/runtime/cpu.py made, with the reasons: a figure holds on its class."""
     import dataclasses
 
     choices = cpu.choices()
@@ -273,8 +273,8 @@ def machine_limits(size_mb: int = 1024) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from glm_asr.kernels import ONEDNN as onednn
-    from glm_asr.kernels import onednn_linear, openblas_linear, widened_linear
+    from glm_asr.runtime.kernels import ONEDNN as onednn
+    from glm_asr.runtime.kernels import onednn_linear, openblas_linear, widened_linear
 
     rows = size_mb * 2**20 // 4 // 4096
     weight = torch.randn(rows, 4096)
@@ -310,7 +310,7 @@ def int8_gemm_rates() -> dict:
 
     import torch
 
-    from glm_asr.quantize import Int8Linear
+    from glm_asr.runtime.quantize import Int8Linear
 
     x, layer = torch.randn(1, 512, 2048), torch.nn.Linear(2048, 2048)
     result = {}
@@ -328,7 +328,7 @@ def int8_gemm_rates() -> dict:
 
 def model_costs(preset: str, prompt_tokens: int) -> dict:
     """Bytes read per decoded token (every decoder weight and the LM head once) and encoder FLOPs per window."""
-    from glm_asr.presets import PRESETS
+    from glm_asr.transcription.presets import PRESETS
 
     c = PRESETS[preset]
     a, t = c.audio_config, c.text_config
@@ -483,7 +483,7 @@ def main() -> int:
     tokenizer = tokenizer_speed(checkpoint)
     print_table(records, limits, tokenizer, preset)
     if args.json:
-        from glm_asr import cpu
+        from glm_asr.runtime import cpu
 
         machine = {**limits, "cpu": cpu_record(cpu)}
         args.json.write_text(json.dumps({"records": records, "machine": machine, "tokenizer": tokenizer}, indent=2) + "\n")
@@ -521,7 +521,7 @@ def add_speedups(records: list[dict]) -> None:
 
 def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str) -> None:
     kernels = ", ".join(f"{k.rsplit('_', 1)[1]} {v:.1f}" for k, v in limits.items() if k.startswith("bandwidth_gbs_"))
-    from glm_asr import cpu
+    from glm_asr.runtime import cpu
 
     print(f"CPU: {cpu.features().model}, class {cpu.features().cpu_class}; choices: bf16 "
           f"{'native' if cpu.rules().native_bf16 else 'widened'}, decode matvec {cpu.choices().matvec}, "

@@ -3,7 +3,7 @@
     python tools/bench.py --bulk                       # full-size random model, 8 clips of 10 s, 32 tokens each
     python tools/bench.py --bulk --preset small        # a quick check that it runs (what the test runs)
 
-N WAV clips of S seconds (deterministic synthetic audio) are transcribed by `glm_asr.bulk.transcribe_items`,
+N WAV clips of S seconds (deterministic synthetic audio) are transcribed by `glm_asr.corpus.batching.transcribe_items`,
 as `glm-asr transcribe` does, with exactly --tokens new tokens each (eos ignored: the weights are random),
 once with --batch-size 1 and once with all clips in one batch; fp32, so the transcripts must be identical.
 The bound is measured in the same run: for each clip alone, its features, audio path (encoder + projector)
@@ -27,11 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from glm_asr.bulk import transcribe_items  # noqa: E402
-from glm_asr.corpus import Item  # noqa: E402
-from glm_asr.generate import greedy_generate  # noqa: E402
-from glm_asr.presets import demo_clip  # noqa: E402
-from glm_asr.transcribe import load_model_and_processor, read_audio  # noqa: E402
+from glm_asr.corpus.batching import transcribe_items  # noqa: E402
+from glm_asr.corpus.inputs import Item  # noqa: E402
+from glm_asr.transcription.generate import greedy_generate  # noqa: E402
+from glm_asr.transcription.presets import demo_clip  # noqa: E402
+from glm_asr.transcription.transcribe import load_model_and_processor, read_audio  # noqa: E402
 
 NEVER = (-1,)  # an eos id no token has: every clip decodes exactly --tokens tokens
 

@@ -4,7 +4,7 @@
     python tools/export_onnx.py --random small --out OUTDIR         # random weights, synthetic tokenizer
     ... [--force] [--dtype fp16] [--quantize int8] [--no-verify]
 
-OUTDIR gets audio_encoder.onnx and decoder.onnx (contract in glm_asr/onnx_graphs.py; weights in a
+OUTDIR gets audio_encoder.onnx and decoder.onnx (contract in glm_asr/onnx/graphs.py; weights in a
 `<graph>.data` file next to a graph whose weights exceed 2 GB), embed_tokens.npy, tokenizer.json and
 metadata.json, and needs nothing else: `glm-asr transcribe --backend onnxruntime --onnx-dir OUTDIR`.
 The folder is built next to OUTDIR and renamed into place only when complete and verified, so an existing
@@ -38,19 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from glm_asr.atomic import replace_directory  # noqa: E402
-from glm_asr.audio import CHUNK_SECONDS, HOP_LENGTH, N_FFT, SAMPLING_RATE, WINDOW_FRAMES, log_mel  # noqa: E402
-from glm_asr.decoder import KVCache  # noqa: E402
-from glm_asr.generate import greedy_generate, prompt_positions  # noqa: E402
-from glm_asr.model import GlmAsrModel  # noqa: E402
-from glm_asr.onnx_backend import FORMAT, OnnxModel  # noqa: E402
-from glm_asr.onnx_graphs import (DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, METADATA_FILE, OPSET,  # noqa: E402
+from glm_asr.io.atomic import replace_directory  # noqa: E402
+from glm_asr.model.front_end import CHUNK_SECONDS, HOP_LENGTH, N_FFT, SAMPLING_RATE, WINDOW_FRAMES, log_mel  # noqa: E402
+from glm_asr.model.decoder import KVCache  # noqa: E402
+from glm_asr.transcription.generate import greedy_generate, prompt_positions  # noqa: E402
+from glm_asr.model.glm_asr import GlmAsrModel  # noqa: E402
+from glm_asr.onnx.backend import FORMAT, OnnxModel  # noqa: E402
+from glm_asr.onnx.graphs import (DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, METADATA_FILE, OPSET,  # noqa: E402
                                  TOKENIZER_FILE, AudioEmbedder, DecoderWithPast, decoder_example, decoder_ports,
                                  encoder_example, encoder_ports)
-from glm_asr.presets import demo_clip, synthetic_tokenizer_json  # noqa: E402
-from glm_asr.processor import AUDIO_TOKEN, INSTRUCTION, PAD_TOKEN, PROMPT_TOKENS, Processor, prompt_text  # noqa: E402
-from glm_asr.tokenizer import Tokenizer  # noqa: E402
-from glm_asr.transcribe import load_model_and_processor  # noqa: E402
+from glm_asr.transcription.presets import demo_clip, synthetic_tokenizer_json  # noqa: E402
+from glm_asr.transcription.processor import AUDIO_TOKEN, INSTRUCTION, PAD_TOKEN, PROMPT_TOKENS, Processor, prompt_text  # noqa: E402
+from glm_asr.text.tokenizer import Tokenizer  # noqa: E402
+from glm_asr.transcription.transcribe import load_model_and_processor  # noqa: E402
 
 # The protobuf of one .onnx file cannot exceed 2 GiB; above this many weight bytes they go to <graph>.data.
 EXTERNAL_DATA_BYTES = 2_000_000_000

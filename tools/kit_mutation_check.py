@@ -1,6 +1,6 @@
-"""Proves the kit names the bugs it knows: applies each text edit of conformance/mutations.py to a copy of the
+"""Proves the kit names the bugs it knows: applies each text edit of conformance/harness/mutations.py to a copy of the
 checkout, runs tools/ports/ours_port.py there (the mutated model as a port), and checks the results with this
-checkout's (unmutated) kit checker. Each bug must fail the kit at the stage conformance/bugs.py says it first
+checkout's (unmutated) kit checker. Each bug must fail the kit at the stage conformance/kit/bugs.py says it first
 shows, with a diagnosis naming it; a bug the cases cannot see must pass, as bugs.py says.
 
     python tools/kit_mutation_check.py [NAMES...] [--kit DIR]
@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from conformance import kit, kit_check  # noqa: E402
-from conformance.bugs import BUGS  # noqa: E402
-from conformance.mutations import MUTATIONS  # noqa: E402
+from conformance.kit import export as kit  # noqa: E402
+from conformance.kit import check as kit_check
+from conformance.kit.bugs import BUGS  # noqa: E402
+from conformance.harness.mutations import MUTATIONS  # noqa: E402
 
 DEFAULT_CASE = "tiny_a/speech_like/fp32"  # for k_bias, which has no entry in BUGS
 FULL_CASE = "full/speech_like/fp32"

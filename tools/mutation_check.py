@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from any directory
 
-from conformance.mutations import MUTATIONS  # noqa: E402
+from conformance.harness.mutations import MUTATIONS  # noqa: E402
 
 
 def tracked_files() -> list[str]:

@@ -7,12 +7,12 @@
 --check reports each file as byte-identical, within tolerance (made on another CPU class, which the manifest
 names: bytes differ, numbers within the tolerance table) or beyond tolerance, and exits 1 only on the last.
 
-Weights, audio and tokenizers are made by our own deterministic code (conformance/weights.py, cases.py,
+Weights, audio and tokenizers are made by our own deterministic code (conformance/harness/weights.py, cases.py,
 tokenizer_fixture.py); only the reference computes the expected tensors. The tiny models run on one thread,
 so reductions run in the same order every time and two runs give byte-identical files. --full runs the
 reference at the released shape on every core (2.1B parameters, a 4.3 GB bf16 checkpoint in a temporary
 folder; on 2 cores about 5 minutes, peak RSS 13 GB) and keeps a few rows of every stage
-(conformance/stages.py sample_rows) and the greedy ids.
+(conformance/harness/stages.py sample_rows) and the greedy ids.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ import tokenizers  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save  # noqa: E402
 
-from conformance import drift, golden, reference  # noqa: E402
-from conformance.cases import BF16_CASES, CASES, FULL, FULL_BF16_CASES, FULL_CASES, MODELS, clips  # noqa: E402
-from conformance.tokenizer_fixture import build_bpe_tokenizer_json  # noqa: E402
-from conformance.tolerances import TABLE  # noqa: E402
-from conformance.weights import make_weights, save_checkpoint, weights_digest  # noqa: E402
-from glm_asr import cpu  # noqa: E402
+from conformance.harness import drift  # noqa: E402
+from conformance.harness import golden
+from conformance.harness import reference
+from conformance.harness.cases import BF16_CASES, CASES, FULL, FULL_BF16_CASES, FULL_CASES, MODELS, clips  # noqa: E402
+from conformance.harness.tokenizer_fixture import build_bpe_tokenizer_json  # noqa: E402
+from conformance.harness.tolerances import TABLE  # noqa: E402
+from conformance.harness.weights import make_weights, save_checkpoint, weights_digest  # noqa: E402
+from glm_asr.runtime import cpu  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 GENERATE_TOKENS = 24  # greedy tokens stored per fp32 case; random weights rarely say eos, so this is the length
@@ -127,7 +129,7 @@ def build_full(work: Path) -> dict[str, bytes]:
         "generated_by": "tools/regenerate_golden.py --full",
         "provenance": provenance(),
         "generate": {"max_new_tokens": GENERATE_TOKENS, "do_sample": False},
-        # The tokenizer (1.8 MB) is not stored: conformance/tokenizer_fixture.py makes it, checked by its sha256.
+        # The tokenizer (1.8 MB) is not stored: conformance/harness/tokenizer_fixture.py makes it, checked by its sha256.
         "model": {"name": FULL.name, "config": config.to_dict(), "seed": FULL.seed, "residual_scale": FULL.residual_scale,
                   "embed_scale": FULL.embed_scale, "n_base_tokens": FULL.n_base_tokens,
                   "checkpoint_dtype": FULL.checkpoint_dtype, "weights_sha256": digest,

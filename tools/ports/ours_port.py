@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import glm_asr
-from glm_asr.generate import greedy_generate, prompt_positions
+from glm_asr.transcription.generate import greedy_generate, prompt_positions
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 

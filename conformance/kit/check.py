@@ -1,0 +1,224 @@
+"""Checks a port's results against a kit: every provided stage with the suite's metrics and tolerances, the
+first diverging stage of each case in pipeline order, and a diagnosis of it (conformance/kit/diagnose.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from glm_asr.model.config import GlmAsrConfig
+
+from conformance.harness.metrics import Metrics, failures, measure
+from conformance.kit.export import MODE, KitError, KitStage, checkpoint_dir, kit_stages, load_kit
+from conformance.harness.stages import kept_length, select, take_rows
+from conformance.harness.tolerances import Tolerance, tolerance
+
+OK, FAIL, MISSING = "ok", "FAIL", "not provided"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    status: str  # OK, FAIL or MISSING
+    shape: tuple[int, ...]  # the expected tensor's
+    metrics: Metrics | None = None
+    tolerance: Tolerance | None = None  # None: compared exactly
+    failures: tuple[str, ...] = ()
+
+
+@dataclass
+class CaseResult:
+    case: str
+    results_file: str
+    rows: list[StageResult]
+    ignored: list[str] = field(default_factory=list)  # tensors in the results that name no stage
+    diagnosis: str | None = None
+    # Front-end stages that fail after the first: the prompt builder and the feature extractor's mask and
+    # features are separate computations, so each failure there is its own bug, diagnosed on its own.
+    also: dict[str, str] = field(default_factory=dict)
+    port_error: str | None = None  # the port's own word that it stopped partway (the file's metadata "error")
+
+    @property
+    def first_failure(self) -> str | None:
+        return next((r.stage for r in self.rows if r.status == FAIL), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_failure is None and self.port_error is None
+
+
+def case_config(kit_dir: Path, case: dict) -> GlmAsrConfig:
+    path = checkpoint_dir(kit_dir, case) / "config.json"
+    return GlmAsrConfig.from_dict(json.loads(path.read_text()), str(path))
+
+
+def _exact(name: str, got: torch.Tensor, want: torch.Tensor) -> StageResult:
+    if tuple(got.shape) != tuple(want.shape):
+        return StageResult(name, FAIL, tuple(want.shape), failures=(f"shape {tuple(got.shape)} != reference {tuple(want.shape)}",))
+    if got.is_floating_point() and not torch.equal(got, got.round()):
+        return StageResult(name, FAIL, tuple(want.shape), failures=("not integers",))
+    wrong = got.long() != want.long()
+    if not wrong.any():
+        return StageResult(name, OK, tuple(want.shape))
+    at = tuple(int(i) for i in wrong.nonzero()[0])
+    return StageResult(name, FAIL, tuple(want.shape), failures=(
+        f"{int(wrong.sum())} of {wrong.numel()} differ, first at {at}: {int(got[at])} where the reference has {int(want[at])}",))
+
+
+def prepare(stage: KitStage, tensor: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A port's stage tensor as the kit stores the reference's: fp32, cropped, padding rows zeroed."""
+    s, tensor = stage.stage, tensor.to(torch.float32)
+    if s.padded_tokens:
+        if tensor.ndim != 3 or tensor.shape[:2] != inputs["attention_mask"].shape:
+            return tensor  # another prompt length: `measure` reports the shape
+        tensor = torch.where(inputs["attention_mask"][..., None].bool(), tensor, 0.0)  # whatever a port left there
+    if s.frame_axis is not None and tensor.ndim > s.frame_axis and tensor.shape[s.frame_axis] < kept_length(s, inputs["input_features_mask"]):
+        return tensor  # too short: `measure` reports the shape
+    return select(s, tensor, inputs)
+
+
+def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch.Tensor], source: str = "",
+               port_error: str | None = None) -> CaseResult:
+    """One case; `source` names the results file in messages; `port_error` is what the port said went wrong."""
+    inputs = load_file(kit_dir / case["dir"] / "inputs.safetensors")
+    expected = load_file(kit_dir / case["dir"] / "expected.safetensors")
+    config = case_config(kit_dir, case)
+    order = [s for s in kit_stages(config) if s.name in expected or s.name in inputs]
+    entries = {e["name"]: e for e in case["stages"]}
+    rows, prepared = [], {}
+    for s in order:
+        want = expected.get(s.name, inputs.get(s.name))
+        if s.name not in results:
+            rows.append(StageResult(s.name, MISSING, tuple(want.shape)))
+            continue
+        got = results[s.name]
+        if s.exact:
+            rows.append(_exact(s.name, got, want))
+            continue
+        prepared[s.name] = prepare(s, got, inputs)
+        tol = tolerance(s.name, case["dtype"], MODE)
+        if "rows" in entries[s.name]:  # a full-size case: the reference's tensor is kept at these entries only
+            if list(prepared[s.name].shape) != entries[s.name]["shape"]:
+                problem = f"shape {tuple(got.shape)} != reference {tuple(entries[s.name]['shape'])}"
+                rows.append(StageResult(s.name, FAIL, tuple(entries[s.name]["shape"]), tolerance=tol, failures=(problem,)))
+                continue
+            prepared[s.name] = take_rows(s.stage, prepared[s.name], entries[s.name]["rows"]["index"])
+        metrics = measure(prepared[s.name], want, s.stage.feature_axis)
+        problems = tuple(failures(metrics, tol))
+        rows.append(StageResult(s.name, FAIL if problems else OK, tuple(want.shape), metrics, tol, problems))
+    known = {s.name for s in order}
+    result = CaseResult(case_id, case["results"], rows, sorted(set(results) - known), port_error=port_error)
+    if not any(r.status != MISSING for r in rows) and port_error is None:
+        raise KitError(f"{source or case['results']}: no tensor named after a stage of {case_id} (found: {', '.join(sorted(results)) or 'none'}); "
+                       f"expected some of: {', '.join(s.name for s in order)}")
+    first = result.first_failure
+    if first is not None:
+        from conformance.kit.diagnose import FRONT_END, diagnose, diagnose_sampled  # imports the model: only when something failed
+
+        def why(name: str) -> str:
+            stage, port = next(s for s in order if s.name == name), prepared.get(name, results[name])
+            return (diagnose_sampled(stage, port, expected, entries[name]) if case.get("sampled")
+                    else diagnose(kit_dir, case, config, stage, port, expected, inputs))
+
+        result.diagnosis = why(first)
+        result.also = {r.stage: why(r.stage) for r in rows if r.status == FAIL and r.stage in FRONT_END and r.stage != first}
+    return result
+
+
+def load_results(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """A port's tensors, and the "error" entry of the file's metadata if the port says it stopped partway."""
+    try:
+        with safe_open(path, "pt") as f:
+            error = (f.metadata() or {}).get("error")
+        return load_file(path), error
+    except (SafetensorError, OSError, ValueError) as e:
+        raise KitError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}); write one tensor per stage with safetensors") from e
+
+
+def check(kit_dir: Path, results_dir: Path, case_filter: str = "") -> list[CaseResult]:
+    """Every case of the kit that has a results file in `results_dir` (and whose id contains `case_filter`)."""
+    kit = load_kit(kit_dir)
+    if not results_dir.is_dir():
+        raise KitError(f"{results_dir}: not a directory; expected a folder holding <case>.safetensors files")
+    out = []
+    for case_id, case in kit["cases"].items():
+        path = results_dir / case["results"]
+        if case_filter in case_id and path.exists():
+            tensors, error = load_results(path)
+            out.append(check_case(kit_dir, case_id, case, tensors, str(path), error))
+    if not out:
+        names = ", ".join(c["results"] for c in list(kit["cases"].values())[:3])
+        raise KitError(f"{results_dir}: no results file for any case{' matching ' + repr(case_filter) if case_filter else ''}; expected e.g. {names}")
+    return out
+
+
+def _limit(t: Tolerance | None) -> str:
+    if t is None:
+        return "exact"
+    parts = [f"abs<={t.max_abs:g}" if t.max_abs is not None else "", f"rel<={t.max_rel:g}" if t.max_rel is not None else "",
+             f"nmse<={t.nmse:g}" if t.nmse is not None else "", f"1-cos<={1 - t.min_cos:.0e}" if t.min_cos is not None else ""]
+    return " ".join(p for p in parts if p)
+
+
+def format_report(results: list[CaseResult]) -> str:
+    header = f"{'stage':20} {'shape':16} {'max abs':>8} {'max rel':>8} {'NMSE':>8} {'1-min cos':>9}  {'tolerance':38} verdict"
+    lines = []
+    for c in results:
+        lines += [f"== {c.case} ({c.results_file})", header, "-" * len(header)]
+        for r in c.rows:
+            shape = "x".join(map(str, r.shape))
+            if r.metrics is None:
+                nums = f"{'':8} {'':8} {'':8} {'':9}"
+            else:
+                m = r.metrics
+                nums = f"{m.max_abs:8.1e} {m.max_rel:8.1e} {m.nmse:8.1e} {1 - m.min_cos:9.1e}"
+            verdict = r.status if r.status != FAIL else "FAIL: " + "; ".join(r.failures)
+            lines.append(f"{r.stage:20} {shape:16} {nums}  {_limit(r.tolerance) if r.status != MISSING else '':38} {verdict}")
+        if c.ignored:
+            lines.append(f"ignored (not stage names): {', '.join(c.ignored)}")
+        provided = sum(r.status != MISSING for r in c.rows)
+        if c.port_error:
+            lines.append(f"port error: {c.port_error}")
+        if c.first_failure:
+            lines.append(f"first diverging stage: {c.first_failure}")
+            if c.diagnosis:
+                lines.append(f"diagnosis: {c.diagnosis}")
+            lines += [f"also failing, {stage}: {text}" for stage, text in c.also.items()]
+        elif c.port_error:
+            lines.append(f"fail: the port stopped; {provided} of {len(c.rows)} stages provided, those within tolerance")
+        else:
+            lines.append(f"pass: {provided} of {len(c.rows)} stages provided, all within tolerance")
+        lines.append("")
+    failed = [c.case for c in results if not c.passed]
+    lines.append(f"{len(results) - len(failed)} of {len(results)} cases pass" + (f"; failing: {', '.join(failed)}" if failed else ""))
+    return "\n".join(lines)
+
+
+def _finite(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
+
+
+def report_json(kit_dir: Path, results_dir: Path, results: list[CaseResult]) -> dict:
+    def row(r: StageResult) -> dict:
+        d = {"stage": r.stage, "status": r.status, "shape": list(r.shape), "failures": list(r.failures)}
+        if r.metrics is not None:
+            d["metrics"] = {k: _finite(v) if isinstance(v, float) else v for k, v in asdict(r.metrics).items()}
+        if r.tolerance is not None:
+            d["tolerance"] = r.tolerance.as_dict()
+        elif r.status != MISSING:
+            d["tolerance"] = "exact"
+        return d
+
+    return {
+        "kit": str(kit_dir), "results": str(results_dir),
+        "passed": all(c.passed for c in results),
+        "cases": {c.case: {"results_file": c.results_file, "pass": c.passed, "port_error": c.port_error, "first_failure": c.first_failure,
+                           "also": c.also,
+                           "diagnosis": c.diagnosis, "ignored": c.ignored, "stages": [row(r) for r in c.rows]} for c in results},
+    }

@@ -1,0 +1,165 @@
+"""Transcribing many inputs: audio read ahead in a thread, inputs batched across files by length.
+
+A background thread decodes the next inputs while the model works, holding at most `prefetch` decoded
+inputs: with the pool below, at most `batch_size * pool_batches + prefetch` inputs' samples are in memory
+(16 kHz float32: 230 MB an hour), however long the corpus. The main thread takes `batch_size * pool_batches`
+inputs at a time, cuts them into units (a whole input of up to 21 windows, as `transcribe` does, or one 30 s
+window each when chunked or longer), sorts the units by length so that a batch pads little, and decodes each
+batch greedily with the KV cache. Results come out in input order, each as soon as it and those before it
+are done. The texts equal one-at-a-time `transcribe_detailed` ones (tests/test_bulk.py checks it in fp32).
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from glm_asr.model.front_end import CHUNK_SECONDS, SAMPLING_RATE, WINDOW_SAMPLES, split_windows
+from glm_asr.io.audio_file import AudioError, load_audio
+from glm_asr.corpus.inputs import Item
+from glm_asr.transcription.generate import greedy_generate
+from glm_asr.model.glm_asr import GlmAsrModel
+from glm_asr.onnx.backend import OnnxModel
+from glm_asr.transcription.processor import MAX_WINDOWS, Processor
+from glm_asr.transcription.repetition import RepeatStop
+from glm_asr.transcription.transcribe import Segment, _join
+
+
+@dataclass
+class FileResult:
+    """One input's transcript, or its error."""
+
+    item: Item
+    text: str = ""
+    duration: float = 0.0  # seconds transcribed
+    segments: list[Segment] = field(default_factory=list)
+    read_seconds: float = 0.0  # decoding the audio (in the reader thread)
+    model_seconds: float = 0.0  # its share of its batches' time, by audio length
+    error: str | None = None
+    stopped_on_repeat: bool = False
+
+
+@dataclass
+class _Unit:
+    result: FileResult
+    index: int | None  # the window's number when the input is transcribed window by window
+    samples: np.ndarray
+    text: str | None = None  # None until its batch has run
+    stopped: bool = False
+
+
+def _read_ahead(items: list[Item], out: queue.Queue, cancelled: threading.Event) -> None:
+    for item in items:
+        started = time.perf_counter()
+        try:
+            samples: np.ndarray | str = load_audio(item.path, item.offset, item.duration)
+        except (AudioError, OSError) as e:
+            samples = str(e) if str(item.path) in str(e) else f"{item.path}: {e}"
+        except Exception as e:  # noqa: BLE001 (anything else one file raises is that file's error: the main thread must not wait forever)
+            samples = f"{item.path}: {type(e).__name__}: {e}"
+        entry = (item, samples, time.perf_counter() - started)
+        while not cancelled.is_set():
+            try:
+                out.put(entry, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if cancelled.is_set():
+            return
+
+
+def transcribe_items(
+    model: GlmAsrModel | OnnxModel,
+    processor: Processor,
+    items: list[Item],
+    *,
+    max_new_tokens: int = 500,
+    chunked: bool | None = None,
+    batch_size: int = 8,
+    pool_batches: int = 2,
+    prefetch: int = 8,
+    stop_on_repeat: int | None = None,
+    eos_token_id: tuple[int, ...] | None = None,
+) -> Iterator[FileResult]:
+    """One FileResult per item, in order, each yielded as soon as it is done. A file that cannot be read
+    gets a result with `error` set, and the rest go on. `chunked` as in `transcribe_detailed`."""
+    if batch_size < 1 or pool_batches < 1 or prefetch < 1:
+        raise ValueError(f"batch_size {batch_size}, pool_batches {pool_batches}, prefetch {prefetch}: expected each >= 1")
+    if stop_on_repeat is not None and isinstance(model, OnnxModel):
+        raise ValueError("--stop-on-repeat runs with the torch backend only")
+    decoded: queue.Queue = queue.Queue(maxsize=prefetch)
+    cancelled = threading.Event()
+    reader = threading.Thread(target=_read_ahead, args=(items, decoded, cancelled), daemon=True, name="glm-asr-read-ahead")
+    reader.start()
+    try:
+        pool_size = batch_size * pool_batches
+        for start in range(0, len(items), pool_size):
+            pool = [decoded.get() for _ in items[start : start + pool_size]]
+            yield from _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size, stop_on_repeat, eos_token_id)
+    finally:
+        cancelled.set()  # a consumer that stops early stops the reader too
+
+
+def _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size, stop_on_repeat, eos_token_id) -> Iterator[FileResult]:  # noqa: ANN001
+    results: list[tuple[FileResult, list[_Unit]]] = []
+    for item, samples, read_seconds in pool:
+        result, units = FileResult(item, read_seconds=read_seconds), []
+        if isinstance(samples, str):
+            result.error = samples
+        else:
+            result.duration = samples.shape[0] / SAMPLING_RATE
+            if chunked or (chunked is None and samples.shape[0] > MAX_WINDOWS * WINDOW_SAMPLES):
+                units = [_Unit(result, i, w.numpy()) for i, w in enumerate(split_windows(torch.from_numpy(samples)))]
+            else:
+                units = [_Unit(result, None, samples)]
+        results.append((result, units))
+    queue_ = sorted((u for _, units in results for u in units), key=lambda u: u.samples.shape[0])  # little padding
+    emitted = 0
+    for start in range(0, len(queue_) + 1, batch_size):  # + 1: a pool of failed reads still emits them
+        if queue_[start : start + batch_size]:
+            _run_batch(model, processor, queue_[start : start + batch_size], max_new_tokens, stop_on_repeat, eos_token_id)
+        while emitted < len(results) and all(u.text is not None for u in results[emitted][1]):
+            yield _finish(*results[emitted])
+            emitted += 1
+
+
+def _run_batch(model, processor, batch, max_new_tokens, stop_on_repeat, eos_token_id) -> None:  # noqa: ANN001
+    started = time.perf_counter()
+    device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
+    inputs = processor([u.samples for u in batch]).to(device)
+    eos = eos_token_id or tuple(model.config.text_config.eos_token_id)
+    stop = None if stop_on_repeat is None else RepeatStop(len(batch), stop_on_repeat, eos)
+    if isinstance(model, OnnxModel):
+        generate = functools.partial(model.generate, eos_token_id=eos)
+    else:
+        generate = functools.partial(greedy_generate, model, eos_token_id=eos, stop=stop)
+    ids = generate(inputs.input_ids, inputs.attention_mask, inputs.input_features, inputs.input_features_mask, max_new_tokens=max_new_tokens)
+    wall = time.perf_counter() - started
+    total = sum(u.samples.shape[0] for u in batch) or 1
+    for row, unit in enumerate(batch):
+        unit.text = processor.decode(ids[row].cpu())
+        unit.stopped = bool(stop and stop.stopped[row])
+        unit.result.model_seconds += wall * unit.samples.shape[0] / total
+
+
+def _finish(result: FileResult, units: list[_Unit]) -> FileResult:
+    """Texts and segments as transcribe_detailed makes them: one segment for a whole input, one per window
+    (texts joined) for an input transcribed window by window."""
+    if result.error is not None:
+        return result
+    if units[0].index is None:
+        result.text = units[0].text
+        result.segments = [Segment(0.0, result.duration, result.text)]
+    else:
+        units = sorted(units, key=lambda u: u.index)
+        result.text = _join([u.text for u in units])
+        result.segments = [Segment(u.index * CHUNK_SECONDS, min((u.index + 1) * CHUNK_SECONDS, result.duration), u.text) for u in units]
+    result.stopped_on_repeat = any(u.stopped for u in units)
+    return result

@@ -1,0 +1,311 @@
+"""What the running CPU can do, and every kernel choice glm_asr makes from it: the one place that decides.
+
+The rules, which hold on every machine (what they chose on the CPUs measured is in docs/performance.md):
+
+- **fp32 products of more than one row** run on oneDNN where the PyTorch build has it: its GEMMs beat
+  PyTorch's default (MKL) at the model's shapes on every CPU class measured (1.1x on AVX2, 2x on AVX-512).
+- **bf16** is *native* (PyTorch's bf16 kernels) where oneDNN reports bf16 arithmetic, i.e. AVX-512 BF16 or
+  AMX. Elsewhere those kernels fall back to converting every element, 6x slower than fp32, so products of more
+  than one row, convolutions and attention are *widened*: computed in fp32 from the bf16 values (exact) and
+  rounded once (kernels.py). Single-row bf16 products keep the bf16 kernel either way: they are bound by
+  reading the weights, which bf16 halves.
+- **fp32 single-row products** (the decode steps of batch 1) go to the kernel that reads weights fastest on
+  this machine: OpenBLAS (numpy's BLAS, with torch on one thread meanwhile), oneDNN or PyTorch's default. Which
+  one wins depends on the CPU and its memory, not on a feature flag, so it is measured: `calibrate()` times
+  each on 1 GB of weights (larger than the caches; about 2 s in all) and the answer is cached per machine,
+  torch version and thread count in `$GLM_ASR_CACHE_DIR` (default `~/.cache/glm_asr`).
+- **int8 activations** are 8-bit where the CPU has VNNI (AVX-512 VNNI or AVX-VNNI: products summed in int32)
+  and 7-bit elsewhere (`reduce_range`: without VNNI the int8 kernels add pairs of products in int16, which 8-bit
+  activations can overflow). 8-bit halves the activation rounding error.
+- **int8 kernels**: PyTorch's `x86` quantised engine (fbgemm, or oneDNN where it judges it faster), chosen
+  at quantisation time, for the decoder's single-row products; the optional int8 audio encoder's 1500-row
+  products use the `onednn` engine where the CPU has AMX int8 tiles, which only oneDNN's kernels use.
+- **threads**: torch's own count (one per physical core); reported, not changed.
+
+Every capability can be forced, so each branch is tested on any machine: `with forced(native_bf16=False):`
+in Python, or `GLM_ASR_FORCE="native_bf16=0,vnni=1,matvec=onednn"` in the environment (read once, at first
+use). `glm-asr info` prints the CPU's features, each choice and why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MATVEC_KERNELS = ("openblas", "onednn", "torch")
+FORCE_ENV = "GLM_ASR_FORCE"
+CACHE_ENV = "GLM_ASR_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the CPU and this PyTorch build offer, as detected (torch.cpu, oneDNN, /proc/cpuinfo)."""
+
+    model: str
+    avx2: bool
+    avx512: bool
+    avx512_bf16: bool
+    vnni: bool  # AVX-512 VNNI or AVX-VNNI
+    amx: bool  # AMX tiles (bf16 and int8)
+    onednn: bool  # this PyTorch build has oneDNN
+    onednn_bf16: bool  # oneDNN runs bf16 arithmetic natively here (AVX-512 BF16 or AMX)
+
+    @property
+    def cpu_class(self) -> str:
+        """A short name for the class a measurement holds on, e.g. 'AVX-512 + VNNI + BF16 + AMX'."""
+        if not self.avx512:
+            return "AVX2" + (" + VNNI" if self.vnni else "") if self.avx2 else "pre-AVX2"
+        extras = [name for name, has in (("VNNI", self.vnni), ("BF16", self.avx512_bf16), ("AMX", self.amx)) if has]
+        return " + ".join(["AVX-512", *extras])
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Every machine-dependent choice, with the reason it was made (printed by `glm-asr info`)."""
+
+    onednn_fp32: bool  # fp32 products of more than one row on oneDNN
+    native_bf16: bool  # False: bf16 GEMMs, convolutions and attention widened to fp32
+    bf16_packed: bool  # bf16 decode steps read weights packed into oneDNN's layout
+    matvec: str  # fp32 single-row products: one of MATVEC_KERNELS
+    int8_reduce_range: bool  # 7-bit int8 activations
+    int8_gemm_engine: str  # quantised engine for the int8 audio encoder's GEMMs
+    threads: int
+    reasons: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def _cpuinfo_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def detect() -> Features:
+    """The running CPU's features, as this PyTorch build sees them."""
+    onednn = torch.backends.mkldnn.is_available()
+    cpu = torch.cpu
+    return Features(
+        model=_cpuinfo_model(),
+        avx2=cpu._is_avx2_supported(),
+        avx512=cpu._is_avx512_supported(),
+        avx512_bf16=cpu._is_avx512_bf16_supported(),
+        vnni=cpu._is_vnni_supported(),
+        amx=cpu._is_amx_tile_supported(),
+        onednn=onednn,
+        onednn_bf16=onednn and torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+    )
+
+
+def _parse_force(text: str) -> dict[str, object]:
+    """GLM_ASR_FORCE="native_bf16=0,vnni=1,matvec=onednn" -> {...}; names any unknown or malformed entry."""
+    known = {f.name for f in dataclasses.fields(Features) if f.type in (bool, "bool")} | {"native_bf16", "bf16_packed", "matvec"}
+    out: dict[str, object] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in known:
+            raise ValueError(f"{FORCE_ENV}={text!r}: {item!r} is not NAME=VALUE with NAME in {sorted(known)}")
+        if name == "matvec":
+            if value not in MATVEC_KERNELS:
+                raise ValueError(f"{FORCE_ENV}: matvec={value!r}, expected one of {MATVEC_KERNELS}")
+            out[name] = value
+        elif value in ("0", "1"):
+            out[name] = value == "1"
+        else:
+            raise ValueError(f"{FORCE_ENV}: {name}={value!r}, expected 0 or 1")
+    return out
+
+
+# ---- the matrix-vector calibration --------------------------------------------------------------------------
+
+def _cache_path(features: Features) -> Path:
+    key = json.dumps([dataclasses.asdict(features), torch.__version__, np.__version__, torch.get_num_threads()])
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "glm_asr")
+    return root / f"matvec-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def time_matvec_kernels(megabytes: int = 1024, rounds: int = 2) -> dict[str, float]:
+    """GB/s at which each kernel reads fp32 weights in single-row products (decoder-shaped, 2048 -> 6144),
+    cycling through `megabytes` of weights so that they stream from memory, as in a decode step."""
+    from glm_asr.runtime.kernels import onednn_linear, openblas_linear  # kernels imports this module
+
+    rows, cols = 6144, 2048
+    weights = [torch.empty(rows, cols).uniform_(-1, 1) for _ in range(max(1, megabytes * 2**20 // (rows * cols * 4)))]
+    x = torch.randn(1, cols)
+    kernels = {"openblas": openblas_linear, "torch": torch.nn.functional.linear}
+    if torch.backends.mkldnn.is_available():
+        kernels["onednn"] = onednn_linear
+    rates = {}
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        for name, kernel in kernels.items():
+            torch.set_num_threads(1 if name == "openblas" else threads)  # as openblas_matvec() runs it
+            try:
+                best = float("inf")
+                for _ in range(rounds + 1):  # the first round warms up
+                    started = time.perf_counter()
+                    for w in weights:
+                        kernel(x, w)
+                    best = min(best, time.perf_counter() - started)
+            finally:
+                torch.set_num_threads(threads)
+            rates[name] = len(weights) * rows * cols * 4 / best / 1e9
+    return rates
+
+
+def calibrate(refresh: bool = False) -> tuple[str, dict[str, float], str]:
+    # refresh=True (`glm-asr info --recalibrate`) measures again and replaces the cached answer.
+    """(fastest fp32 matvec kernel, GB/s of each, where the answer came from); measured once per machine."""
+    path = _cache_path(detect())
+    if not refresh:
+        try:
+            cached = json.loads(path.read_text())
+            return cached["fastest"], cached["gb_per_s"], f"cached in {path}"
+        except (OSError, ValueError, KeyError):
+            pass
+    rates = time_matvec_kernels()
+    fastest = max(rates, key=rates.get)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"fastest": fastest, "gb_per_s": rates, "cpu": detect().model}))
+        tmp.replace(path)  # atomic: parallel first runs never read half a file
+        where = f"measured now, cached in {path}"
+    except OSError as e:
+        where = f"measured now; not cached ({e})"
+    return fastest, rates, where
+
+
+# ---- the choices --------------------------------------------------------------------------------------------
+
+def decide(features: Features, force: dict[str, object] | None = None, *, measure: bool = True) -> Choices:
+    """The choices for `features`, with any forced value taking precedence. `measure=False` skips the
+    matvec calibration (the rule's fallback is used: OpenBLAS), for callers that only need the other choices."""
+    force = dict(force or {})
+    f = dataclasses.replace(features, **{k: v for k, v in force.items() if k in {x.name for x in dataclasses.fields(Features)}})
+    reasons = {}
+    forced_note = " (forced)"
+
+    reasons["onednn_fp32"] = ("oneDNN is in this PyTorch build; its GEMMs beat the default (MKL) on every CPU class measured"
+                              if f.onednn else "this PyTorch build has no oneDNN: PyTorch's default kernels")
+    if "native_bf16" in force:
+        native_bf16 = bool(force["native_bf16"])
+        reasons["native_bf16"] = ("PyTorch's bf16 kernels" if native_bf16 else "bf16 widened to fp32, rounded once") + forced_note
+    else:
+        native_bf16 = f.onednn_bf16
+        reasons["native_bf16"] = ("oneDNN reports native bf16 (AVX-512 BF16 or AMX): PyTorch's bf16 kernels" if native_bf16 else
+                                  "no native bf16 (no AVX-512 BF16 or AMX): bf16 GEMMs, convolutions and attention widened to fp32")
+
+    if "bf16_packed" in force:
+        bf16_packed, reasons["bf16_packed"] = bool(force["bf16_packed"]), "forced"
+    else:
+        bf16_packed = native_bf16 and f.onednn_bf16  # oneDNN packs bf16 only where it does bf16 arithmetic
+        reasons["bf16_packed"] = ("native bf16: decode steps read weights packed once into oneDNN's layout (a second copy)"
+                                  if bf16_packed else "no native bf16: decode steps read the plain bf16 weights")
+
+    if "matvec" in force:
+        matvec, reasons["matvec"] = str(force["matvec"]), "forced"
+    elif not measure:
+        matvec, reasons["matvec"] = "openblas", "not measured (measure=False): the fallback"
+    else:
+        matvec, rates, where = calibrate()
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in sorted(rates.items(), key=lambda kv: -kv[1]))
+        reasons["matvec"] = f"fastest single-row fp32 product, GB/s: {shown} ({where})"
+    if matvec == "onednn" and not f.onednn:
+        matvec, reasons["matvec"] = "torch", "oneDNN absent: PyTorch's default"
+
+    int8_reduce_range = not f.vnni
+    reasons["int8_reduce_range"] = ("VNNI sums int8 products in int32: 8-bit activations" if f.vnni else
+                                    "no VNNI: 7-bit activations, so int16 pair sums cannot saturate") + (forced_note if "vnni" in force else "")
+    int8_gemm_engine = "onednn" if f.amx and "onednn" in torch.backends.quantized.supported_engines else "x86"
+    reasons["int8_gemm_engine"] = ("AMX int8 tiles, which only oneDNN's int8 kernels use" if int8_gemm_engine == "onednn" else
+                                   "no AMX: PyTorch's x86 engine (fbgemm, VNNI where present)") + (forced_note if "amx" in force else "")
+    threads = torch.get_num_threads()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    reasons["threads"] = f"torch's own count; {usable} logical CPUs usable by this process"
+    return Choices(f.onednn, native_bf16, bf16_packed, matvec, int8_reduce_range, int8_gemm_engine, threads, reasons)
+
+
+_features: Features | None = None
+_choices: Choices | None = None  # every choice, the measured one included
+_rules: Choices | None = None  # the choices made from features alone (matvec not measured)
+_forced: dict[str, object] = {}
+
+
+def features() -> Features:
+    global _features
+    if _features is None:
+        _features = detect()
+    return _features
+
+
+def _force() -> dict[str, object]:
+    return {**_parse_force(os.environ.get(FORCE_ENV, "")), **_forced}
+
+
+def choices() -> Choices:
+    """The choices in force: decided at first use from the running CPU, `GLM_ASR_FORCE` and `forced()`,
+    the matvec kernel measured (or read from the cache) on first call."""
+    global _choices
+    if _choices is None:
+        _choices = decide(features(), _force())
+    return _choices
+
+
+def rules() -> Choices:
+    """The choices that need no measurement (all but `matvec`): cheap, read on every bf16 product."""
+    global _rules
+    if _rules is None:
+        _rules = decide(features(), _force(), measure=False)
+    return _rules
+
+
+def native_bf16() -> bool:
+    return rules().native_bf16
+
+
+@contextmanager
+def forced(**values: object) -> Iterator[None]:
+    """Within the block, the given capabilities or choices are taken as given (tests force every branch):
+    Features fields (`vnni=False`, `amx=True`, ...), `native_bf16=`, `bf16_packed=` and `matvec=`."""
+    global _choices, _rules, _forced
+    _parse_force(",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in values.items()))  # validates
+    saved = (_choices, _rules, _forced)
+    _forced, _choices, _rules = {**_forced, **values}, None, None
+    try:
+        yield
+    finally:
+        _choices, _rules, _forced = saved
+
+
+def describe(c: Choices | None = None, f: Features | None = None) -> str:
+    """The text `glm-asr info` prints."""
+    f, c = f or features(), c or choices()
+    flags = ", ".join(name for name in ("avx2", "avx512", "avx512_bf16", "vnni", "amx", "onednn", "onednn_bf16") if getattr(f, name))
+    lines = [f"CPU: {f.model}", f"class: {f.cpu_class}", f"features: {flags or 'none of interest'}",
+             f"torch {torch.__version__}, numpy {np.__version__}", "choices:"]
+    shown = {"onednn_fp32": "fp32 GEMMs on oneDNN" if c.onednn_fp32 else "fp32 GEMMs on PyTorch's default",
+             "native_bf16": "bf16: native" if c.native_bf16 else "bf16: widened to fp32",
+             "bf16_packed": f"bf16 decode weights: {'packed' if c.bf16_packed else 'plain'}",
+             "matvec": f"fp32 decode matvec: {c.matvec}",
+             "int8_reduce_range": f"int8 activations: {'7' if c.int8_reduce_range else '8'}-bit",
+             "int8_gemm_engine": f"int8 encoder GEMMs: {c.int8_gemm_engine} engine",
+             "threads": f"threads: {c.threads}"}
+    for key, text in shown.items():
+        lines.append(f"  {text:34} {c.reasons.get(key, '')}")
+    if os.environ.get(FORCE_ENV):
+        lines.append(f"{FORCE_ENV}={os.environ[FORCE_ENV]}")
+    return "\n".join(lines)

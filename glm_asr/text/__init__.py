@@ -1,0 +1,1 @@
+"""Text: the byte-level BPE tokenizer that reads tokenizer.json, with the Unicode classes its pre-tokenizer needs."""
