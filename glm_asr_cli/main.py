@@ -86,13 +86,13 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  {name:22} {parameter_count(module):>14,} parameters")
     print(f"  {'total':22} {parameter_count(model):>14,} ({human(parameter_count(model))}; the released model: 2,136,470,528)")
     clip = demo_clip()
-    batch = processor([clip])
-    with torch.inference_mode(), capture() as taps:  # one forward pass over the prompt, every stage recorded
+    with torch.inference_mode(), capture() as taps:  # features and one forward pass over the prompt, every stage recorded
+        batch = processor([clip])
         model(batch.input_ids, batch.input_features, batch.input_features_mask, batch.attention_mask)
     ids = greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask,
                           max_new_tokens=args.max_new_tokens)
     done = time.perf_counter()
-    taps = {"mel": batch.input_features, "input_ids": batch.input_ids, **taps}
+    taps = {"mel": taps["mel"], "input_ids": batch.input_ids, **taps}
     print(f"stages for {clip.shape[0] / 16000:.1f} s of audio:")
     for name, tensor in taps.items():
         if not name.startswith(("encoder.layers.", "decoder.layers.")) or name.endswith(".0"):

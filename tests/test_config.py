@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from glm_asr import ConfigError, GlmAsrConfig
+from glm_asr.model.config import MERGE_FACTOR
 
 
 def released_dict() -> dict:
@@ -24,7 +25,7 @@ def test_default_is_the_released_model():
     assert (t.vocab_size, t.hidden_size, t.intermediate_size, t.num_hidden_layers) == (59264, 2048, 6144, 28)
     assert (t.num_attention_heads, t.num_key_value_heads, t.head_dim, t.rms_norm_eps) == (16, 4, 128, 1e-5)
     assert t.eos_token_id == (59246, 59253, 59255)
-    assert (c.audio_token_id, c.tie_word_embeddings, c.merge_factor) == (59260, True, 4)
+    assert (c.audio_token_id, c.tie_word_embeddings, MERGE_FACTOR) == (59260, True, 4)
 
 
 def test_round_trip_through_config_json(tmp_path):

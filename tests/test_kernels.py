@@ -58,7 +58,7 @@ def test_other_dtypes_and_autograd_take_f_linear():
 @pytest.mark.parametrize("kernel", cpu.MATVEC_KERNELS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 64), (1, 64), (64,)])
-def test_each_decode_matvec_kernel_equals_f_linear_and_gives_torch_its_threads_back(shape, bias, kernel):
+def test_each_single_row_kernel_equals_f_linear_and_gives_torch_its_threads_back(shape, bias, kernel):
     torch.manual_seed(0)
     layer = Linear(64, 48, bias=bias).requires_grad_(False)
     x = torch.randn(*shape)
@@ -66,7 +66,7 @@ def test_each_decode_matvec_kernel_equals_f_linear_and_gives_torch_its_threads_b
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # under xdist the suite runs on one thread, which would hide a missing restore
     try:
-        with kernels.decode_matvec(kernel):
+        with kernels.single_row_kernel(kernel):
             assert torch.get_num_threads() == (1 if kernel == "openblas" else 2)
             out = layer(x)
         assert torch.get_num_threads() == 2
@@ -84,7 +84,7 @@ def test_the_decode_kernel_takes_only_single_rows(monkeypatch, kernel):
     layer = Linear(64, 48).requires_grad_(False)
     layer(torch.randn(1, 64))
     assert len(calls["onednn"]) == 1 and not calls["openblas"]  # outside the block: oneDNN
-    with kernels.decode_matvec(kernel):
+    with kernels.single_row_kernel(kernel):
         layer(torch.randn(2, 64))
         assert len(calls["onednn"]) == 2 and not calls["openblas"]  # two rows: oneDNN's GEMM
         layer(torch.randn(1, 1, 64))
@@ -92,10 +92,10 @@ def test_the_decode_kernel_takes_only_single_rows(monkeypatch, kernel):
     assert (len(calls["onednn"]), len(calls["openblas"])) == expected
 
 
-def test_decode_matvec_defaults_to_the_machines_choice():
-    with cpu.forced(matvec="onednn"), kernels.decode_matvec() as kernel:
+def test_single_row_kernel_defaults_to_the_machines_choice():
+    with cpu.forced(matvec="onednn"), kernels.single_row_kernel() as kernel:
         assert kernel == "onednn"
-    with cpu.forced(matvec="openblas"), kernels.decode_matvec() as kernel:
+    with cpu.forced(matvec="openblas"), kernels.single_row_kernel() as kernel:
         assert kernel == "openblas" and torch.get_num_threads() == 1
 
 
@@ -118,7 +118,7 @@ def test_bf16_gemms_convolutions_and_attention_are_widened_to_fp32_and_rounded_o
         assert torch.equal(out, F.conv1d(x.float(), conv.weight.float(), conv.bias.float(), stride=2, padding=1).bfloat16())
 
         q, k, v = (torch.randn(1, h, 6, 16, dtype=torch.bfloat16) for h in (4, 2, 2))
-        out = kernels.attention(q, k, v)
+        out = kernels.Attention()(q, k, v)
         assert out.dtype == torch.bfloat16
         assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True).bfloat16())
 
@@ -170,7 +170,7 @@ def test_packed_bf16_branch_packs_once_follows_the_weight_and_stays_out_of_copie
     torch.manual_seed(0)
     layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
     x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
-    with cpu.forced(native_bf16=True, bf16_packed=True), kernels.decode_matvec("torch"):
+    with cpu.forced(native_bf16=True, bf16_packed=True), kernels.single_row_kernel("torch"):
         out = layer(x)
         layer(x)
         assert len(stand_in_packing) == 1 and "_packed_bf16" not in layer.state_dict()
@@ -181,10 +181,10 @@ def test_packed_bf16_branch_packs_once_follows_the_weight_and_stays_out_of_copie
         assert len(stand_in_packing) == 2
     copied = copy.deepcopy(layer)  # the opaque packed tensor is left out of copies, and packed again on use
     assert not hasattr(copied, "_packed_bf16") and hasattr(layer, "_packed_bf16")
-    with cpu.forced(native_bf16=True, bf16_packed=True), kernels.decode_matvec("torch"):
+    with cpu.forced(native_bf16=True, bf16_packed=True), kernels.single_row_kernel("torch"):
         assert torch.equal(copied(x), layer(x)) and len(stand_in_packing) == 3
     del layer._packed_bf16
-    with cpu.forced(native_bf16=True, bf16_packed=False), kernels.decode_matvec("torch"):
+    with cpu.forced(native_bf16=True, bf16_packed=False), kernels.single_row_kernel("torch"):
         layer(x)
     assert not hasattr(layer, "_packed_bf16") and len(stand_in_packing) == 3
 
@@ -195,6 +195,6 @@ def test_onednns_packed_bf16_product_equals_pytorchs_for_single_rows():
     torch.manual_seed(0)
     layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
     x = torch.randn(1, 1, 64, dtype=torch.bfloat16)
-    with cpu.forced(bf16_packed=True), kernels.decode_matvec("torch"):
+    with cpu.forced(bf16_packed=True), kernels.single_row_kernel("torch"):
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
     copy.deepcopy(layer)  # a packed layer can be copied

@@ -33,8 +33,8 @@ MUTATIONS: dict[str, Mutation] = {
     ),
     "k_bias": Mutation(
         "glm_asr/model/encoder.py",
-        "self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)",
-        "self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)",
+        "self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)",
+        "self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)",
         "a bias on the encoder's k_proj (the checkpoint has none)",
     ),
     "tanh_gelu": Mutation(
@@ -83,8 +83,8 @@ MUTATIONS: dict[str, Mutation] = {
     ),
     "gqa_tiled": Mutation(
         "glm_asr/model/decoder.py",
-        "out = attention(q, k, v, mask)",
-        "out = attention(q, k.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), v.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), mask)",
+        "out = self.attention(q, k, v, mask)",
+        "out = self.attention(q, k.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), v.repeat(1, self.num_heads // self.num_kv_heads, 1, 1), mask)",
         "GQA: query head h reads kv head h mod Hkv (tiled) instead of h // (H / Hkv)",
     ),
     "no_padding_mask": Mutation(

@@ -27,6 +27,7 @@ import glm_asr.runtime.kernels
 import glm_asr.model.glm_asr
 import glm_asr.transcription.processor
 import glm_asr.model.rope
+from glm_asr.model.attention import ScaledDotProductAttention
 from glm_asr.model.glm_asr import GlmAsrModel
 
 from conformance.harness import ours
@@ -121,12 +122,12 @@ def _rms_eps_outside_sqrt(self, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN00
     return self.weight * x32.to(x.dtype)
 
 
-def _tiled_gqa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _tiled_gqa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # noqa: ANN001
     repeat = q.shape[1] // k.shape[1]  # query head h reads kv head h % Hkv instead of h // repeat
-    return _ATTENTION(q, k.repeat(1, repeat, 1, 1), v.repeat(1, repeat, 1, 1), mask)
+    return _ATTENTION(self, q, k.repeat(1, repeat, 1, 1), v.repeat(1, repeat, 1, 1), mask)
 
 
-_ATTENTION = glm_asr.model.decoder.attention
+_ATTENTION = ScaledDotProductAttention.forward  # the encoder has as many kv heads as heads: only the decoder changes
 
 
 _MASK = glm_asr.model.decoder.attention_mask
@@ -254,7 +255,7 @@ BUGS: dict[str, Bug] = {
     "decoder_interleaved_rope": Bug("decoder.layers.", "interleaved RoPE pairs (2i, 2i+1) in the decoder instead of rotate-half",
                                     lambda m: mock.patch.object(glm_asr.model.decoder, "apply_rope", apply_rope_interleaved)),
     "gqa_tiled": Bug("decoder.layers.", "query head h reading kv head h mod Hkv instead of h // (H / Hkv)",
-                     lambda m: mock.patch.object(glm_asr.model.decoder, "attention", _tiled_gqa),
+                     lambda m: mock.patch.object(ScaledDotProductAttention, "forward", _tiled_gqa),
                      visible="tiny_a only: tiny_b has as many kv heads as query heads"),
     "positions_from_zero": Bug("decoder.layers.", "position ids 0..T-1 on left-padded rows instead of counting from the first real token",
                                inputs=_positions_from_zero,

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from glm_asr.io.safetensors_file import read_header, read_tensor
 from glm_asr.model.config import AudioConfig, GlmAsrConfig
 from glm_asr.model.glm_asr import GlmAsrModel
-from glm_asr.io.safetensors_file import read_header, read_tensor
+from glm_asr.runtime.prepare import prepare
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -108,7 +109,8 @@ def _tensor_files(directory: Path) -> dict[str, Path]:
 
 
 def load_model(path: str | os.PathLike, *, dtype: torch.dtype | None = torch.float32, device: str | torch.device = "cpu") -> GlmAsrModel:
-    """Loads a GLM-ASR checkpoint directory (config.json + safetensors) into a GlmAsrModel in eval mode.
+    """Loads a GLM-ASR checkpoint directory (config.json + safetensors) into a GlmAsrModel in eval mode, on the
+    kernels this machine runs fastest (glm_asr/runtime/prepare.py; the math is the plain model's).
 
     `dtype=None` keeps every tensor in its stored dtype (the release stores bf16): what `quantize_decoder`
     starts from, so that an int8 model never holds a full fp32 copy of the checkpoint."""
@@ -166,7 +168,7 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype | None = torch.flo
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
-    return model.eval().requires_grad_(False)
+    return prepare(model.eval().requires_grad_(False))
 
 
 def _header(path: Path) -> dict:

@@ -78,10 +78,6 @@ class GlmAsrConfig:
     def __post_init__(self) -> None:
         _check_consistency(self)
 
-    @property
-    def merge_factor(self) -> int:
-        return MERGE_FACTOR
-
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> GlmAsrConfig:
         """Builds a config from a parsed config.json; `source` names the file in error messages."""

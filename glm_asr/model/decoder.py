@@ -10,7 +10,7 @@ from torch import nn
 
 from glm_asr.model.taps import record
 from glm_asr.model.config import TextConfig
-from glm_asr.runtime.kernels import Linear, attention
+from glm_asr.model.attention import ScaledDotProductAttention
 from glm_asr.model.rope import apply_rope, rope_cos_sin
 
 
@@ -53,10 +53,11 @@ class DecoderAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx  # its layer in the KV cache
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.attention = ScaledDotProductAttention()
 
     def forward(
         self,
@@ -74,16 +75,16 @@ class DecoderAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, offset)  # (B, Hkv, offset + T, Dh)
-        out = attention(q, k, v, mask)
+        out = self.attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
 class DecoderMLP(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
-        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -167,6 +168,20 @@ class LanguageModel(nn.Module):
     def __init__(self, config: TextConfig, tie_word_embeddings: bool) -> None:
         super().__init__()
         self.model = Decoder(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: KVCache | None = None,
+        offset: int = 0,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """(B, T, D) embeddings -> (B, T, V) logits; (B, 1, V) with `last_only`, all that generation needs (the
+        head is the largest product, and a prompt's other positions would cost T times as much)."""
+        hidden = self.model(inputs_embeds, position_ids, key_valid, cache, offset)
+        return self.lm_head(hidden[:, -1:] if last_only else hidden)

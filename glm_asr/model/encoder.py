@@ -12,7 +12,7 @@ from torch import nn
 
 from glm_asr.model.taps import record
 from glm_asr.model.config import AudioConfig
-from glm_asr.runtime.kernels import Conv1d, Linear, attention
+from glm_asr.model.attention import ScaledDotProductAttention
 from glm_asr.model.rope import apply_rope, rope_cos_sin
 
 
@@ -20,10 +20,11 @@ class EncoderAttention(nn.Module):
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.q_proj = Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
-        self.k_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)  # no bias on k: a trap
-        self.v_proj = Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
-        self.o_proj = Linear(self.num_heads * self.head_dim, config.hidden_size, bias=True)
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)  # no bias on k: a trap
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=True)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=True)
+        self.attention = ScaledDotProductAttention()
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -31,15 +32,15 @@ class EncoderAttention(nn.Module):
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attention(q, k, v)
+        out = self.attention(q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
 class EncoderMLP(nn.Module):
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
-        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))  # exact (erf) GELU, not the tanh approximation
@@ -62,8 +63,8 @@ class AudioEncoder(nn.Module):
     def __init__(self, config: AudioConfig) -> None:
         super().__init__()
         self.config = config
-        self.conv1 = Conv1d(config.num_mel_bins, config.hidden_size, kernel_size=3, padding=1)
-        self.conv2 = Conv1d(config.hidden_size, config.hidden_size, kernel_size=3, stride=2, padding=1)
+        self.conv1 = nn.Conv1d(config.num_mel_bins, config.hidden_size, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(config.hidden_size, config.hidden_size, kernel_size=3, stride=2, padding=1)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from glm_asr.model.taps import record
+
 SAMPLING_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
@@ -97,7 +99,9 @@ def log_mel(
     for i, piece in enumerate(pieces):
         windows[i, : piece.shape[0]] = piece
         mask[i, : valid_frames(piece.shape[0])] = 1
-    return _log_mel_windows(windows, n_mels), mask
+    features = _log_mel_windows(windows, n_mels)
+    record("mel", features)
+    return features, mask
 
 
 def _log_mel_windows(windows: torch.Tensor, n_mels: int) -> torch.Tensor:

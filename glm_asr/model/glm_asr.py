@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from glm_asr.model.taps import record
-from glm_asr.model.config import GlmAsrConfig
+from glm_asr.model.config import MERGE_FACTOR, GlmAsrConfig
 from glm_asr.model.decoder import KVCache, LanguageModel
 from glm_asr.model.encoder import AudioEncoder
 from glm_asr.model.projector import Projector, audio_token_counts, merge_frames
@@ -33,7 +33,7 @@ class GlmAsrModel(nn.Module):
     def embed_audio(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
         """(W, M, F) log-mel windows and their (W, F) valid-frame mask -> (N, D) audio embeddings, windows in order."""
         W, M, F = input_features.shape
-        if M != self.config.audio_config.num_mel_bins or F % (2 * self.config.merge_factor):
+        if M != self.config.audio_config.num_mel_bins or F % (2 * MERGE_FACTOR):
             raise ValueError(
                 f"input_features has shape {tuple(input_features.shape)}: expected (windows, "
                 f"{self.config.audio_config.num_mel_bins}, frames a multiple of 8), as log_mel gives"
@@ -81,7 +81,7 @@ class GlmAsrModel(nn.Module):
                 input_features_mask = torch.ones(input_features.shape[0], input_features.shape[2], dtype=torch.int32, device=input_features.device)
             audio = self.embed_audio(input_features, input_features_mask)
         embeds = self.embed_prompt(input_ids, audio)
-        return self.decode(embeds, position_ids, attention_mask)
+        return self.decode(embeds, position_ids, None if attention_mask is None else attention_mask.bool())
 
     def decode(
         self,
@@ -90,14 +90,16 @@ class GlmAsrModel(nn.Module):
         key_valid: torch.Tensor | None = None,
         cache: KVCache | None = None,
         offset: int = 0,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """(B, T, D) embeddings -> (B, T, V) logits, optionally continuing a KV cache at `offset`."""
+        """(B, T, D) embeddings -> (B, T, V) logits, optionally continuing a KV cache at `offset`; the last
+        position's only, (B, 1, V), with `last_only`. `key_valid` (B, offset + T) is bool, False for padding."""
         B, T, _ = inputs_embeds.shape
         if position_ids is None:
             position_ids = torch.arange(offset, offset + T, device=inputs_embeds.device).expand(B, T)
         if key_valid is None:
             key_valid = torch.ones(B, offset + T, dtype=torch.bool, device=inputs_embeds.device)
-        hidden = self.language_model.model(inputs_embeds, position_ids, key_valid, cache, offset)
-        logits = self.language_model.lm_head(hidden)
-        record("logits", logits)
+        logits = self.language_model(inputs_embeds, position_ids, key_valid, cache, offset, last_only)
+        if not last_only:
+            record("logits", logits)
         return logits

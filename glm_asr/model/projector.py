@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from glm_asr.model.config import MERGE_FACTOR, GlmAsrConfig
-from glm_asr.runtime.kernels import Linear
 
 
 def merge_frames(encoder_states: torch.Tensor) -> torch.Tensor:
@@ -25,8 +24,8 @@ def audio_token_counts(valid_frames: torch.Tensor) -> torch.Tensor:
 class Projector(nn.Module):
     def __init__(self, config: GlmAsrConfig) -> None:
         super().__init__()
-        self.linear_1 = Linear(config.audio_config.intermediate_size, 2 * config.text_config.hidden_size)
-        self.linear_2 = Linear(2 * config.text_config.hidden_size, config.text_config.hidden_size)
+        self.linear_1 = nn.Linear(config.audio_config.intermediate_size, 2 * config.text_config.hidden_size)
+        self.linear_2 = nn.Linear(2 * config.text_config.hidden_size, config.text_config.hidden_size)
 
     def forward(self, merged: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.gelu(self.linear_1(merged)))

@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glm_asr.runtime.products import onednn_linear, openblas_linear
+
 MATVEC_KERNELS = ("openblas", "onednn", "torch")
 FORCE_ENV = "GLM_ASR_FORCE"
 CACHE_ENV = "GLM_ASR_CACHE_DIR"
@@ -140,8 +142,6 @@ def _cache_path(features: Features) -> Path:
 def time_matvec_kernels(megabytes: int = 1024, rounds: int = 2) -> dict[str, float]:
     """GB/s at which each kernel reads fp32 weights in single-row products (decoder-shaped, 2048 -> 6144),
     cycling through `megabytes` of weights so that they stream from memory, as in a decode step."""
-    from glm_asr.runtime.kernels import onednn_linear, openblas_linear  # kernels imports this module
-
     rows, cols = 6144, 2048
     weights = [torch.empty(rows, cols).uniform_(-1, 1) for _ in range(max(1, megabytes * 2**20 // (rows * cols * 4)))]
     x = torch.randn(1, cols)

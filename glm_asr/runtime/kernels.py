@@ -1,12 +1,13 @@
-"""Linear layers, convolutions and attention on the kernels glm_asr/runtime/cpu.py chooses, not PyTorch's defaults.
+"""Linear layers, convolutions, attention and decode steps on the kernels cpu.py chooses, not PyTorch's defaults.
 
-The choices and the rules behind them live in cpu.py; this module carries them out:
+Each class here subclasses the plain module of glm_asr/model that it stands in for (same parameters, same
+checkpoint keys) and is swapped in after loading by prepare.py: the model's own files never name them. The choices and the rules behind them live in cpu.py; this module carries them out:
 
 - fp32 products of more than one row: oneDNN (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's own
   compiler emits for CPU linear layers) where the build has it.
-- fp32 single-row products inside `decode_matvec()`, which `greedy_generate` wraps around the decode steps of
-  batch 1: the kernel `cpu.choices().matvec` names. OpenBLAS (numpy's BLAS, reading the weight in place) runs
-  its own threads, so torch drops to one thread meanwhile: both pools spinning on the same cores made a step
+- fp32 single-row products inside `single_row_kernel()`, which `DecodeStepsLanguageModel` enters for the
+  cached decode steps of batch 1: the kernel `cpu.choices().matvec` names. OpenBLAS (numpy's BLAS,
+  reading the weight in place) runs its own threads, so torch drops to one thread meanwhile: both pools spinning on the same cores made a step
   1.7x slower.
 - bf16 where the CPU has no native bf16 (`cpu.native_bf16()` False): a bf16 GEMM multiplies bf16 values
   exactly and sums in fp32, so widening the operands to fp32 (exact) and rounding the result to bf16 once is
@@ -14,7 +15,7 @@ The choices and the rules behind them live in cpu.py; this module carries them o
   the bf16 kernel also rounds the softmax weights to bf16 on the way; the bf16 goldens show no larger error
   without that rounding) are computed that way. Single-row products stay bf16: they are bound by reading
   weights, which bf16 halves. Where the CPU has native bf16, PyTorch's bf16 kernels are kept, and inside
-  `decode_matvec()` single rows read a copy of the weight packed into oneDNN's layout (`packed_bf16_linear`).
+  `single_row_kernel()` single rows read a copy of the weight packed into oneDNN's layout (`packed_bf16_linear`).
 
 Only the summation order differs from the default kernels, which the conformance tolerances cover.
 Everything else takes the plain PyTorch path: other dtypes and devices, autograd, and tracing by
@@ -31,11 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glm_asr.model.attention import ScaledDotProductAttention
+from glm_asr.model.decoder import KVCache, LanguageModel
 from glm_asr.runtime import cpu
+from glm_asr.runtime.products import onednn_linear, openblas_linear, pack_bf16_weight
 
 ONEDNN = torch.backends.mkldnn.is_available()
 
-_decode_matvec: ContextVar[str | None] = ContextVar("glm_asr_decode_matvec", default=None)
+_single_row: ContextVar[str | None] = ContextVar("glm_asr_single_row", default=None)
 
 
 def _eager_cpu(*tensors: torch.Tensor) -> bool:
@@ -55,45 +59,26 @@ def widen_bf16(*tensors: torch.Tensor) -> bool:
     return not cpu.native_bf16() and all(t.dtype == torch.bfloat16 for t in tensors) and _eager_cpu(*tensors)
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear computed by oneDNN (CPU, fp32); callers check `use_onednn` first."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
 def widened_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear of bf16 tensors computed in fp32 by oneDNN and rounded once; callers check `widen_bf16` first."""
     return onednn_linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
-def openblas_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear of one row (..., K) computed by numpy's BLAS, reading the weight in place (CPU, fp32)."""
-    y = torch.from_numpy(weight.detach().numpy() @ x.detach().reshape(-1).numpy())  # (N,)
-    if bias is not None:
-        y += bias
-    return y.view(*x.shape[:-1], -1)
-
-
 @contextmanager
-def decode_matvec(kernel: str | None = None) -> Iterator[str]:
+def single_row_kernel(kernel: str | None = None) -> Iterator[str]:
     """Inside the block, single-row fp32 CPU products run on `kernel` (default: the one cpu.py chose for this
     machine, see `cpu.choices().matvec`), and single-row bf16 ones on packed weights where cpu.py says so.
     torch runs on one thread while the fp32 kernel is OpenBLAS: pass the kernel a bf16 model needs ("torch")."""
     kernel = kernel or cpu.choices().matvec
     threads = torch.get_num_threads()
-    token = _decode_matvec.set(kernel)
+    token = _single_row.set(kernel)
     if kernel == "openblas":
         torch.set_num_threads(1)
     try:
         yield kernel
     finally:
         torch.set_num_threads(threads)
-        _decode_matvec.reset(token)
-
-
-def pack_bf16_weight(weight: torch.Tensor) -> torch.Tensor:
-    """A bf16 (N, K) weight in oneDNN's blocked layout for single-row products (an opaque oneDNN tensor). oneDNN
-    packs bf16 only on CPUs with AVX-512 BW/VL/DQ or AVX-NE-CONVERT: cpu.py chooses it where bf16 is native."""
-    return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+        _single_row.reset(token)
 
 
 def packed_bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layer: nn.Module) -> torch.Tensor:
@@ -108,12 +93,13 @@ def packed_bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return onednn_linear(x.reshape(1, -1), packed[1], bias).view(*x.shape[:-1], -1)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """F.scaled_dot_product_attention of (B, H, T, Dh) queries on (B, Hkv, S, Dh) keys and values (GQA)."""
-    gqa = k.shape[1] != q.shape[1]
-    if widen_bf16(q, k, v):
-        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=gqa).to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+class Attention(ScaledDotProductAttention):
+    """The model's attention, widened to fp32 for bf16 on CPUs without native bf16 (module doc)."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if widen_bf16(q, k, v):
+            return super().forward(q.float(), k.float(), v.float(), mask).to(q.dtype)
+        return super().forward(q, k, v, mask)
 
 
 class Conv1d(nn.Conv1d):
@@ -138,7 +124,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_onednn(x, self.weight):
-            matvec = _decode_matvec.get() if x.numel() == x.shape[-1] else None
+            matvec = _single_row.get() if x.numel() == x.shape[-1] else None
             if matvec == "openblas":
                 return openblas_linear(x, self.weight, self.bias)
             if matvec == "torch":
@@ -146,7 +132,31 @@ class Linear(nn.Linear):
             return onednn_linear(x, self.weight, self.bias)
         if x.numel() > x.shape[-1] and widen_bf16(x, self.weight):
             return widened_linear(x, self.weight, self.bias)
-        if (x.numel() == x.shape[-1] and _decode_matvec.get() and x.dtype == self.weight.dtype == torch.bfloat16
+        if (x.numel() == x.shape[-1] and _single_row.get() and x.dtype == self.weight.dtype == torch.bfloat16
                 and cpu.rules().bf16_packed and _eager_cpu(x, self.weight)):
             return packed_bf16_linear(x, self.weight, self.bias, self)
         return F.linear(x, self.weight, self.bias)
+
+
+class DecodeStepsLanguageModel(LanguageModel):
+    """The model's `language_model`, whose cached CPU steps of one row (batch-1 decoding: every product is a
+    single row) run inside `single_row_kernel()`: fp32 on the kernel that reads weights fastest here, bf16 on
+    packed weights where cpu.py chose them. Everything else is the plain forward."""
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: KVCache | None = None,
+        offset: int = 0,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        B, T, _ = inputs_embeds.shape
+        if B != 1 or T != 1 or cache is None or inputs_embeds.device.type != "cpu" or not isinstance(self.lm_head, Linear):
+            return super().forward(inputs_embeds, position_ids, key_valid, cache, offset, last_only)
+        # torch drops to one thread while the fp32 kernel is OpenBLAS (see single_row_kernel); a bf16 model's
+        # rows take PyTorch's kernel or the packed weights, never OpenBLAS.
+        kernel = None if use_onednn(inputs_embeds, self.lm_head.weight) else "torch"
+        with single_row_kernel(kernel):
+            return super().forward(inputs_embeds, position_ids, key_valid, cache, offset, last_only)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 
 from glm_asr.model.decoder import KVCache
-from glm_asr.runtime.kernels import Linear, decode_matvec, use_onednn
 from glm_asr.model.glm_asr import GlmAsrModel
 
 
@@ -50,30 +48,24 @@ def greedy_generate(
     positions = prompt_positions(attention_mask)  # (B, T)
     cache = KVCache.empty(config, B, T + max_new_tokens, dtype, input_ids.device) if use_cache else None
 
-    hidden = model.language_model.model(embeds, positions, key_valid[:, :T], cache, 0)
+    logits = model.decode(embeds, positions, key_valid[:, :T], cache, 0, last_only=True)  # (B, 1, V)
     tokens, finished = [], torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    head = model.language_model.lm_head
-    # A cached CPU step of batch 1 is all single-row products: the kernels that read weights fastest here (cpu.py).
-    fast_matvec = B == 1 and cache is not None and isinstance(head, Linear) and hidden.device.type == "cpu"
-    fp32 = fast_matvec and use_onednn(hidden, head.weight)
-    with decode_matvec(None if fp32 else "torch") if fast_matvec else nullcontext():
-        for step in range(max_new_tokens):
-            logits = model.language_model.lm_head(hidden[:, -1])  # only the last position is needed
-            token = logits.float().argmax(-1).masked_fill(finished, int(eos[0]))
-            tokens.append(token)
-            if on_token is not None:
-                on_token(token)
-            finished |= torch.isin(token, eos)
-            if stop is not None:
-                finished |= stop(token)
-            if bool(finished.all()) or step == max_new_tokens - 1:
-                break
-            next_embeds = model.language_model.model.embed_tokens(token[:, None])  # (B, 1, D)
-            next_positions = positions[:, -1:] + 1 + step
-            if cache is not None:
-                hidden = model.language_model.model(next_embeds, next_positions, key_valid[:, : T + step + 1], cache, T + step)
-            else:  # the whole sequence again: the reference point that cached decoding must equal
-                embeds = torch.cat([embeds, next_embeds], dim=1)
-                positions_all = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(step + 1, device=input_ids.device)], dim=1)
-                hidden = model.language_model.model(embeds, positions_all, key_valid[:, : T + step + 1], None, 0)
+    for step in range(max_new_tokens):
+        token = logits[:, -1].float().argmax(-1).masked_fill(finished, int(eos[0]))
+        tokens.append(token)
+        if on_token is not None:
+            on_token(token)
+        finished |= torch.isin(token, eos)
+        if stop is not None:
+            finished |= stop(token)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        next_embeds = model.language_model.model.embed_tokens(token[:, None])  # (B, 1, D)
+        next_positions = positions[:, -1:] + 1 + step
+        if cache is not None:
+            logits = model.decode(next_embeds, next_positions, key_valid[:, : T + step + 1], cache, T + step, last_only=True)
+        else:  # the whole sequence again: the reference point that cached decoding must equal
+            embeds = torch.cat([embeds, next_embeds], dim=1)
+            positions_all = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(step + 1, device=input_ids.device)], dim=1)
+            logits = model.decode(embeds, positions_all, key_valid[:, : T + step + 1], None, 0, last_only=True)
     return torch.stack(tokens, dim=1)

@@ -14,6 +14,7 @@ import torch
 
 from glm_asr.model.config import AudioConfig, GlmAsrConfig, TextConfig
 from glm_asr.model.glm_asr import GlmAsrModel
+from glm_asr.runtime.prepare import prepare
 from glm_asr.text.tokenizer import Tokenizer
 
 SPECIAL_TOKENS = [
@@ -50,7 +51,7 @@ def random_model(preset: str, *, dtype: torch.dtype = torch.float32, device: str
             p.copy_(torch.randn(p.shape, generator=generator).mul_(0.02))  # drawn in fp32 on the CPU: same on any device
     if config.tie_word_embeddings:
         model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
-    return model.eval()
+    return prepare(model.eval())
 
 
 def _byte_symbols() -> list[str]:

@@ -1,0 +1,119 @@
+"""The folder listing is the architecture: which room may import which, no import circle, and a plain model.
+
+The import graph is read from the source (every `import` and `from ... import`, lazy ones inside functions
+included), so a rule broken anywhere fails here, not only on the paths some other test happens to run.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from glm_asr import GlmAsrModel, load_model
+from glm_asr.model.attention import ScaledDotProductAttention
+from glm_asr.model.decoder import LanguageModel
+from glm_asr.runtime import kernels
+from glm_asr.transcription.presets import PRESETS, random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("glm_asr", "glm_asr_cli", "conformance")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The project modules a file imports (`from pkg import name` counts as pkg.name where that is a module)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & modules
+            found |= submodules or {base}  # `from pkg import module` runs the module; pkg is its parent, already importing
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = [p for package in PACKAGES for p in (ROOT / package).rglob("*.py")]
+    modules = {module_name(p) for p in files}
+    return {module_name(p): imports_of(p, modules) for p in files}
+
+
+GRAPH = import_graph()
+
+
+def test_the_graph_was_read():
+    assert "glm_asr.model.decoder" in GRAPH["glm_asr.model.glm_asr"]
+    assert "glm_asr.runtime.cpu" in GRAPH["glm_asr.runtime.kernels"]
+    assert "conformance.harness.runner" in GRAPH["glm_asr_cli.main"]  # a lazy import inside a function
+
+
+def test_the_model_package_never_imports_the_harness_or_the_command_line():
+    upward = {(a, b) for a, deps in GRAPH.items() if a.startswith("glm_asr.") or a == "glm_asr"
+              for b in deps if b.startswith(("conformance", "glm_asr_cli"))}
+    assert not upward
+
+
+def test_the_model_room_is_plain_pytorch():
+    # A reader of the model never opens the runtime: model files import only each other (and torch, numpy).
+    outside = {(a, b) for a, deps in GRAPH.items() if a.startswith("glm_asr.model") for b in deps if not b.startswith("glm_asr.model")}
+    assert not outside
+    assert not {b for b in GRAPH["glm_asr.transcription.generate"] if b.startswith("glm_asr.runtime")}  # nor the greedy loop
+
+
+def test_no_import_circle():
+    graph = GRAPH
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            pytest.fail("import circle: " + " -> ".join(cycle))
+
+
+def test_a_circle_would_be_found(monkeypatch):
+    # The check above can fail: a graph with a circle in it is reported.
+    monkeypatch.setitem(GRAPH, "glm_asr.runtime.cpu", GRAPH["glm_asr.runtime.cpu"] | {"glm_asr.runtime.kernels"})
+    with pytest.raises(pytest.fail.Exception, match="glm_asr.runtime.cpu -> glm_asr.runtime.kernels -> glm_asr.runtime.cpu"):
+        test_no_import_circle()
+
+
+def plain_types(model: nn.Module) -> set[type]:
+    return {type(m) for m in model.modules()}
+
+
+def test_a_built_model_is_plain_and_loading_swaps_in_the_runtime(tmp_path):
+    config = PRESETS["small"]
+    plain = plain_types(GlmAsrModel(config))
+    assert {nn.Linear, nn.Conv1d, ScaledDotProductAttention, LanguageModel} <= plain
+    assert not {t for t in plain if t.__module__.startswith("glm_asr.runtime")}
+    prepared = random_model("small")
+    swapped = plain_types(prepared)
+    assert {kernels.Linear, kernels.Conv1d, kernels.Attention, kernels.DecodeStepsLanguageModel} <= swapped
+    assert not {nn.Linear, nn.Conv1d, ScaledDotProductAttention, LanguageModel} & swapped
+    # the swap keeps every parameter and the tied head
+    assert prepared.language_model.lm_head.weight is prepared.language_model.model.embed_tokens.weight
+    assert list(prepared.state_dict()) == list(GlmAsrModel(config).state_dict())
