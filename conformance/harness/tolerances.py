@@ -84,3 +84,21 @@ TABLE: dict[tuple[str, str, str], Tolerance] = {
 
 def tolerance(stage: str, dtype: str, mode: str) -> Tolerance:
     return TABLE[(mode, dtype, group(stage))]
+
+
+def _limit(value: float | None, complement: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"1 - {1 - value:.0e}" if complement else f"{value:.0e}"
+
+
+def markdown_table() -> str:
+    """The table as docs/conformance.md prints it, stage groups with the same limits on one row
+    (tests/test_docs.py checks that the doc and this agree)."""
+    merged: dict[tuple, list[str]] = {}
+    for (mode, dtype, grp), tol in TABLE.items():
+        limits = (_limit(tol.max_abs), _limit(tol.max_rel), _limit(tol.nmse), _limit(tol.min_cos, complement=True))
+        merged.setdefault((mode, dtype, limits), []).append(grp)
+    rows = ["| mode | dtype | stages | max abs | max rel | nmse | min cos |", "|---|---|---|---|---|---|---|"]
+    rows += [f"| {mode} | {dtype} | {', '.join(groups)} | {' | '.join(limits)} |" for (mode, dtype, limits), groups in merged.items()]
+    return "\n".join(rows)

@@ -1,0 +1,88 @@
+"""The README and docs say what the code does: size, names, links, generated tables, examples that run."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io.wavfile
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DOCS = {p: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
+
+
+def test_the_readme_is_a_users_page_of_at_most_12_kb():
+    assert len(README.encode()) <= 12 * 1024
+
+
+def test_the_readme_opens_with_the_two_setup_commands():
+    first_block = README.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert "pip install -e . && .venv/bin/glm-asr demo" in first_block
+    assert "python3 -m tox -e py" in first_block
+    assert "python3 -m tox -e py" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_glm_asr_name_the_readme_uses_exists():
+    names = set(re.findall(r"\bglm_asr(?:\.[A-Za-z_]\w*)+", README))
+    assert "glm_asr.load_model_and_processor" in names  # the pattern finds them
+    for name in sorted(names):
+        parts = name.split(".")
+        obj = importlib.import_module(parts[0])
+        for part in parts[1:]:
+            assert hasattr(obj, part), f"README names {name}, but {part!r} is not there"
+            obj = getattr(obj, part)
+
+
+@pytest.mark.parametrize("doc", list(DOCS), ids=lambda p: p.name)
+def test_every_relative_link_points_to_a_file(doc):
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", DOCS[doc]):
+        assert (doc.parent / target).exists(), f"{doc.name} links to {target}, which does not exist"
+
+
+def test_generated_tables_are_current():
+    # docs/conformance.md prints the tolerance table; tools/doc_tables.py rewrites it from the code.
+    run = subprocess.run([sys.executable, str(ROOT / "tools" / "doc_tables.py"), "--check"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_the_doc_check_sees_a_stale_number(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import doc_tables
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    text = (ROOT / "docs" / "conformance.md").read_text()
+    stale = text.replace("| 5e-05 |", "| 2e-05 |", 1)
+    assert stale != text
+    assert doc_tables.render(stale, "tolerances", doc_tables.markdown_table()) == text
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def test_the_readmes_python_examples_run_as_written(tmp_path, monkeypatch):
+    # The examples name a model folder and a clip; both are made where they say, from the tiny golden model.
+    from conformance.harness import golden
+    from conformance.harness.cases import MODELS
+    from conformance.harness.weights import make_weights, save_checkpoint
+
+    tiny = MODELS["tiny_b"]
+    folder = tmp_path / "path" / "to" / "GLM-ASR-Nano-2512"
+    folder.mkdir(parents=True)
+    save_checkpoint(folder, tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+    manifest = golden.load_manifest()
+    shutil.copy(golden.ROOT / manifest["models"]["tiny_b"]["tokenizer"]["path"], folder / "tokenizer.json")
+    scipy.io.wavfile.write(tmp_path / "speech.wav", 16000, np.random.default_rng(0).uniform(-0.1, 0.1, 16000).astype(np.float32))
+    monkeypatch.chdir(tmp_path)
+    blocks = python_blocks(README)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
