@@ -10,7 +10,7 @@ from conformance.harness import runner
 from conformance.harness.cases import clips
 from conformance.harness.ours import features
 from glm_asr.runtime import cpu
-from glm_asr.runtime import kernels
+from glm_asr.runtime import dispatch as kernels
 from glm_asr.model.decoder import KVCache
 from glm_asr.transcription.generate import greedy_generate, prompt_positions
 

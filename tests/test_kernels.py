@@ -1,4 +1,4 @@
-"""glm_asr/runtime/kernels.py: each kernel swap computes what the default kernel would, and is left when it must be.
+"""glm_asr/runtime/dispatch.py: each kernel swap computes what the default kernel would, and is left when it must be.
 Every branch is forced (glm_asr.runtime.cpu.forced), so each runs on any CPU class."""
 
 import copy
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from glm_asr.runtime import cpu
-from glm_asr.runtime import kernels
-from glm_asr.runtime.kernels import Linear, use_onednn
+from glm_asr.runtime import dispatch as kernels
+from glm_asr.runtime.dispatch import Linear, use_onednn
 
 pytestmark = pytest.mark.skipif(not kernels.ONEDNN, reason="this PyTorch build has no oneDNN")
 

@@ -15,7 +15,7 @@ from torch import nn
 from glm_asr import GlmAsrModel, load_model
 from glm_asr.model.attention import ScaledDotProductAttention
 from glm_asr.model.decoder import LanguageModel
-from glm_asr.runtime import kernels
+from glm_asr.runtime import dispatch
 from glm_asr.transcription.presets import PRESETS, random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ GRAPH = import_graph()
 
 def test_the_graph_was_read():
     assert "glm_asr.model.decoder" in GRAPH["glm_asr.model.glm_asr"]
-    assert "glm_asr.runtime.cpu" in GRAPH["glm_asr.runtime.kernels"]
+    assert "glm_asr.runtime.cpu" in GRAPH["glm_asr.runtime.dispatch"]
     assert "conformance.harness.runner" in GRAPH["glm_asr_cli.main"]  # a lazy import inside a function
 
 
@@ -96,8 +96,8 @@ def test_no_import_circle():
 
 def test_a_circle_would_be_found(monkeypatch):
     # The check above can fail: a graph with a circle in it is reported.
-    monkeypatch.setitem(GRAPH, "glm_asr.runtime.cpu", GRAPH["glm_asr.runtime.cpu"] | {"glm_asr.runtime.kernels"})
-    with pytest.raises(pytest.fail.Exception, match="glm_asr.runtime.cpu -> glm_asr.runtime.kernels -> glm_asr.runtime.cpu"):
+    monkeypatch.setitem(GRAPH, "glm_asr.runtime.cpu", GRAPH["glm_asr.runtime.cpu"] | {"glm_asr.runtime.dispatch"})
+    with pytest.raises(pytest.fail.Exception, match="glm_asr.runtime.cpu -> glm_asr.runtime.dispatch -> glm_asr.runtime.cpu"):
         test_no_import_circle()
 
 
@@ -112,7 +112,7 @@ def test_a_built_model_is_plain_and_loading_swaps_in_the_runtime(tmp_path):
     assert not {t for t in plain if t.__module__.startswith("glm_asr.runtime")}
     prepared = random_model("small")
     swapped = plain_types(prepared)
-    assert {kernels.Linear, kernels.Conv1d, kernels.Attention, kernels.DecodeStepsLanguageModel} <= swapped
+    assert {dispatch.Linear, dispatch.Conv1d, dispatch.Attention, dispatch.DecodeStepsLanguageModel} <= swapped
     assert not {nn.Linear, nn.Conv1d, ScaledDotProductAttention, LanguageModel} & swapped
     # the swap keeps every parameter and the tied head
     assert prepared.language_model.lm_head.weight is prepared.language_model.model.embed_tokens.weight

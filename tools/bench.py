@@ -273,8 +273,8 @@ def machine_limits(size_mb: int = 1024) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from glm_asr.runtime.kernels import ONEDNN as onednn
-    from glm_asr.runtime.kernels import widened_linear
+    from glm_asr.runtime.dispatch import ONEDNN as onednn
+    from glm_asr.runtime.dispatch import widened_linear
     from glm_asr.runtime.products import onednn_linear, openblas_linear
 
     rows = size_mb * 2**20 // 4 // 4096

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import glm_asr.model.front_end
 import glm_asr.model.decoder
 import glm_asr.model.encoder
-import glm_asr.runtime.kernels
+import glm_asr.runtime.dispatch
 import glm_asr.model.glm_asr
 import glm_asr.transcription.processor
 import glm_asr.model.rope
@@ -188,8 +188,8 @@ def _fp16_products(model: GlmAsrModel) -> contextlib.AbstractContextManager:
         return F.linear(_fp16(x), _fp16(self.weight), self.bias)
 
     stack = contextlib.ExitStack()
-    stack.enter_context(mock.patch.object(glm_asr.runtime.kernels.Conv1d, "forward", conv))
-    stack.enter_context(mock.patch.object(glm_asr.runtime.kernels.Linear, "forward", linear))
+    stack.enter_context(mock.patch.object(glm_asr.runtime.dispatch.Conv1d, "forward", conv))
+    stack.enter_context(mock.patch.object(glm_asr.runtime.dispatch.Linear, "forward", linear))
     return stack
 
 

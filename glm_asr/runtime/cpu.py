@@ -7,7 +7,7 @@ The rules, which hold on every machine (what they chose on the CPUs measured is 
 - **bf16** is *native* (PyTorch's bf16 kernels) where oneDNN reports bf16 arithmetic, i.e. AVX-512 BF16 or
   AMX. Elsewhere those kernels fall back to converting every element, 6x slower than fp32, so products of more
   than one row, convolutions and attention are *widened*: computed in fp32 from the bf16 values (exact) and
-  rounded once (kernels.py). Single-row bf16 products keep the bf16 kernel either way: they are bound by
+  rounded once (dispatch.py). Single-row bf16 products keep the bf16 kernel either way: they are bound by
   reading the weights, which bf16 halves.
 - **fp32 single-row products** (the decode steps of batch 1) go to the kernel that reads weights fastest on
   this machine: OpenBLAS (numpy's BLAS, with torch on one thread meanwhile), oneDNN or PyTorch's default. Which

@@ -1,7 +1,7 @@
 """Puts a built model on the kernels this machine runs fastest, from outside the model's code.
 
 `GlmAsrModel(config)` is plain PyTorch: nn.Linear, nn.Conv1d, the model's own ScaledDotProductAttention and
-LanguageModel. `prepare(model)` swaps each for its kernels.py subclass by changing the instance's class, which
+LanguageModel. `prepare(model)` swaps each for its dispatch.py subclass by changing the instance's class, which
 keeps every parameter, the tied LM head, hooks and checkpoint keys exactly as they were; the subclasses decide
 per call (cpu.py's rules) and fall back to the plain forward wherever a choice does not apply. `load_model` and
 the random presets call it; quantize.py swaps modules the same way, after it.
@@ -15,13 +15,13 @@ from torch import nn
 from glm_asr.model.attention import ScaledDotProductAttention
 from glm_asr.model.decoder import LanguageModel
 from glm_asr.model.glm_asr import GlmAsrModel
-from glm_asr.runtime import cpu, kernels
+from glm_asr.runtime import cpu, dispatch
 
 SWAPS: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: kernels.Linear,
-    nn.Conv1d: kernels.Conv1d,
-    ScaledDotProductAttention: kernels.Attention,
-    LanguageModel: kernels.DecodeStepsLanguageModel,
+    nn.Linear: dispatch.Linear,
+    nn.Conv1d: dispatch.Conv1d,
+    ScaledDotProductAttention: dispatch.Attention,
+    LanguageModel: dispatch.DecodeStepsLanguageModel,
 }
 
 

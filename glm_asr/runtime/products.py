@@ -1,4 +1,4 @@
-"""The raw matrix products the runtime chooses among, with no policy: cpu.py times them, kernels.py calls them.
+"""The raw matrix products the runtime chooses among, with no policy: cpu.py times them, dispatch.py calls them.
 
 Each computes exactly `F.linear(x, weight, bias)` on CPU tensors; only the library doing the work differs.
 """
