@@ -61,3 +61,11 @@ def test_float64_and_tensor_inputs_give_the_same_features():
 def test_bad_audio_is_named(audio, kwargs, message):
     with pytest.raises(ValueError, match=message):
         log_mel(audio, **kwargs)
+
+
+def test_log_mel_records_the_mel_stage():
+    from glm_asr import capture
+
+    with capture() as taps:
+        features, _ = log_mel(np.zeros(16000, np.float32))
+    assert list(taps) == ["mel"] and torch.equal(taps["mel"], features)

@@ -117,3 +117,34 @@ def test_a_built_model_is_plain_and_loading_swaps_in_the_runtime(tmp_path):
     # the swap keeps every parameter and the tied head
     assert prepared.language_model.lm_head.weight is prepared.language_model.model.embed_tokens.weight
     assert list(prepared.state_dict()) == list(GlmAsrModel(config).state_dict())
+
+
+def test_the_single_row_kernel_is_chosen_at_load_not_at_the_first_token(monkeypatch):
+    # Loading measures (once per machine, cached); the greedy loop never does.
+    import torch
+
+    from glm_asr.runtime import cpu
+    from glm_asr.transcription.generate import greedy_generate
+
+    calls = []
+    monkeypatch.setattr(cpu, "calibrate", lambda refresh=False: calls.append("measured") or ("torch", {"torch": 1.0}, "stub"))
+    monkeypatch.setattr(cpu, "_choices", None)
+    model = random_model("small")
+    assert calls == ["measured"]
+    ids = torch.tensor([[1, 2, 3]])
+    greedy_generate(model, ids, torch.ones_like(ids), None, None, max_new_tokens=3, eos_token_id=(0,))
+    assert calls == ["measured"]
+
+
+def test_generation_goes_through_the_models_own_decode(monkeypatch):
+    import torch
+
+    from glm_asr.transcription.generate import greedy_generate
+
+    model = random_model("small")
+    calls = []
+    real = type(model).decode
+    monkeypatch.setattr(type(model), "decode", lambda self, *a, **k: calls.append(k.get("last_only")) or real(self, *a, **k))
+    ids = torch.tensor([[1, 2, 3]])
+    greedy_generate(model, ids, torch.ones_like(ids), None, None, max_new_tokens=4, eos_token_id=(0,))
+    assert calls == [True] * 4  # the prefill and three steps, each computing only the last position's logits
