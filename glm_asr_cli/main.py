@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--random", default="small", choices=["small", "full"], help="random preset when --model is not given")
     tr.add_argument("--device", default="cpu")
     tr.add_argument("--dtype", default="fp32", choices=list(DTYPES))
-    tr.add_argument("--quantize", choices=["int8"], default=None,
-                    help="int8 decoder weights: faster CPU decoding, approximate (fp32 on the CPU only)")
+    tr.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                    help="int8 decoder weights, or weight-only int4 (half int8's bytes): faster CPU decoding, approximate (fp32 on the CPU only)")
     tr.add_argument("--quantize-audio", choices=["int8", "bf16"], default=None,
                     help="audio encoder and projector in int8 or bf16: faster where the CPU has VNNI, AVX-512 BF16 or AMX "
                          "(see `glm-asr info`), approximate (fp32 on the CPU only)")

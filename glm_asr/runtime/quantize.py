@@ -1,4 +1,4 @@
-"""Int8 decoder weights for decoding on a CPU, and an optional int8 or bf16 audio encoder.
+"""Int8 (or weight-only int4) decoder weights for decoding on a CPU, and an optional int8 or bf16 audio encoder.
 
 Each decoded token reads every decoder weight once and does two FLOPs per weight: on a CPU that is bound by
 memory bandwidth, not arithmetic (tools/bench.py measures both). Int8 weights read 4x fewer bytes than
@@ -65,6 +65,48 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per row, {bits}-bit activations, {self.engine}"
 
 
+class Int4Linear(nn.Module):
+    """An nn.Linear with 4-bit weights and no activation quantisation (weight-only, as gpt-fast does on CPUs).
+
+    Each run of `group_size` input channels of a row shares a scale and a zero point (asymmetric, 16 levels:
+    w ≈ (q - 8) * scale + zero), so a weight costs half a byte plus 4 bytes per group. The product is PyTorch's
+    own CPU kernel (`aten._weight_int4pack_mm_for_cpu`), which unpacks the weights as it reads them; it runs on
+    bf16 activations (fp32 ones take a path 20x slower), so the input is rounded to bf16 and the result returned
+    in the input's dtype. The kernel wants output rows in multiples of 16 and input channels in multiples of the
+    group (32 to 256): smaller layers (the tiny test models) are zero-padded to fit."""
+
+    def __init__(self, linear: nn.Linear, group_size: int = 128) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        N, K = weight.shape
+        self.group_size = next(g for g in (group_size, 64, 32) if g <= max(K, 32))  # small layers: smaller groups
+        n_pad, k_pad = -N % 16, -K % self.group_size
+        weight = nn.functional.pad(weight, (0, k_pad, 0, n_pad))
+        groups = weight.reshape(N + n_pad, -1, self.group_size)
+        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+        scale = ((high - low) / 15).clamp_min(torch.finfo(torch.float32).tiny)
+        q = ((groups - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(N + n_pad, -1)
+        zero = low + 8 * scale  # the kernel's form: w = (q - 8) * scale + zero
+        # Plain attributes, not buffers: `model.float()` after quantisation must not widen the bf16 scales.
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (N, K / 2) uint8
+        self.scales_and_zeros = torch.stack([scale[..., 0].t(), zero[..., 0].t()], dim=-1).to(torch.bfloat16).contiguous()  # (K / group, N, 2)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        self.in_features, self.out_features, self.k_pad = K, N, k_pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.k_pad:
+            rows = nn.functional.pad(rows, (0, self.k_pad))
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size, self.scales_and_zeros)
+        y = y[:, : self.out_features].to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 weights in groups of {self.group_size}, bf16 activations"
+
+
 _ENGINE_LOCK = threading.Lock()
 
 
@@ -84,29 +126,35 @@ def _engine(name: str) -> Iterator[None]:
             torch.backends.quantized.engine = saved
 
 
-def _quantize_linears(root: nn.Module, engine: str) -> None:
-    """Every nn.Linear under `root` replaced by an Int8Linear, in place."""
+def _quantize_linears(root: nn.Module, engine: str, kind: str = "int8") -> None:
+    """Every nn.Linear under `root` replaced by an Int8Linear (or an Int4Linear), in place."""
     slots = [(module, name) for module in list(root.modules())
              for name, child in module.named_children() if isinstance(child, nn.Linear)]
+    quantise = (lambda slot: Int8Linear(getattr(*slot), engine)) if kind == "int8" else (lambda slot: Int4Linear(getattr(*slot)))
     # fbgemm packs a weight on one core, so a thread per core quantises a layer each. The float layer is dropped
-    # as soon as its int8 one is in place, so the peak grows by a few layers, not by the model.
+    # as soon as its quantised one is in place, so the peak grows by a few layers, not by the model.
     with _engine(engine), ThreadPoolExecutor(torch.get_num_threads()) as pool:  # one engine switch for the pool
-        for (module, name), int8 in zip(slots, pool.map(lambda slot: Int8Linear(getattr(*slot), engine), slots)):
-            setattr(module, name, int8)
+        for (module, name), quantised in zip(slots, pool.map(quantise, slots)):
+            setattr(module, name, quantised)
 
 
-def quantize_decoder(model: GlmAsrModel) -> GlmAsrModel:
-    """Replaces every linear layer of `language_model` (attention, MLP and the LM head) by an Int8Linear, in
-    place, and returns the model, all in fp32 but those layers. A tied LM head gets its own int8 copy; the
-    embedding table stays fp32.
+DECODER_KINDS = ("int8", "int4")
+
+
+def quantize_decoder(model: GlmAsrModel, kind: str = "int8") -> GlmAsrModel:
+    """Replaces every linear layer of `language_model` (attention, MLP and the LM head) by an Int8Linear (or,
+    with `kind="int4"`, a weight-only Int4Linear), in place, and returns the model, all in fp32 but those
+    layers. A tied LM head gets its own quantised copy; the embedding table stays fp32.
 
     The model may be in any float dtype. Each weight is widened to fp32 (exact) before it is quantised, and
     everything else is cast to fp32 afterwards, so a bf16 checkpoint loaded as stored (`load_model(dtype=None)`)
     becomes exactly the model its fp32 load would, without ever holding the whole checkpoint in fp32: the
     load peak halves (docs/performance.md)."""
+    if kind not in DECODER_KINDS:
+        raise ValueError(f"quantize_decoder kind={kind!r}: expected one of {DECODER_KINDS}")
     if next(model.parameters()).device.type != "cpu":
-        raise ValueError("int8 quantisation runs on the CPU (PyTorch's quantised kernels); load the model with device='cpu'")
-    _quantize_linears(model.language_model, "x86")
+        raise ValueError(f"{kind} quantisation runs on the CPU (PyTorch's quantised kernels); load the model with device='cpu'")
+    _quantize_linears(model.language_model, "x86", kind)
     return model.float()
 
 

@@ -18,7 +18,7 @@ from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel, load_onnx_model_and_processor  # noqa: F401 (the onnxruntime backend's loader)
 from glm_asr.transcription.presets import random_model, synthetic_tokenizer
 from glm_asr.transcription.processor import MAX_WINDOWS, Processor
-from glm_asr.runtime.quantize import AUDIO_KINDS, quantize_audio, quantize_decoder
+from glm_asr.runtime.quantize import AUDIO_KINDS, DECODER_KINDS, quantize_audio, quantize_decoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -48,10 +48,10 @@ def load_model_and_processor(
 ) -> tuple[GlmAsrModel, Processor]:
     """A checkpoint directory (config.json, safetensors, tokenizer.json), or with `model_path=None` random
     weights of a preset (`small`, or `full` = the released size) and a synthetic tokenizer.
-    `quantize="int8"`: int8 decoder weights for CPU decoding; `quantize_audio_path="int8"` or `"bf16"`: the audio
+    `quantize="int8"` (or `"int4"`, weight-only): quantised decoder weights for CPU decoding; `quantize_audio_path="int8"` or `"bf16"`: the audio
     encoder and projector in int8 or bf16 (glm_asr/runtime/quantize.py; both approximate, fp32 models on the CPU only)."""
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize={quantize!r}: expected None or 'int8'")
+    if quantize not in (None, *DECODER_KINDS):
+        raise ValueError(f"quantize={quantize!r}: expected None or one of {DECODER_KINDS}")
     if quantize_audio_path not in (None, *AUDIO_KINDS):
         raise ValueError(f"quantize_audio_path={quantize_audio_path!r}: expected None or one of {AUDIO_KINDS}")
     for name, value in (("quantize", quantize), ("quantize_audio_path", quantize_audio_path)):
@@ -67,7 +67,7 @@ def load_model_and_processor(
         model = load_model(directory, dtype=None if quantize else dtype, device=device)  # None: as stored, see quantize_decoder
         processor = Processor.from_dir(directory, model.config.audio_config.num_mel_bins)
     if quantize:
-        model = quantize_decoder(model)  # first: it casts what it leaves to fp32
+        model = quantize_decoder(model, quantize)  # first: it casts what it leaves to fp32
     if quantize_audio_path:
         model = quantize_audio(model, quantize_audio_path)
     return model, processor
