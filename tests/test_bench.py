@@ -16,13 +16,13 @@ def test_bench_smoke(tmp_path):
     pytest.importorskip("onnxruntime", reason="the onnxruntime systems need onnxruntime")
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "bench.py"), "--smoke", "--systems", "ours,onnxruntime", "--dtypes", "fp32,int8,int8+int8audio",
+        [sys.executable, str(ROOT / "tools" / "bench.py"), "--smoke", "--systems", "ours,onnxruntime", "--dtypes", "fp32,int8,int8+int8audio,int4",
          "--cache", str(tmp_path / "cache"), "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
     records = json.loads(out.read_text())["records"]
-    assert [(r["system"], r["dtype"]) for r in records] == [("ours", "fp32"), ("ours", "int8"), ("ours", "int8+int8audio"),
+    assert [(r["system"], r["dtype"]) for r in records] == [("ours", "fp32"), ("ours", "int8"), ("ours", "int8+int8audio"), ("ours", "int4"),
                                                             ("onnxruntime", "fp32"), ("onnxruntime", "int8")], done.stderr
     from glm_asr.runtime import cpu
 

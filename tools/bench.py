@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 # int8+bf16audio / int8+int8audio: the same with the audio encoder and projector in bf16 / int8
 # (quantize_audio); onnxruntime = the export's --quantize int8 (dynamic int8 MatMul weights in both graphs).
 # bf16 ONNX graphs are not exported.
-SYSTEMS = {"ours": ("fp32", "bf16", "int8", "int8+bf16audio", "int8+int8audio"), "transformers": ("fp32", "bf16"),
+SYSTEMS = {"ours": ("fp32", "bf16", "int8", "int8+bf16audio", "int8+int8audio", "int4", "int4+bf16audio"), "transformers": ("fp32", "bf16"),
            "onnxruntime": ("fp32", "int8")}
-AUDIO_QUANT = {"int8+bf16audio": "bf16", "int8+int8audio": "int8"}
+AUDIO_QUANT = {"int8+bf16audio": "bf16", "int8+int8audio": "int8", "int4+bf16audio": "bf16"}
 NEVER = -1  # an eos id no token has: decoding runs the full length
 
 
@@ -117,7 +117,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         import onnxruntime  # noqa: F401
     start = time.perf_counter()
     if system == "ours":
-        run = _ours(checkpoint, dtype, quantize="int8" if dtype_name.startswith("int8") else None, audio=AUDIO_QUANT.get(dtype_name))
+        run = _ours(checkpoint, dtype, quantize=dtype_name[:4] if dtype_name.startswith(("int8", "int4")) else None, audio=AUDIO_QUANT.get(dtype_name))
     elif system == "transformers":
         run = _transformers(checkpoint, dtype)
     else:
@@ -184,7 +184,7 @@ def cpu_record(cpu) -> dict:  # noqa: ANN001
 
 def _ours(checkpoint: Path, dtype, quantize: str | None, audio: str | None = None) -> dict:  # noqa: ANN001
     # int8 quantises from the stored bf16 (exactly the fp32 model's int8 weights), as glm-asr transcribe does
-    model = quantize_decoder(load_model(checkpoint, dtype=None)) if quantize else load_model(checkpoint, dtype=dtype)
+    model = quantize_decoder(load_model(checkpoint, dtype=None), quantize) if quantize else load_model(checkpoint, dtype=dtype)
     if audio:
         model = quantize_audio(model, audio)
 
@@ -458,13 +458,14 @@ def main() -> int:
         record = merge_rounds(rounds)
         dtype = record["dtype"]
         costs = model_costs(preset, record["prompt_tokens"])
-        bytes_per_token = costs["decoder_params_per_token"] * (1 if dtype.startswith("int8") else {"fp32": 4, "bf16": 2}[dtype])
+        # int4: half a byte a weight plus a bf16 scale and zero per group of 128 (4 bytes / 128 weights)
+        bytes_per_token = costs["decoder_params_per_token"] * (1 if dtype.startswith("int8") else 0.5 + 4 / 128 if dtype.startswith("int4") else {"fp32": 4, "bf16": 2}[dtype])
         record.update(limits)
         record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
         record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
         # The audio path's own arithmetic: bf16 or int8 where it runs so, else fp32 (ours int8 keeps an fp32
         # audio path; onnxruntime's int8 graphs have int8 MatMuls, held to the int8 rate).
-        audio_dtype = {"bf16": "bf16", "int8+bf16audio": "bf16", "int8+int8audio": "int8"}.get(dtype, "fp32")
+        audio_dtype = {"bf16": "bf16", "int8+bf16audio": "bf16", "int8+int8audio": "int8", "int4+bf16audio": "bf16"}.get(dtype, "fp32")
         if record["system"] == "onnxruntime" and dtype == "int8":
             audio_dtype = "int8"
         rate = limits["matmul_gops_int8"] if audio_dtype == "int8" else limits[f"matmul_gflops_{audio_dtype}"]
@@ -513,7 +514,7 @@ def add_speedups(records: list[dict]) -> None:
     for int8 (whose activations are fp32); absent when that transformers run is not in this run."""
     baselines = {r["dtype"]: r for r in records if r["system"] == "transformers"}
     for r in records:
-        baseline = baselines.get("fp32" if r["dtype"].startswith("int8") else r["dtype"])
+        baseline = baselines.get("fp32" if r["dtype"].startswith(("int8", "int4")) else r["dtype"])
         if r["system"] == "transformers" or baseline is None:
             continue
         r["speedup_vs"] = f"transformers {baseline['dtype']}"
