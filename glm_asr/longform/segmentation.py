@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glm_asr.longform.vad import CHUNK_SAMPLES, VadOptions
+from glm_asr.longform.vad import CHUNK_SAMPLES, VadOptions, blocks_of, speech_probabilities
 from glm_asr.model.front_end import SAMPLING_RATE, WINDOW_SAMPLES
 
 Region = tuple[int, int]  # [start, end) in samples
@@ -148,3 +148,8 @@ def pack(regions: list[Region], max_samples: int = WINDOW_SAMPLES, max_gap_s: fl
 def plan_pieces(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions(), max_gap_s: float = 2.0) -> list[Piece]:
     """Probabilities to pieces: regions, long ones cut, packed into windows of at most 30 s."""
     return pack(cut_long(speech_regions(probs, n_samples, opts), probs), WINDOW_SAMPLES, max_gap_s)
+
+
+def find_pieces(audio: np.ndarray, opts: VadOptions = VadOptions(), max_gap_s: float = 2.0) -> list[Piece]:
+    """The pieces of an in-memory 16 kHz clip: the VAD run over it in views (no copy), then `plan_pieces`."""
+    return plan_pieces(speech_probabilities(blocks_of(audio), opts.max_gain), audio.shape[0], opts, max_gap_s)
