@@ -123,7 +123,8 @@ def cut_long(regions: list[Region], probs: np.ndarray, max_samples: int = WINDOW
             lo = (start + max_samples // 2) // CHUNK_SAMPLES
             hi = max(lo + 1, (start + max_samples) // CHUNK_SAMPLES)  # the frames starting inside the window
             frames = smooth[lo:hi]
-            cut = (lo + int(np.argmin(frames))) * CHUNK_SAMPLES + CHUNK_SAMPLES // 2 if frames.size else start + max_samples
+            last_min = frames.size - 1 - int(np.argmin(frames[::-1]))  # ties: the latest, for the longest piece
+            cut = (lo + last_min) * CHUNK_SAMPLES + CHUNK_SAMPLES // 2 if frames.size else start + max_samples
             cut = min(cut, start + max_samples)
             out.append((start, cut))
             start = cut
