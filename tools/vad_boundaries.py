@@ -119,7 +119,7 @@ def measure(comp: Composite, opts: VadOptions = VadOptions()) -> tuple[Measured,
     n = comp.audio.shape[0]
     probs = speech_probabilities(blocks_of(comp.audio), opts.max_gain)
     regions = speech_regions(probs, n, opts)
-    pieces = pack(cut_long(regions, probs))
+    pieces = pack(cut_long(regions, probs), max_gap_s=opts.max_gap_s)
     sec = [(s / SAMPLING_RATE, e / SAMPLING_RATE) for s, e in regions]
     names, starts, ends, missed = [], [], [], 0
     for name, (lo, hi) in zip(comp.names, comp.speech):

@@ -1,7 +1,8 @@
 """An audio file as a stream of float32 16 kHz mono blocks, for voice activity detection over long files.
 
 A 16 kHz WAV in a format scipy can memory-map (PCM uint8/int16/int32, float32/float64) is read block by
-block from the map; every other file ffmpeg decodes streams through PyAV (glm_asr/io/pyav.py), frame by
+block with plain reads at the data's offset (scipy's map gives the layout; reading through the map would
+leave the whole file's pages resident and counted in the process's memory); every other file ffmpeg decodes streams through PyAV (glm_asr/io/pyav.py), frame by
 frame. A WAV at another rate, or one scipy cannot map (24-bit PCM), is read whole by `load_audio`
 (resampling block by block would change the samples at the block edges) and then handed out in views:
 it sits in memory once.
@@ -43,16 +44,22 @@ def stream_file(path: str | os.PathLike, offset: float = 0.0, duration: float | 
         except (NotMedia, DecodeError) as e:
             raise AudioError(str(e)) from e
         return
+    dtype, shape, data_offset = mapped.dtype, mapped.shape, mapped.offset
+    del mapped
+    channels = shape[1] if len(shape) == 2 else 1
     first = round(offset * SAMPLING_RATE)
-    last = mapped.shape[0] if duration is None else min(mapped.shape[0], first + round(duration * SAMPLING_RATE))
+    last = shape[0] if duration is None else min(shape[0], first + round(duration * SAMPLING_RATE))
     if first >= last:
-        raise AudioError(f"{path}: nothing from {offset} s on; the file lasts {mapped.shape[0] / SAMPLING_RATE:.2f} s")
-    for start in range(first, last, BLOCK_SAMPLES):
-        block = np.asarray(mapped[start : min(start + BLOCK_SAMPLES, last)])
-        yield to_mono_16k(_to_float(block, path), SAMPLING_RATE, str(path))
+        raise AudioError(f"{path}: nothing from {offset} s on; the file lasts {shape[0] / SAMPLING_RATE:.2f} s")
+    with open(path, "rb") as f:
+        for start in range(first, last, BLOCK_SAMPLES):
+            count = min(BLOCK_SAMPLES, last - start)
+            f.seek(data_offset + start * channels * dtype.itemsize)
+            block = np.fromfile(f, dtype, count * channels).reshape((count, channels) if len(shape) == 2 else (count,))
+            yield to_mono_16k(_to_float(block, path), SAMPLING_RATE, str(path))
 
 
-def _map_wav(path: Path) -> np.ndarray | None:
+def _map_wav(path: Path) -> np.memmap | None:
     """The memory-mapped (samples[, channels]) data of a 16 kHz WAV, or None when it is not one scipy maps."""
     try:
         with warnings.catch_warnings():
@@ -60,5 +67,5 @@ def _map_wav(path: Path) -> np.ndarray | None:
             rate, data = scipy.io.wavfile.read(path, mmap=True)
     except Exception:  # noqa: BLE001 (not a mappable WAV: load_audio or PyAV reads it and reports what is wrong)
         return None
-    return data if rate == SAMPLING_RATE else None
+    return data if rate == SAMPLING_RATE and isinstance(data, np.memmap) else None
 

@@ -54,6 +54,7 @@ class VadOptions:
     speech_pad_ms: int = 30
     min_silence_at_max_speech: int = 98
     max_gain: float = 100.0  # ours, not silero-vad's: level raised before the model (TARGET_PEAK); 1.0: off
+    max_gap_s: float = 5.0  # ours: the longest pause inside one decoded piece (segmentation.pack)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -61,6 +62,8 @@ class VadOptions:
         for name in ("min_speech_duration_ms", "min_silence_duration_ms", "speech_pad_ms", "min_silence_at_max_speech"):
             if getattr(self, name) < 0:
                 raise ValueError(f"VAD {name} {getattr(self, name)}: expected 0 or more")
+        if not self.max_gap_s >= 0:
+            raise ValueError(f"VAD max_gap_s {self.max_gap_s}: expected 0 or more seconds")
         if not self.max_gain >= 1.0:
             raise ValueError(f"VAD max_gain {self.max_gain}: expected 1.0 (no gain) or more")
         if not self.max_speech_duration_s > 0:
