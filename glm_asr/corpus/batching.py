@@ -63,8 +63,9 @@ def _read_ahead(items: list[Item], out: queue.Queue, cancelled: threading.Event,
         started = time.perf_counter()
         try:
             samples: np.ndarray | str = load_audio(item.path, item.offset, item.duration)
-            if vad is not None:  # here, in the reader thread, so that it overlaps the model's work
-                samples = (samples, find_pieces(samples, vad))
+            if vad is not None:  # here, in the reader thread, so that it overlaps the model's work; only speech is kept
+                pieces = find_pieces(samples, vad)
+                samples = (samples.shape[0], pieces, [p.samples(samples) for p in pieces])
         except (AudioError, OSError) as e:
             samples = str(e) if str(item.path) in str(e) else f"{item.path}: {e}"
         except Exception as e:  # noqa: BLE001 (anything else one file raises is that file's error: the main thread must not wait forever)
@@ -123,10 +124,10 @@ def _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size
         if isinstance(samples, str):
             result.error = samples
         elif isinstance(samples, tuple):  # VAD pieces; times on the file's timeline, a manifest's offset added
-            samples, pieces = samples
-            result.duration = samples.shape[0] / SAMPLING_RATE
-            units = [_Unit(result, i, p.samples(samples), span=(item.offset + p.start / SAMPLING_RATE, item.offset + p.end / SAMPLING_RATE))
-                     for i, p in enumerate(pieces)]
+            length, pieces, speech = samples
+            result.duration = length / SAMPLING_RATE
+            units = [_Unit(result, i, x, span=(item.offset + p.start / SAMPLING_RATE, item.offset + p.end / SAMPLING_RATE))
+                     for i, (p, x) in enumerate(zip(pieces, speech))]
         else:
             result.duration = samples.shape[0] / SAMPLING_RATE
             if chunked or (chunked is None and samples.shape[0] > MAX_WINDOWS * WINDOW_SAMPLES):
