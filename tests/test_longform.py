@@ -20,7 +20,7 @@ from glm_asr import load_model_and_processor, transcribe_detailed
 from glm_asr.corpus.batching import transcribe_items
 from glm_asr.corpus.inputs import Item
 from glm_asr.longform import vad as vad_module
-from glm_asr.longform.segmentation import Piece, cut_long, find_pieces, pack, speech_regions
+from glm_asr.longform.segmentation import cut_long, find_pieces, pack, speech_regions
 from glm_asr.longform.stream import stream_file
 from glm_asr.longform.vad import VadOptions, VadUnavailable, blocks_of, speech_probabilities
 from glm_asr.io.audio_file import load_audio
@@ -136,7 +136,7 @@ def test_runner_and_regions_equal_silero_vads_own_get_speech_timestamps():
 
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(vad_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(vad_module, "_PACKAGES", ("glm_asr_no_such_package",))
     with pytest.raises(VadUnavailable, match=r"pip install 'glm-asr\[vad\]'"):
         vad_module.model_path()
     wav = tmp_path / "a.wav"

@@ -163,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
                "noise_detected_s": round(sum(r.noise_detected_s for r in rows), 3), "max_gain": args.max_gain}
     for key, values in errors.items():
         v = np.asarray(values)
-        abs_v = np.abs(v)
         summary[f"{key}_error_ms"] = {"n": int(v.size), "median": float(np.median(v)), "p10": float(np.percentile(v, 10)),
                                       "p90": float(np.percentile(v, 90)), "min": float(v.min()), "max": float(v.max())} if v.size else {}
     print(json.dumps(summary))
