@@ -120,6 +120,12 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--format {args.format} writes one file per input into --output-dir DIR; give it")
     if args.stop_on_repeat is not None and args.stop_on_repeat < 2:
         raise ValueError(f"--stop-on-repeat {args.stop_on_repeat}: expected a count of 2 or more repetitions")
+    if args.vad and args.chunked:
+        raise ValueError("--vad and --chunked both choose where audio is cut; give one")
+    if args.vad:
+        from glm_asr.longform.vad import model_path
+
+        model_path()  # the missing extra named before the model loads
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: expected 1 or more")
     results = ResultsFile(args.output, args.resume) if args.output is not None else None
@@ -130,8 +136,10 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """transcribe_items' keyword arguments from the command line."""
+    from glm_asr.longform.vad import VadOptions
+
     return {"max_new_tokens": args.max_new_tokens, "chunked": True if args.chunked else None, "batch_size": args.batch_size,
-            "stop_on_repeat": args.stop_on_repeat}
+            "stop_on_repeat": args.stop_on_repeat, "vad": VadOptions() if args.vad else None}
 
 
 def run(args: argparse.Namespace, plan: Plan, stream: Iterator[FileResult]) -> int:

@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(see `glm-asr info`), approximate (fp32 on the CPU only)")
     tr.add_argument("--max-new-tokens", type=int, default=500)
     tr.add_argument("--chunked", action="store_true", help="transcribe every 30 s window on its own, with per-window segments")
+    tr.add_argument("--vad", action="store_true", help="decode only speech (Silero VAD, needs glm-asr[vad]): pieces of <= 30 s cut "
+                    "where the speaker pauses, segments and --format cues on speech bounds (docs/longform.md)")
     tr.add_argument("--json", action="store_true", help="print JSON: text, segments, audio seconds, wall time, real-time factor")
     tr.add_argument("--output", type=Path, default=None, help="append one JSONL record per input as it completes (never overwritten: see --resume)")
     tr.add_argument("--resume", action="store_true", help="continue an --output file: skip the inputs it records")

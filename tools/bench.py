@@ -4,6 +4,7 @@
     python tools/bench.py --json bench.json        # and one record per system and dtype
     python tools/bench.py --smoke                  # small preset, one repetition: what CI runs
     python tools/bench.py --bulk                   # corpus throughput, one file at a time and batched (tools/bulk_bench.py)
+    python tools/bench.py --bulk --vad             # VAD cost per hour, time saved on a half-silent corpus (tools/vad_bench.py)
 
 One deterministic random full-size checkpoint (release layout, bf16 safetensors, the synthetic GLM-size
 tokenizer) is made once into --cache, and for the onnxruntime systems exported once next to it by
@@ -412,6 +413,10 @@ def run_worker(system: str, dtype: str, checkpoint: Path, reps: int, decode_toke
 
 
 def main() -> int:
+    if "--bulk" in sys.argv[1:] and "--vad" in sys.argv[1:]:  # its own options: tools/vad_bench.py
+        import vad_bench
+
+        return vad_bench.main([a for a in sys.argv[1:] if a not in ("--bulk", "--vad")])
     if "--bulk" in sys.argv[1:]:  # its own options: tools/bulk_bench.py
         import bulk_bench
 

@@ -24,6 +24,8 @@ import torch
 from glm_asr.model.front_end import CHUNK_SECONDS, SAMPLING_RATE, WINDOW_SAMPLES, split_windows
 from glm_asr.io.audio_file import AudioError, load_audio
 from glm_asr.corpus.inputs import Item
+from glm_asr.longform.segmentation import find_pieces
+from glm_asr.longform.vad import VadOptions, model_path
 from glm_asr.transcription.generate import greedy_generate
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
@@ -53,13 +55,17 @@ class _Unit:
     samples: np.ndarray
     text: str | None = None  # None until its batch has run
     stopped: bool = False
+    span: tuple[float, float] | None = None  # with VAD: the piece's speech bounds on the input's timeline (s)
 
 
-def _read_ahead(items: list[Item], out: queue.Queue, cancelled: threading.Event) -> None:
+def _read_ahead(items: list[Item], out: queue.Queue, cancelled: threading.Event, vad: VadOptions | None = None) -> None:
     for item in items:
         started = time.perf_counter()
         try:
             samples: np.ndarray | str = load_audio(item.path, item.offset, item.duration)
+            if vad is not None:  # here, in the reader thread, so that it overlaps the model's work; only speech is kept
+                pieces = find_pieces(samples, vad)
+                samples = (samples.shape[0], pieces, [p.samples(samples) for p in pieces])
         except (AudioError, OSError) as e:
             samples = str(e) if str(item.path) in str(e) else f"{item.path}: {e}"
         except Exception as e:  # noqa: BLE001 (anything else one file raises is that file's error: the main thread must not wait forever)
@@ -87,16 +93,20 @@ def transcribe_items(
     prefetch: int = 8,
     stop_on_repeat: int | None = None,
     eos_token_id: tuple[int, ...] | None = None,
+    vad: VadOptions | None = None,
 ) -> Iterator[FileResult]:
     """One FileResult per item, in order, each yielded as soon as it is done. A file that cannot be read
-    gets a result with `error` set, and the rest go on. `chunked` as in `transcribe_detailed`."""
+    gets a result with `error` set, and the rest go on. `chunked` as in `transcribe_detailed`; with `vad`, only
+    speech is decoded, in pieces batched with the other inputs' (glm_asr/longform), segments on its bounds."""
     if batch_size < 1 or pool_batches < 1 or prefetch < 1:
         raise ValueError(f"batch_size {batch_size}, pool_batches {pool_batches}, prefetch {prefetch}: expected each >= 1")
     if stop_on_repeat is not None and isinstance(model, OnnxModel):
         raise ValueError("--stop-on-repeat runs with the torch backend only")
+    if vad is not None:
+        model_path()  # a missing extra is one error now, not one per file
     decoded: queue.Queue = queue.Queue(maxsize=prefetch)
     cancelled = threading.Event()
-    reader = threading.Thread(target=_read_ahead, args=(items, decoded, cancelled), daemon=True, name="glm-asr-read-ahead")
+    reader = threading.Thread(target=_read_ahead, args=(items, decoded, cancelled, vad), daemon=True, name="glm-asr-read-ahead")
     reader.start()
     try:
         pool_size = batch_size * pool_batches
@@ -113,6 +123,11 @@ def _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size
         result, units = FileResult(item, read_seconds=read_seconds), []
         if isinstance(samples, str):
             result.error = samples
+        elif isinstance(samples, tuple):  # VAD pieces; times on the file's timeline, a manifest's offset added
+            length, pieces, speech = samples
+            result.duration = length / SAMPLING_RATE
+            units = [_Unit(result, i, x, span=(item.offset + p.start / SAMPLING_RATE, item.offset + p.end / SAMPLING_RATE))
+                     for i, (p, x) in enumerate(zip(pieces, speech))]
         else:
             result.duration = samples.shape[0] / SAMPLING_RATE
             if chunked or (chunked is None and samples.shape[0] > MAX_WINDOWS * WINDOW_SAMPLES):
@@ -154,7 +169,10 @@ def _finish(result: FileResult, units: list[_Unit]) -> FileResult:
     (texts joined) for an input transcribed window by window."""
     if result.error is not None:
         return result
-    if units[0].index is None:
+    if not units or units[0].span is not None:  # VAD pieces (none in silence)
+        result.text = _join([u.text for u in units])
+        result.segments = [Segment(*u.span, u.text) for u in units]
+    elif units[0].index is None:
         result.text = units[0].text
         result.segments = [Segment(0.0, result.duration, result.text)]
     else:

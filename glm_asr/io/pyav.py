@@ -10,6 +10,7 @@ holds the 16 kHz mono result and never the source's own rate and channels.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,13 @@ def import_av() -> ModuleType:
 def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
     """The first audio stream of `path` as float32 mono 16 kHz samples, from `offset` seconds for `duration`
     seconds (to the end when None)."""
+    pieces = list(stream(path, offset, duration))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+def stream(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> Iterator[np.ndarray]:
+    """`decode`'s samples as a stream of blocks (one per decoded frame), so that a long file is never held
+    whole: voice activity detection (glm_asr/longform) reads a two-hour file this way."""
     av = import_av()
     path = Path(path)
     first = round(offset * SAMPLING_RATE)
@@ -51,28 +59,29 @@ def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None 
         if not container.streams.audio:
             kinds = ", ".join(f"{s.type}" for s in container.streams) or "no streams"
             raise DecodeError(f"{path}: no audio stream (it holds {kinds}); expected a file with sound")
-        stream = container.streams.audio[0]
+        audio = container.streams.audio[0]
         # layout=None keeps the source's channels, so that they are averaged as WAV's are, after resampling.
         resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLING_RATE)
-        pieces, seen = [], 0
+        seen = 0
         try:
-            for frame in container.decode(stream):
+            for frame in container.decode(audio):
                 for out in resampler.resample(frame):
-                    seen = _keep(out.to_ndarray(), seen, first, last, pieces)
+                    piece, seen = _keep(out.to_ndarray(), seen, first, last)
+                    if piece is not None:
+                        yield piece
                 if last is not None and seen >= last:
                     break
             else:
                 for out in resampler.resample(None):  # what the filter still holds at the end
-                    seen = _keep(out.to_ndarray(), seen, first, last, pieces)
+                    piece, seen = _keep(out.to_ndarray(), seen, first, last)
+                    if piece is not None:
+                        yield piece
         except av.FFmpegError as e:
             raise DecodeError(f"{path}: corrupt audio after {seen / SAMPLING_RATE:.2f} s ({e.strerror})") from e
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
-def _keep(planes: np.ndarray, seen: int, first: int, last: int | None, pieces: list[np.ndarray]) -> int:
-    """Appends the part of a resampled frame (channels, n) that lies in [first, last); returns samples seen."""
+def _keep(planes: np.ndarray, seen: int, first: int, last: int | None) -> tuple[np.ndarray | None, int]:
+    """The part of a resampled frame (channels, n) that lies in [first, last) as mono, and the samples seen."""
     n = planes.shape[1]
     lo, hi = max(first - seen, 0), n if last is None else min(last - seen, n)
-    if hi > lo:
-        pieces.append(planes[:, lo:hi].mean(axis=0, dtype=np.float32))
-    return seen + n
+    return (planes[:, lo:hi].mean(axis=0, dtype=np.float32) if hi > lo else None), seen + n

@@ -14,6 +14,8 @@ from glm_asr.model.front_end import CHUNK_SECONDS, SAMPLING_RATE, split_windows
 from glm_asr.io.audio_file import AudioError, load_audio, to_mono_16k
 from glm_asr.transcription.generate import greedy_generate
 from glm_asr.io.checkpoint import load_model
+from glm_asr.longform.segmentation import find_pieces
+from glm_asr.longform.vad import VadOptions
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel, load_onnx_model_and_processor  # noqa: F401 (the onnxruntime backend's loader)
 from glm_asr.transcription.presets import random_model, synthetic_tokenizer
@@ -102,23 +104,31 @@ def transcribe_detailed(
     max_new_tokens: int = 500,
     chunked: bool | None = None,
     batch_size: int = 8,
+    vad: bool | VadOptions = False,
 ) -> list[Transcription]:
     """Like `transcribe`, with segments and durations. `chunked=None` chunks only audio longer than the
-    reference's limit (21 windows, 630 s); `True` transcribes every 30 s window on its own (batched)."""
+    reference's limit (21 windows, 630 s); `True` transcribes every 30 s window on its own (batched).
+    `vad=True` (or VadOptions; needs the `vad` extra) decodes only speech, in pieces of at most 30 s cut
+    where the speaker pauses, each a segment on its speech bounds (glm_asr/longform); silence gives none."""
     items = audio if isinstance(audio, list) else [audio]
     samples = [read_audio(a) for a in items]
     device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
-    results = []
+    results, whole = [], []
     for clip in samples:
         seconds = clip.shape[0] / SAMPLING_RATE
         windows = split_windows(torch.from_numpy(clip))
-        if chunked or (chunked is None and len(windows) > MAX_WINDOWS):
+        if vad:
+            pieces = find_pieces(clip, vad if isinstance(vad, VadOptions) else VadOptions())
+            texts = _generate(model, processor, [p.samples(clip) for p in pieces], max_new_tokens, batch_size, device)
+            segments = [Segment(p.start / SAMPLING_RATE, p.end / SAMPLING_RATE, t) for p, t in zip(pieces, texts)]
+            results.append(Transcription(_join(texts), seconds, segments))
+        elif chunked or (chunked is None and len(windows) > MAX_WINDOWS):
             texts = _generate(model, processor, [w.numpy() for w in windows], max_new_tokens, batch_size, device)
             segments = [Segment(i * CHUNK_SECONDS, min((i + 1) * CHUNK_SECONDS, seconds), t) for i, t in enumerate(texts)]
             results.append(Transcription(_join(texts), seconds, segments))
         else:
+            whole.append(len(results))
             results.append(Transcription("", seconds))
-    whole = [i for i, r in enumerate(results) if not r.segments]
     texts = _generate(model, processor, [samples[i] for i in whole], max_new_tokens, batch_size, device)
     for i, text in zip(whole, texts):
         results[i].text = text
@@ -134,10 +144,11 @@ def transcribe(
     max_new_tokens: int = 500,
     chunked: bool | None = None,
     batch_size: int = 8,
+    vad: bool | VadOptions = False,
 ) -> list[str]:
     """One transcript per input: a WAV path, 16 kHz float samples, or a list of them. `model` is a PyTorch model,
     or an onnxruntime one from `load_onnx_model_and_processor(onnx_dir)` (a folder from tools/export_onnx.py)."""
-    return [t.text for t in transcribe_detailed(model, processor, audio, max_new_tokens=max_new_tokens, chunked=chunked, batch_size=batch_size)]
+    return [t.text for t in transcribe_detailed(model, processor, audio, max_new_tokens=max_new_tokens, chunked=chunked, batch_size=batch_size, vad=vad)]
 
 
 def _generate(model: GlmAsrModel | OnnxModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
