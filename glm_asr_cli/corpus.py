@@ -87,7 +87,7 @@ def check_writable(path: Path, flag: str) -> None:
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    if existing != path and not existing.is_dir():
+    if (existing != path or flag == "--output-dir") and existing.exists() and not existing.is_dir():
         raise ValueError(f"{flag} {path}: {existing} is a file, not a folder; choose a writable path")
     if not os.access(existing, os.W_OK) or (existing.is_dir() and not os.access(existing, os.X_OK)):
         raise ValueError(f"{flag} {path}: {existing} is not writable (permission denied); choose a writable path")

@@ -96,6 +96,8 @@ def _demo(args: argparse.Namespace) -> int:
     from glm_asr.transcription.presets import demo_clip, human, parameter_count
     from glm_asr.transcription.transcribe import load_model_and_processor
 
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: expected 1 or more")
     started = time.perf_counter()
     model, processor = load_model_and_processor(None, random_preset=args.preset, dtype=getattr(torch, DTYPES[args.dtype]))
     loaded = time.perf_counter()
@@ -179,11 +181,14 @@ def _info(args: argparse.Namespace) -> int:
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except where there is none (None, off) or the help already says it."""
+    """Shows each option's default: its value, "off" for a choice left unset, nothing for a switch or where the
+    help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if "default" in (action.help or "") or action.default is False:
             return action.help or ""
+        if action.default is None:
+            return f"{action.help} (default: off)" if action.choices and action.option_strings else action.help or ""
         return super()._get_help_string(action)
 
 
