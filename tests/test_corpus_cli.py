@@ -75,11 +75,13 @@ def test_resume_knows_a_corpus_by_absolute_relative_and_symlinked_names(tiny_dir
 
 def test_an_older_results_file_with_paths_as_typed_still_resumes(tiny_dir, mixed, monkeypatch):
     monkeypatch.chdir(mixed.parent)
-    out = Path("old.jsonl")
-    assert transcribe(tiny_dir, "mixed", "--output", out) == 0
+    out, manifest = Path("old.jsonl"), mixed / "sub" / "m.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": "c.wav", "offset": 0.5}) + "\n")  # relative to the manifest, not here
+    assert transcribe(tiny_dir, "mixed", manifest, "--output", out) == 0
     old = [{k: v for k, v in r.items() if k != "real_path"} for r in records(out)]  # as written before real_path
     out.write_text("".join(json.dumps(r) + "\n" for r in old))
-    assert transcribe(tiny_dir, mixed.resolve(), "link", "--output", out, "--resume") == 0
+    assert len(old) == 4 and old[3]["audio_filepath"] == "c.wav"
+    assert transcribe(tiny_dir, mixed.resolve(), "link", manifest, "--output", out, "--resume") == 0
     assert records(out) == old
 
 
@@ -114,6 +116,17 @@ def test_the_token_budget_follows_the_audio_length(tiny, monkeypatch):
     # ten minutes of audio would need more tokens than the decoder's positions leave after its prompt
     assert token_budgets(model, [7900], [np.zeros(600 * 16000, np.float32)], None) == [8192 - 7900]
     assert token_budgets(model, [7900], [np.zeros(16000, np.float32)], 700) == [700]  # as asked
+
+
+def test_each_clip_keeps_its_own_budget_in_a_batch(tiny, mixed):
+    from glm_asr.corpus.batching import transcribe_items
+    from glm_asr.corpus.inputs import expand_inputs
+
+    model, processor = tiny
+    items = expand_inputs([mixed])  # 1, 1.5 and 2 s: budgets of 24, 28 and 32 tokens
+    batched = [(r.text, r.truncated) for r in transcribe_items(model, processor, items, batch_size=3)]
+    alone = [(r.text, r.truncated) for r in transcribe_items(model, processor, items, batch_size=1)]
+    assert batched == alone and len({t for t, _ in batched}) == 3
 
 
 def test_decoding_that_reaches_the_budget_says_so(tiny, tiny_dir, tmp_path, capsys):
