@@ -12,6 +12,7 @@ or found again by an overlapping directory) is one input: the first occurrence i
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)  # a manifest entry's other fields, renamed where needed
     relative: Path | None = None  # under the directory it was found in: where its subtitle file goes
 
-    @property
+    @functools.cached_property  # one lookup per input, however often a run asks
     def real_path(self) -> str:
         """The file's absolute path with every symlink resolved: one name per file, whatever the input typed."""
         return os.path.realpath(self.path)
