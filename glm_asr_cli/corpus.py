@@ -1,7 +1,8 @@
-"""`glm-asr transcribe` over a corpus: inputs expanded (corpus.py), transcribed in batches (bulk.py), each
-result written as it completes: a line on stdout, or a record appended to `--output` (JSONL), and with
-`--format` a subtitle or text file per input in `--output-dir`. A progress bar (tqdm, the optional
-`progress` extra) on a terminal; nothing but results otherwise."""
+"""`glm-asr transcribe` over a corpus: inputs expanded (glm_asr/corpus/inputs.py), transcribed in batches
+(batching.py), each result written as it completes: a line on stdout (`--json`: the results file's record),
+a record appended to `--output` (JSONL, results.py), and with `--format` a subtitle or text file per input
+in `--output-dir`. A progress bar (tqdm, the optional `progress` extra) on a terminal; then one summary line
+on stderr."""
 
 from __future__ import annotations
 
@@ -11,27 +12,14 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from glm_asr.corpus.batching import FileResult
-from glm_asr.corpus.inputs import Item, ResultsFile, expand_inputs
+from glm_asr.corpus.inputs import Item, expand_inputs
+from glm_asr.corpus.results import ResultsFile, record
 from glm_asr.corpus.subtitles import render
-
-
-def record(result: FileResult, stop_on_repeat: bool) -> dict[str, Any]:
-    """The results file's record of one input (the fields are described in corpus.py)."""
-    out: dict[str, Any] = {"audio_filepath": result.item.audio_filepath, "offset": result.item.offset}
-    if result.error is not None:
-        out["error"] = result.error
-    else:
-        out.update(duration=result.duration, text=result.text, segments=[asdict(s) for s in result.segments],
-                   timings={"read_s": round(result.read_seconds, 4), "model_s": round(result.model_seconds, 4),
-                            "real_time_factor": round(result.model_seconds / max(result.duration, 1e-9), 4)})
-        if stop_on_repeat:
-            out["stopped_on_repeat"] = result.stopped_on_repeat
-    return out | result.item.extra
 
 
 class Progress:
@@ -72,9 +60,10 @@ class Progress:
             self.bar.close()
 
 
-def subtitle_paths(items: list[Item], fmt: str, directory: Path, overwrite: bool) -> dict[str, Path]:
+def subtitle_paths(items: list[Item], fmt: str, directory: Path, replace: bool, resumable: bool = False) -> dict[str, Path]:
     """Where each input's subtitle file goes: its path under the directory it was found in (or its name),
-    with the format's extension and, for a part of a file, its offset; clashing names are numbered."""
+    with the format's extension and, for a part of a file, its offset; clashing names are numbered. An
+    existing file is replaced only when `replace` (--overwrite, or --resume's inputs not yet recorded)."""
     paths, used = {}, set()
     for item in items:
         stem = (item.relative or Path(item.path.name)).with_suffix("")
@@ -86,10 +75,22 @@ def subtitle_paths(items: list[Item], fmt: str, directory: Path, overwrite: bool
         used.add(target)
         if target.resolve() == item.path.resolve():
             raise ValueError(f"{target}: the --format {fmt} file would replace the audio itself; choose another --output-dir")
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} exists; pass --resume to rewrite the files of inputs not yet recorded, or choose another --output-dir")
+        if target.exists() and not replace:
+            resume = ", --resume to continue the run that wrote it (with its --output)" if resumable else ""
+            raise FileExistsError(f"{target} exists; pass --overwrite to replace it{resume}, or choose another --output-dir")
         paths[item.key] = target
     return paths
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Refuses, before the model loads, an output path that cannot be written: under a file, or read-only."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if (existing != path or flag == "--output-dir") and existing.exists() and not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder; choose a writable path")
+    if not os.access(existing, os.W_OK) or (existing.is_dir() and not os.access(existing, os.X_OK)):
+        raise ValueError(f"{flag} {path}: {existing} is not writable (permission denied); choose a writable path")
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -110,14 +111,24 @@ class Plan:
 
 
 def prepare(args: argparse.Namespace) -> Plan:
-    """Expands the inputs, opens the results file (refusing to overwrite one), plans the --format files."""
-    items = expand_inputs(args.files)
-    if not items:
-        raise ValueError(f"no audio in {', '.join(map(str, args.files))}: directories are searched for audio file extensions")
+    """Checks the flags, expands the inputs, opens the results file (refusing to overwrite one without
+    --overwrite), plans the --format files."""
     if args.resume and args.output is None:
         raise ValueError("--resume continues an --output file; give --output too")
+    if args.retry_failed and not args.resume:
+        raise ValueError("--retry-failed transcribes again the failed inputs of an --output file: give --resume and --output too")
+    if args.overwrite and args.resume:
+        raise ValueError("--resume continues the --output file and --overwrite replaces it: give one of them")
+    if args.overwrite and args.output is None and args.format is None:
+        raise ValueError("--overwrite replaces an existing --output file or --format files; give --output or --format")
     if args.format and args.output_dir is None:
         raise ValueError(f"--format {args.format} writes one file per input into --output-dir DIR; give it")
+    if args.output_dir is not None and args.format is None:
+        raise ValueError(f"--output-dir {args.output_dir} holds the --format files; give --format srt, vtt or txt too")
+    if args.ray_actors is not None and args.ray is None:
+        raise ValueError(f"--ray-actors {args.ray_actors} sets the actors of a --ray run; give --ray too")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise ValueError(f"--ray-actors {args.ray_actors}: expected 1 or more")
     if args.stop_on_repeat is not None and args.stop_on_repeat < 2:
         raise ValueError(f"--stop-on-repeat {args.stop_on_repeat}: expected a count of 2 or more repetitions")
     if args.vad and args.chunked:
@@ -128,9 +139,17 @@ def prepare(args: argparse.Namespace) -> Plan:
         model_path()  # the missing extra named before the model loads
     if args.batch_size < 1:
         raise ValueError(f"--batch-size {args.batch_size}: expected 1 or more")
-    results = ResultsFile(args.output, args.resume) if args.output is not None else None
-    todo = [item for item in items if results is None or item.key not in results.done]
-    targets = subtitle_paths(todo, args.format, args.output_dir, args.resume) if args.format else {}
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: expected 1 or more (leave it out for a budget that follows each file's length)")
+    for path, flag in ((args.output, "--output"), (args.output_dir, "--output-dir")):
+        if path is not None:
+            check_writable(path, flag)
+    items = expand_inputs(args.files)
+    if not items:
+        raise ValueError(f"no audio in {', '.join(map(str, args.files))}: directories are searched for audio file extensions")
+    results = ResultsFile(args.output, args.resume, args.overwrite, args.retry_failed) if args.output is not None else None
+    todo = [item for item in items if results is None or not results.is_done(item)]
+    targets = subtitle_paths(todo, args.format, args.output_dir, args.resume or args.overwrite, args.output is not None) if args.format else {}
     return Plan(items, todo, results, targets)
 
 
@@ -144,31 +163,37 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace, plan: Plan, stream: Iterator[FileResult]) -> int:
     """Writes out the results of the plan's inputs as `stream` yields them (from transcribe_items, or from
-    ray_corpus.transcribe_items_on_ray); returns 2 if any input failed, else 0."""
+    ray_cluster.transcribe_items_on_ray), then a summary line on stderr; returns 2 if any input failed, else 0."""
     results, targets = plan.results, plan.targets
     progress = Progress(len(plan.items), len(plan.items) - len(plan.todo))
-    failed, listing = 0, []
+    done, failed, truncated = 0, 0, 0
     try:
         for result in stream:
             if result.error is not None:
                 failed += 1
                 progress.write(f"glm-asr: error: {result.error}", sys.stderr)
-            elif args.format:
-                _write_text(targets[result.item.key], render(result.segments, args.format))
+            else:
+                done += 1
+                if args.format:
+                    _write_text(targets[result.item.key], render(result.segments, args.format))
+                if result.truncated:
+                    truncated += 1
+                    progress.write(f"glm-asr: warning: {result.item.audio_filepath}: decoding reached its token budget, so the "
+                                   "transcript may stop before the speech does; raise --max-new-tokens or use --chunked", sys.stderr)
+            line = record(result)
             if results is not None:
-                results.write(record(result, args.stop_on_repeat is not None))
-            elif args.json and result.error is None:
-                listing.append({"file": result.item.audio_filepath, "text": result.text, "audio_seconds": result.duration,
-                                "wall_seconds": result.read_seconds + result.model_seconds,
-                                "real_time_factor": (result.read_seconds + result.model_seconds) / max(result.duration, 1e-9),
-                                "segments": [asdict(s) for s in result.segments]})
-            elif result.error is None:
+                results.write(line)
+            if args.json:
+                progress.write(json.dumps(line, ensure_ascii=False), sys.stdout)
+            elif results is None and result.error is None:
                 progress.write(f"{result.item.audio_filepath}\t{result.text}", sys.stdout)
             progress.update(result)
     finally:
         progress.close()
         if results is not None:
             results.close()
-    if args.json and results is None:
-        print(json.dumps(listing, ensure_ascii=False, indent=2))
+    where = f" to {args.output}" if results is not None else ""
+    skipped = len(plan.items) - len(plan.todo)
+    print(f"glm-asr: {done + failed} records written{where}: {done} transcribed, {failed} failed, {truncated} truncated; "
+          f"{skipped} skipped (already recorded)", file=sys.stderr, flush=True)
     return 2 if failed else 0

@@ -20,8 +20,7 @@ def _conformance(args: argparse.Namespace) -> int:
     if args.device == "cuda":
         import torch
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is visible to torch")
+        check_device(args.device)
         torch.backends.cuda.matmul.allow_tf32 = False  # parity needs true fp32 matmuls and convolutions
         torch.backends.cudnn.allow_tf32 = False
     case_ids = [c for c in manifest["cases"] if not args.case or args.case in c]
@@ -66,6 +65,25 @@ def _kit(args: argparse.Namespace) -> int:
 
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+RELEASE = "https://huggingface.co/zai-org/GLM-ASR-Nano-2512"
+
+
+def check_device(device: str) -> None:
+    """Refuses, in one line and before anything loads, a --device this torch cannot run on."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device {device!r}: not a device name; expected cpu, cuda or cuda:N") from e
+    if parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible to torch"
+            raise RuntimeError(f"--device {device}: {build}; use --device cpu, or install a CUDA build of torch on a machine with a GPU")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -78,6 +96,8 @@ def _demo(args: argparse.Namespace) -> int:
     from glm_asr.transcription.presets import demo_clip, human, parameter_count
     from glm_asr.transcription.transcribe import load_model_and_processor
 
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: expected 1 or more")
     started = time.perf_counter()
     model, processor = load_model_and_processor(None, random_preset=args.preset, dtype=getattr(torch, DTYPES[args.dtype]))
     loaded = time.perf_counter()
@@ -104,6 +124,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _random_notice(args: argparse.Namespace) -> None:
+    if args.model is None and args.random is None:
+        print(f"glm-asr: no --model: transcribing with random weights (--random small) and a synthetic tokenizer, so the "
+              f"transcripts are meaningless; pass --model DIR, a folder with the released files ({RELEASE})", file=sys.stderr)
+
+
 def _transcribe(args: argparse.Namespace) -> int:
     import torch
 
@@ -112,14 +138,22 @@ def _transcribe(args: argparse.Namespace) -> int:
     from glm_asr.transcription.transcribe import load_model_and_processor, load_onnx_model_and_processor
 
     plan = corpus_cli.prepare(args)
+    dtype = getattr(torch, DTYPES[args.dtype])
+    if args.backend == "torch" and args.ray is None:
+        check_device(args.device)
+    for flag, value in (("--quantize", args.quantize), ("--quantize-audio", args.quantize_audio)):
+        if value and (args.dtype != "fp32" or torch.device(args.device).type != "cpu"):
+            raise ValueError(f"{flag} {value} applies to --dtype fp32 on --device cpu, not --dtype {args.dtype} on --device {args.device}")
     if args.ray is not None:  # the model loads in each Ray actor, not here
         if args.backend != "torch":
             raise ValueError("--ray runs the torch backend; drop --backend onnxruntime")
-        from glm_asr.corpus.ray_cluster import transcribe_items_on_ray
+        from glm_asr.corpus.ray_cluster import import_ray, transcribe_items_on_ray
 
-        model_kwargs = {"model_path": args.model, "device": args.device, "dtype": getattr(torch, DTYPES[args.dtype]),
-                        "random_preset": args.random, "quantize": args.quantize, "quantize_audio_path": args.quantize_audio}
-        stream = transcribe_items_on_ray(plan.todo, address=args.ray or None, model_kwargs=model_kwargs, actors=args.ray_actors,
+        import_ray()
+        _random_notice(args)
+        model_kwargs = {"model_path": args.model, "device": args.device, "dtype": dtype, "random_preset": args.random or "small",
+                        "quantize": args.quantize, "quantize_audio_path": args.quantize_audio}
+        stream = transcribe_items_on_ray(plan.todo, address=args.ray or None, model_kwargs=model_kwargs, actors=args.ray_actors or 1,
                                          gpus_per_actor=1.0 if args.device.startswith("cuda") else 0.0, **corpus_cli.options(args))
         return corpus_cli.run(args, plan, stream)
     if args.backend == "onnxruntime":
@@ -131,9 +165,9 @@ def _transcribe(args: argparse.Namespace) -> int:
     elif args.onnx_dir is not None:
         raise ValueError("--onnx-dir is only read with --backend onnxruntime")
     else:
-        model, processor = load_model_and_processor(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]),
-                                                    random_preset=args.random, quantize=args.quantize,
-                                                    quantize_audio_path=args.quantize_audio)
+        model, processor = load_model_and_processor(args.model, device=args.device, dtype=dtype, random_preset=args.random or "small",
+                                                    quantize=args.quantize, quantize_audio_path=args.quantize_audio)
+        _random_notice(args)
     return corpus_cli.run(args, plan, transcribe_items(model, processor, plan.todo, **corpus_cli.options(args)))
 
 
@@ -146,69 +180,101 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default: its value, "off" for a choice left unset, nothing for a switch or where the
+    help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default" in (action.help or "") or action.default is False:
+            return action.help or ""
+        if action.default is None:
+            return f"{action.help} (default: off)" if action.choices and action.option_strings else action.help or ""
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("glm-asr")
+    except PackageNotFoundError:
+        return "unknown (not installed: run from a checkout with `pip install -e .`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm-asr", description="GLM-ASR-Nano-2512 in plain PyTorch")
+    parser = argparse.ArgumentParser(prog="glm-asr", description="GLM-ASR-Nano-2512 in plain PyTorch", formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    conf = sub.add_parser("conformance", help="compare every stage with the stored reference goldens; exit 1 on any failure")
+    conf = sub.add_parser("conformance", help="compare every stage with the stored reference goldens; exit 1 on any failure",
+                          formatter_class=_HelpFormatter)
     conf.add_argument("--golden", type=Path, default=None, help="golden directory (default: the checkout's golden/)")
-    conf.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    conf.add_argument("--case", default="", help="only cases whose id contains this text, e.g. tiny_a/ or /bf16")
+    conf.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs (cuda: TF32 off, for parity)")
+    conf.add_argument("--case", default="", help="only cases whose id contains this text, e.g. tiny_a/ or /bf16 (default: every case)")
     conf.add_argument("--failures-only", action="store_true", help="print only the failing rows")
     conf.add_argument("--plot", type=Path, default=None, help="write a PNG per case of the error per stage into this folder (needs glm-asr[plot])")
     conf.set_defaults(run=_conformance)
 
-    kit = sub.add_parser("kit", help="conformance kit for other implementations: export the cases, check a port's results")
+    kit = sub.add_parser("kit", help="conformance kit for other implementations: export the cases, check a port's results",
+                         formatter_class=_HelpFormatter)
     kit_sub = kit.add_subparsers(dest="kit_command", required=True)
-    export = kit_sub.add_parser("export", help="write every golden case, with a README for porters, into a new folder")
+    export = kit_sub.add_parser("export", help="write every golden case, with a README for porters, into a new folder",
+                                formatter_class=_HelpFormatter)
     export.add_argument("out", type=Path, help="a folder that does not exist yet (or is empty)")
     export.add_argument("--full", action="store_true",
                         help="add the released shape's cases: a 4.3 GB random bf16 checkpoint and slices of the reference's stages "
                         "(about 80 s and 5 GB of memory to write on 2 cores)")
-    check = kit_sub.add_parser("check", help="compare a port's results with the kit; exit 0 pass, 1 fail, 2 unusable input")
+    check = kit_sub.add_parser("check", help="compare a port's results with the kit; exit 0 pass, 1 fail, 2 unusable input",
+                               formatter_class=_HelpFormatter)
     check.add_argument("kit", type=Path, help="a folder written by `glm-asr kit export`")
     check.add_argument("results", type=Path, help="the port's results: <case>.safetensors files, tensors named by stage")
     check.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
     check.add_argument("--plot", type=Path, default=None, help="write a PNG per case of the error per stage into this folder (needs glm-asr[plot])")
-    check.add_argument("--case", default="", help="only cases whose id contains this text")
+    check.add_argument("--case", default="", help="only cases whose id contains this text (default: every case)")
     kit.set_defaults(run=_kit)
 
-    demo = sub.add_parser("demo", help="run the whole pipeline on random weights and a bundled clip, in seconds")
-    demo.add_argument("--preset", default="small", choices=["small", "full"])
-    demo.add_argument("--dtype", default="fp32", choices=list(DTYPES))
-    demo.add_argument("--max-new-tokens", type=int, default=16)
+    demo = sub.add_parser("demo", help="run the whole pipeline on random weights and a bundled clip, in seconds", formatter_class=_HelpFormatter)
+    demo.add_argument("--preset", default="small", choices=["small", "full"], help="random model size (full: the released shape, 2.1B)")
+    demo.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weights and activations")
+    demo.add_argument("--max-new-tokens", type=int, default=16, help="tokens to decode greedily")
     demo.set_defaults(run=_demo)
 
-    info = sub.add_parser("info", help="this CPU's features and every kernel choice made from them, with the reason")
+    info = sub.add_parser("info", help="this CPU's features and every kernel choice made from them, with the reason", formatter_class=_HelpFormatter)
     info.add_argument("--recalibrate", action="store_true", help="measure the decode kernels again instead of reading the cache")
     info.set_defaults(run=_info)
 
-    tr = sub.add_parser("transcribe", help="transcribe audio files, directories or manifests: one line per file, --json, or --output results.jsonl")
+    tr = sub.add_parser("transcribe", help="transcribe audio files, directories or manifests: one line per file, --json, or --output results.jsonl",
+                        formatter_class=_HelpFormatter)
     tr.add_argument("files", nargs="+", type=Path, help="audio files (WAV; any format ffmpeg decodes with glm-asr[audio]), "
                     "directories (searched recursively by extension) and .jsonl manifests (NeMo's audio_filepath, offset, duration)")
-    tr.add_argument("--model", type=Path, default=None, help="checkpoint folder (config.json, model.safetensors, tokenizer.json); default: random weights")
-    tr.add_argument("--random", default="small", choices=["small", "full"], help="random preset when --model is not given")
-    tr.add_argument("--device", default="cpu")
-    tr.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    tr.add_argument("--model", type=Path, default=None, help="a local checkpoint folder (config.json, model.safetensors, tokenizer.json), "
+                    f"e.g. the released files from {RELEASE} (default: random weights, with a notice)")
+    tr.add_argument("--random", default=None, choices=["small", "full"], help="random preset when --model is not given (default: small)")
+    tr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    tr.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weights and activations")
     tr.add_argument("--quantize", choices=["int8", "int4"], default=None,
                     help="int8 decoder weights, or weight-only int4 (half int8's bytes): faster CPU decoding, approximate (fp32 on the CPU only)")
     tr.add_argument("--quantize-audio", choices=["int8", "bf16"], default=None,
                     help="audio encoder and projector in int8 or bf16: faster where the CPU has VNNI, AVX-512 BF16 or AMX "
                          "(see `glm-asr info`), approximate (fp32 on the CPU only)")
-    tr.add_argument("--max-new-tokens", type=int, default=500)
+    tr.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                    help="new tokens per prompt at most (default: by the audio's length, 8 a second + 16; 256 for a 30 s window); "
+                         "a transcript that reaches it is marked truncated")
     tr.add_argument("--chunked", action="store_true", help="transcribe every 30 s window on its own, with per-window segments")
     tr.add_argument("--vad", action="store_true", help="decode only speech (Silero VAD, needs glm-asr[vad]): pieces of <= 30 s cut "
                     "where the speaker pauses, segments and --format cues on speech bounds (docs/longform.md)")
-    tr.add_argument("--json", action="store_true", help="print JSON: text, segments, audio seconds, wall time, real-time factor")
-    tr.add_argument("--output", type=Path, default=None, help="append one JSONL record per input as it completes (never overwritten: see --resume)")
+    tr.add_argument("--json", action="store_true", help="print each input's record as a JSON line (the keys of the --output file; with --output, both)")
+    tr.add_argument("--output", type=Path, default=None, help="append one JSONL record per input as it completes (an existing file: see --resume, --overwrite)")
     tr.add_argument("--resume", action="store_true", help="continue an --output file: skip the inputs it records")
+    tr.add_argument("--retry-failed", action="store_true", help="with --resume: transcribe again the inputs recorded as failed, replacing their lines")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --output file and --format files")
     tr.add_argument("--format", choices=["srt", "vtt", "txt"], default=None, help="also write a subtitle or text file per input into --output-dir")
     tr.add_argument("--output-dir", type=Path, default=None, help="folder for the --format files (mirrors directory inputs' layout)")
     tr.add_argument("--batch-size", type=int, default=8, help="inputs (or 30 s windows) decoded together")
     tr.add_argument("--stop-on-repeat", type=int, default=None, metavar="N",
-                    help="end an input's decoding when an n-gram (n = 1..8) has repeated N times in a row (recorded in --output)")
+                    help="end an input's decoding when an n-gram (n = 1..8) has repeated N times in a row (recorded as stopped_on_repeat)")
     tr.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                     help="transcribe with Ray Data actors (glm-asr[ray]): a running cluster's address (e.g. auto), or none for a local Ray")
-    tr.add_argument("--ray-actors", type=int, default=1, help="with --ray: actors, each holding one model")
+    tr.add_argument("--ray-actors", type=int, default=None, metavar="N", help="with --ray: actors, each holding one model (default: 1)")
     tr.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="onnxruntime: run an exported --onnx-dir")
     tr.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
     tr.set_defaults(run=_transcribe)
@@ -222,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glm-asr: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError) as e:
+    except OSError as e:  # the path and the reason, not Python's "[Errno 13] ..." form
+        print(f"glm-asr: error: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
         print(f"glm-asr: error: {e}", file=sys.stderr)
         return 2
 

@@ -87,5 +87,5 @@ def test_bad_files_are_one_line_naming_the_file(tmp_path):
 def test_without_pyav_the_error_names_the_extra(tmp_path, monkeypatch):
     path = encode(tmp_path / "a.mp3", SIGNAL, "mp3")
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
-    with pytest.raises(AudioError, match=r"a.mp3: not a WAV file; .*pip install glm-asr\[audio\]"):
+    with pytest.raises(AudioError, match=r"a.mp3: not a WAV file; .*pip install 'glm-asr\[audio\]'"):
         load_audio(path)

@@ -186,7 +186,7 @@ def test_cli_transcribes_with_int8_and_refuses_it_with_onnxruntime(tmp_path, cap
     assert cli_main(["transcribe", str(wav), "--quantize", "int8", "--quantize-audio", "bf16", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith(f"{wav}\t")
     assert cli_main(["transcribe", str(wav), "--quantize-audio", "int8", "--dtype", "bf16"]) == 2
-    assert "applies to an fp32 model on the CPU" in capsys.readouterr().err
+    assert "--quantize-audio int8 applies to --dtype fp32 on --device cpu" in capsys.readouterr().err  # named by its flags
     assert cli_main(["transcribe", str(wav), "--quantize", "int8", "--backend", "onnxruntime", "--onnx-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "drop --model, --dtype and --quantize" in err

@@ -44,6 +44,7 @@ from glm_asr.model.decoder import KVCache  # noqa: E402
 from glm_asr.transcription.generate import greedy_generate, prompt_positions  # noqa: E402
 from glm_asr.model.glm_asr import GlmAsrModel  # noqa: E402
 from glm_asr.onnx.backend import FORMAT, OnnxModel  # noqa: E402
+from glm_asr.onnx.extra import EXPORT_MODULES, quiet_exporter, require  # noqa: E402
 from glm_asr.onnx.graphs import (DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, METADATA_FILE, OPSET,  # noqa: E402
                                  TOKENIZER_FILE, AudioEmbedder, DecoderWithPast, decoder_example, decoder_ports,
                                  encoder_example, encoder_ports)
@@ -94,7 +95,7 @@ def export_graph(module: torch.nn.Module, example: tuple[tuple, dict], ports: tu
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     started = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_exporter():
             # The exporter warns that it will not rename axes already named by their Dim: harmless, we name them below.
             warnings.filterwarnings("ignore", message="# The axis name")
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)  # torch internals
@@ -453,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.out.exists() and not args.force:  # before the minutes a load and export can take
             raise ValueError(f"{args.out}: already exists; pass --force to replace it")
+        require(*EXPORT_MODULES, "onnxruntime")
         source = load_source(args)
         print(f"exporting {source.description} ({args.quantize or args.dtype}) to {args.out}", flush=True)
         lines = write_folder(args.out, args.force, lambda staging: build(staging, args, source))

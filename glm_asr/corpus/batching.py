@@ -11,7 +11,6 @@ are done. The texts equal one-at-a-time `transcribe_detailed` ones (tests/test_b
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 import time
@@ -26,12 +25,10 @@ from glm_asr.io.audio_file import AudioError, load_audio
 from glm_asr.corpus.inputs import Item
 from glm_asr.longform.segmentation import find_pieces
 from glm_asr.longform.vad import VadOptions, model_path
-from glm_asr.transcription.generate import greedy_generate
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
 from glm_asr.transcription.processor import MAX_WINDOWS, Processor
-from glm_asr.transcription.repetition import RepeatStop
-from glm_asr.transcription.transcribe import Segment, _join
+from glm_asr.transcription.transcribe import Decoded, Segment, _join, decode_batch
 
 
 @dataclass
@@ -46,6 +43,7 @@ class FileResult:
     model_seconds: float = 0.0  # its share of its batches' time, by audio length
     error: str | None = None
     stopped_on_repeat: bool = False
+    truncated: bool = False  # some decoding reached its token budget (see the segments)
 
 
 @dataclass
@@ -53,8 +51,7 @@ class _Unit:
     result: FileResult
     index: int | None  # the window's number when the input is transcribed window by window
     samples: np.ndarray
-    text: str | None = None  # None until its batch has run
-    stopped: bool = False
+    decoded: Decoded | None = None  # None until its batch has run
     span: tuple[float, float] | None = None  # with VAD: the piece's speech bounds on the input's timeline (s)
 
 
@@ -86,7 +83,7 @@ def transcribe_items(
     processor: Processor,
     items: list[Item],
     *,
-    max_new_tokens: int = 500,
+    max_new_tokens: int | None = None,
     chunked: bool | None = None,
     batch_size: int = 8,
     pool_batches: int = 2,
@@ -96,8 +93,9 @@ def transcribe_items(
     vad: VadOptions | None = None,
 ) -> Iterator[FileResult]:
     """One FileResult per item, in order, each yielded as soon as it is done. A file that cannot be read
-    gets a result with `error` set, and the rest go on. `chunked` as in `transcribe_detailed`; with `vad`, only
-    speech is decoded, in pieces batched with the other inputs' (glm_asr/longform), segments on its bounds."""
+    gets a result with `error` set, and the rest go on. `chunked` and `max_new_tokens` (None: a budget that
+    follows each prompt's audio length) as in `transcribe_detailed`; with `vad`, only speech is decoded, in
+    pieces batched with the other inputs' (glm_asr/longform), segments on its bounds."""
     if batch_size < 1 or pool_batches < 1 or prefetch < 1:
         raise ValueError(f"batch_size {batch_size}, pool_batches {pool_batches}, prefetch {prefetch}: expected each >= 1")
     if stop_on_repeat is not None and isinstance(model, OnnxModel):
@@ -140,27 +138,18 @@ def _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size
     for start in range(0, len(queue_) + 1, batch_size):  # + 1: a pool of failed reads still emits them
         if queue_[start : start + batch_size]:
             _run_batch(model, processor, queue_[start : start + batch_size], max_new_tokens, stop_on_repeat, eos_token_id)
-        while emitted < len(results) and all(u.text is not None for u in results[emitted][1]):
+        while emitted < len(results) and all(u.decoded is not None for u in results[emitted][1]):
             yield _finish(*results[emitted])
             emitted += 1
 
 
 def _run_batch(model, processor, batch, max_new_tokens, stop_on_repeat, eos_token_id) -> None:  # noqa: ANN001
     started = time.perf_counter()
-    device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
-    inputs = processor([u.samples for u in batch]).to(device)
-    eos = eos_token_id or tuple(model.config.text_config.eos_token_id)
-    stop = None if stop_on_repeat is None else RepeatStop(len(batch), stop_on_repeat, eos)
-    if isinstance(model, OnnxModel):
-        generate = functools.partial(model.generate, eos_token_id=eos)
-    else:
-        generate = functools.partial(greedy_generate, model, eos_token_id=eos, stop=stop)
-    ids = generate(inputs.input_ids, inputs.attention_mask, inputs.input_features, inputs.input_features_mask, max_new_tokens=max_new_tokens)
+    decoded = decode_batch(model, processor, [u.samples for u in batch], max_new_tokens, eos_token_id=eos_token_id, stop_on_repeat=stop_on_repeat)
     wall = time.perf_counter() - started
     total = sum(u.samples.shape[0] for u in batch) or 1
-    for row, unit in enumerate(batch):
-        unit.text = processor.decode(ids[row].cpu())
-        unit.stopped = bool(stop and stop.stopped[row])
+    for unit, d in zip(batch, decoded):
+        unit.decoded = d
         unit.result.model_seconds += wall * unit.samples.shape[0] / total
 
 
@@ -170,14 +159,16 @@ def _finish(result: FileResult, units: list[_Unit]) -> FileResult:
     if result.error is not None:
         return result
     if not units or units[0].span is not None:  # VAD pieces (none in silence)
-        result.text = _join([u.text for u in units])
-        result.segments = [Segment(*u.span, u.text) for u in units]
+        result.text = _join([u.decoded.text for u in units])
+        result.segments = [Segment(*u.span, u.decoded.text, u.decoded.truncated) for u in units]
     elif units[0].index is None:
-        result.text = units[0].text
-        result.segments = [Segment(0.0, result.duration, result.text)]
+        result.text = units[0].decoded.text
+        result.segments = [Segment(0.0, result.duration, result.text, units[0].decoded.truncated)]
     else:
         units = sorted(units, key=lambda u: u.index)
-        result.text = _join([u.text for u in units])
-        result.segments = [Segment(u.index * CHUNK_SECONDS, min((u.index + 1) * CHUNK_SECONDS, result.duration), u.text) for u in units]
-    result.stopped_on_repeat = any(u.stopped for u in units)
+        result.text = _join([u.decoded.text for u in units])
+        result.segments = [Segment(u.index * CHUNK_SECONDS, min((u.index + 1) * CHUNK_SECONDS, result.duration), u.decoded.text,
+                                   u.decoded.truncated) for u in units]
+    result.stopped_on_repeat = any(u.decoded.stopped_on_repeat for u in units)
+    result.truncated = any(u.decoded.truncated for u in units)
     return result

@@ -1,30 +1,37 @@
-"""A corpus's inputs and its results file.
+"""A corpus's inputs: audio files, directories and manifests, each input once.
 
 Inputs are audio files, directories (searched recursively for audio extensions, in sorted order) and JSONL
 manifests in NeMo's form: one object per line with `audio_filepath` (relative paths are relative to the
 manifest), optional `offset` and `duration` in seconds, and any other fields, which are passed through.
 
-Results are JSONL too, one record per input, appended and flushed as each input completes, so a run that is
-killed keeps every record it wrote and `--resume` goes on from there. A record holds `audio_filepath` and
-`offset` as the input gave them, `duration` (the seconds transcribed), `text`, `segments`, `timings`, and
-`error` instead of a transcript when the input failed. A manifest's own fields are kept beside them; one
-whose name a record already uses (a reference `text`, the requested `duration`) is kept as `manifest_<name>`.
+An input is identified by its file's resolved real path (`os.path.realpath`: absolute, symlinks followed)
+with its offset and duration, so that the same file named two ways (absolute, relative, through a symlink,
+or found again by an overlapping directory) is one input: the first occurrence is kept. The results file
+(results.py) uses the same key for `--resume`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 AUDIO_EXTENSIONS = frozenset([
     ".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".mkv", ".mka", ".mov", ".wma",
     ".aif", ".aiff", ".amr", ".ac3", ".3gp",
 ])
 MANIFEST_EXTENSIONS = (".jsonl", ".json")
-RESULT_FIELDS = ("audio_filepath", "offset", "duration", "text", "segments", "timings", "error", "stopped_on_repeat")
+# A record's own fields: a manifest field of the same name is kept as manifest_<name>.
+RESULT_FIELDS = ("audio_filepath", "real_path", "offset", "duration", "text", "segments", "timings", "error",
+                 "stopped_on_repeat", "truncated")
+
+
+def input_key(real_path: str, offset: float, duration: float | None) -> str:
+    """What identifies an input, in a run and in a results file: a file's real path, offset and duration."""
+    return json.dumps([real_path, float(offset), None if duration is None else float(duration)])
 
 
 @dataclass
@@ -38,16 +45,22 @@ class Item:
     extra: dict[str, Any] = field(default_factory=dict)  # a manifest entry's other fields, renamed where needed
     relative: Path | None = None  # under the directory it was found in: where its subtitle file goes
 
+    @functools.cached_property  # one lookup per input, however often a run asks
+    def real_path(self) -> str:
+        """The file's absolute path with every symlink resolved: one name per file, whatever the input typed."""
+        return os.path.realpath(self.path)
+
     @property
     def key(self) -> str:
-        """What identifies the input in a results file, for --resume."""
-        return json.dumps([self.audio_filepath, self.offset, self.duration])  # a manifest duration is recorded as manifest_duration
+        """What identifies the input, for deduplication and --resume."""
+        return input_key(self.real_path, self.offset, self.duration)
 
 
-def expand_inputs(paths: list[Path]) -> list[Item]:
-    """Files, directories and manifests as a list of items, in the order given (directories sorted)."""
+def expand_inputs(paths: list[os.PathLike | str]) -> list[Item]:
+    """Files, directories and manifests as a list of items, in the order given (directories sorted), each
+    input once: a later name of a file already listed (same real path, offset and duration) is dropped."""
     items: list[Item] = []
-    for path in paths:
+    for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
             items += [Item(p, str(p), relative=p.relative_to(path)) for p in found]
@@ -55,7 +68,13 @@ def expand_inputs(paths: list[Path]) -> list[Item]:
             items += read_manifest(path)
         else:  # a missing or unreadable file fails when it is read, with its own error record
             items.append(Item(path, str(path)))
-    return items
+    seen: set[str] = set()
+    unique = []
+    for item in items:
+        if item.key not in seen:
+            seen.add(item.key)
+            unique.append(item)
+    return unique
 
 
 def read_manifest(path: Path) -> list[Item]:
@@ -80,45 +99,3 @@ def read_manifest(path: Path) -> list[Item]:
             extra = {(f"manifest_{k}" if k in RESULT_FIELDS else k): v for k, v in entry.items() if k not in ("audio_filepath", "offset")}
             items.append(Item(audio, name, float(offset), None if duration is None else float(duration), extra))
     return items
-
-
-def record_key(record: dict[str, Any]) -> str:
-    return json.dumps([record.get("audio_filepath"), record.get("offset", 0.0), record.get("manifest_duration")])
-
-
-class ResultsFile:
-    """The JSONL results, appended to. A file with records in it is continued only with `resume` (its keys are
-    read, to be skipped), never overwritten; it is created at the first record."""
-
-    def __init__(self, path: Path, resume: bool) -> None:
-        self.path, self.done = path, set()
-        self._file: IO[str] | None = None
-        if path.is_file() and path.stat().st_size and not resume:
-            raise FileExistsError(f"{path} exists; pass --resume to continue it (inputs it records are skipped), or choose another --output")
-        if path.exists():
-            self.done = self._read_keys()
-
-    def _read_keys(self) -> set[str]:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a record cut short by a kill: drop it, its input runs again
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-            data = data[: data.rfind(b"\n") + 1]
-        keys = set()
-        for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
-            try:
-                keys.add(record_key(json.loads(line)))
-            except (json.JSONDecodeError, AttributeError) as e:
-                raise ValueError(f"{self.path}:{number}: not a results record; --resume needs a file this command wrote") from e
-        return keys
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")  # one write of a whole line
-        self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()

@@ -3,6 +3,7 @@ format ffmpeg decodes through PyAV (audio_av.py, the optional `audio` extra)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import struct
@@ -16,8 +17,15 @@ import scipy.signal
 from glm_asr.model.front_end import SAMPLING_RATE
 from glm_asr.io.pyav import EXTRA, DecodeError, NotMedia, decode
 
-SUPPORTED = ("WAV files (PCM uint8/int16/24-bit/int32 or float32/float64, any channels and sample rate), and with "
-             f"PyAV ({EXTRA}) whatever ffmpeg decodes: mp3, flac, ogg/opus, m4a, webm, the sound of mp4/mkv")
+_WAV = "WAV files (PCM uint8/int16/24-bit/int32 or float32/float64, any channels and sample rate)"
+_FFMPEG = "whatever ffmpeg decodes: mp3, flac, ogg/opus, m4a, webm, the sound of mp4/mkv"
+
+
+def supported() -> str:
+    """What can be read here: the install hint for PyAV only where PyAV is absent."""
+    if importlib.util.find_spec("av") is not None:
+        return f"{_WAV}, and through PyAV {_FFMPEG}"
+    return f"{_WAV}, and with PyAV ({EXTRA}) {_FFMPEG}"
 
 
 class AudioError(ValueError):
@@ -44,9 +52,11 @@ def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | N
         except ImportError as e:
             raise AudioError(f"{path}: not a WAV file; {e}") from e
         except NotMedia as e:
-            raise AudioError(f"{e}; supported: {SUPPORTED}") from e
+            raise AudioError(f"{e}; supported: {supported()}") from e
         except DecodeError as e:
             raise AudioError(str(e)) from e
+        if offset and not samples.size:
+            raise AudioError(f"{path}: offset {offset:g} s is at or past the end of the audio; expected an offset inside the file")
         return to_mono_16k(samples, SAMPLING_RATE, str(path))
     try:
         with warnings.catch_warnings():
@@ -58,10 +68,13 @@ def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | N
                 return to_mono_16k(decode(path, offset, duration), SAMPLING_RATE, str(path))
             except (ImportError, DecodeError):
                 pass  # the WAV error below says more
-        raise AudioError(f"{path}: an unreadable or truncated WAV file ({e}); supported: {SUPPORTED}") from e
+        raise AudioError(f"{path}: an unreadable or truncated WAV file ({e}); supported: {supported()}") from e
     if rate <= 0:
         raise AudioError(f"{path}: the header gives sample rate {rate}; expected a positive rate such as 16000")
     first = round(offset * rate)
+    if offset and first >= data.shape[0]:
+        raise AudioError(f"{path}: offset {offset:g} s is at or past the end of the audio ({data.shape[0] / rate:.2f} s); "
+                         "expected an offset inside the file")
     data = data[first : None if duration is None else first + round(duration * rate)]
     return to_mono_16k(_to_float(data, path), rate, str(path))
 
@@ -75,7 +88,7 @@ def _to_float(data: np.ndarray, path: Path) -> np.ndarray:
         return (data.astype(np.float64) / 2147483648.0).astype(np.float32)
     if data.dtype in (np.float32, np.float64):
         return data
-    raise AudioError(f"{path}: samples of type {data.dtype}; supported: {SUPPORTED}")
+    raise AudioError(f"{path}: samples of type {data.dtype}; supported: {supported()}")
 
 
 def to_mono_16k(samples: np.ndarray, rate: int, name: str = "audio") -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 
 from glm_asr.model.front_end import SAMPLING_RATE
 
-EXTRA = "pip install glm-asr[audio]"
+EXTRA = "pip install 'glm-asr[audio]'"
 
 
 class DecodeError(ValueError):

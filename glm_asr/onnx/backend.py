@@ -20,6 +20,7 @@ import torch
 
 from glm_asr.model.config import ConfigError, GlmAsrConfig
 from glm_asr.transcription.generate import prompt_positions
+from glm_asr.onnx.extra import EXTRA
 from glm_asr.onnx.graphs import (DECODER_FILE, EMBEDDINGS_FILE, ENCODER_FILE, METADATA_FILE, TOKENIZER_FILE, Port,
                           decoder_ports, encoder_ports)
 from glm_asr.transcription.processor import Processor
@@ -105,7 +106,7 @@ class OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise RuntimeError(f"the onnxruntime backend needs onnxruntime ({e}); pip install onnxruntime") from e
+            raise RuntimeError(f"the onnxruntime backend needs onnxruntime, which is not installed: {EXTRA}") from e
         if device not in PROVIDERS:
             raise ValueError(f"device {device!r}: the onnxruntime backend runs on {' or '.join(PROVIDERS)}")
         provider = PROVIDERS[device][0] if isinstance(PROVIDERS[device][0], str) else PROVIDERS[device][0][0]

@@ -9,6 +9,7 @@ Batches are left-padded with <|endoftext|> and a 0 in the attention mask.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,16 @@ PROMPT_TOKENS = ("<|user|>", "<|assistant|>", "<|begin_of_audio|>", "<|end_of_au
 INSTRUCTION = "Please transcribe this audio into text"
 # The reference caps audio at 655 s, i.e. 21 whole windows (630 s): about the decoder's 8192 positions.
 MAX_WINDOWS = int(655 // CHUNK_SECONDS)
+# The default decoding budget follows the audio's length: fast speech is about 4 words (English, some 5-6
+# tokens) or 6 characters (Chinese, about one token each) a second, so 8 tokens a second leaves room, and the
+# fixed part covers a short clip's punctuation and the end-of-text token. A 30 s window gets 256 tokens.
+TOKENS_PER_SECOND = 8
+BUDGET_BASE = 16
+
+
+def token_budget(seconds: float) -> int:
+    """New tokens allowed for `seconds` of audio when no fixed max_new_tokens is given."""
+    return BUDGET_BASE + math.ceil(TOKENS_PER_SECOND * seconds)
 
 
 def prompt_text(n_audio_tokens: int, instruction: str = INSTRUCTION) -> str:

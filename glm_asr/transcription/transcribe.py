@@ -19,7 +19,8 @@ from glm_asr.longform.vad import VadOptions
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel, load_onnx_model_and_processor  # noqa: F401 (the onnxruntime backend's loader)
 from glm_asr.transcription.presets import random_model, synthetic_tokenizer
-from glm_asr.transcription.processor import MAX_WINDOWS, Processor
+from glm_asr.transcription.processor import MAX_WINDOWS, Processor, token_budget
+from glm_asr.transcription.repetition import RepeatStop
 from glm_asr.runtime.quantize import AUDIO_KINDS, DECODER_KINDS, quantize_audio, quantize_decoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
@@ -30,6 +31,7 @@ class Segment:
     start: float  # seconds
     end: float
     text: str
+    truncated: bool = False  # decoding reached its token budget: the text may stop before the speech does
 
 
 @dataclass
@@ -37,6 +39,20 @@ class Transcription:
     text: str
     audio_seconds: float
     segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        """Whether any segment's decoding stopped at its token budget."""
+        return any(s.truncated for s in self.segments)
+
+
+@dataclass
+class Decoded:
+    """One prompt's decoding: its text, and how it ended."""
+
+    text: str
+    truncated: bool = False  # at the token budget, without an end-of-text token
+    stopped_on_repeat: bool = False
 
 
 def load_model_and_processor(
@@ -64,6 +80,13 @@ def load_model_and_processor(
         processor = Processor(synthetic_tokenizer(), model.config.audio_config.num_mel_bins, "synthetic tokenizer")
     else:
         directory = Path(model_path)
+        if not directory.is_dir():
+            hub = "" if directory.is_absolute() or len(directory.parts) != 2 else (
+                f"; {model_path} looks like a Hugging Face name: download the released files first, e.g. "
+                f"`huggingface-cli download {model_path} --local-dir {directory.name}` (https://huggingface.co/{model_path}), "
+                f"and pass that folder")
+            raise FileNotFoundError(f"{directory}: no such folder; expected a local model folder with config.json, "
+                                    f"model.safetensors and tokenizer.json{hub}")
         if not (directory / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{directory}: no tokenizer.json; expected a model folder with config.json, model.safetensors and tokenizer.json")
         model = load_model(directory, dtype=None if quantize else dtype, device=device)  # None: as stored, see quantize_decoder
@@ -101,7 +124,7 @@ def transcribe_detailed(
     processor: Processor,
     audio: AudioInput | list[AudioInput],
     *,
-    max_new_tokens: int = 500,
+    max_new_tokens: int | None = None,
     chunked: bool | None = None,
     batch_size: int = 8,
     vad: bool | VadOptions = False,
@@ -109,30 +132,30 @@ def transcribe_detailed(
     """Like `transcribe`, with segments and durations. `chunked=None` chunks only audio longer than the
     reference's limit (21 windows, 630 s); `True` transcribes every 30 s window on its own (batched).
     `vad=True` (or VadOptions; needs the `vad` extra) decodes only speech, in pieces of at most 30 s cut
-    where the speaker pauses, each a segment on its speech bounds (glm_asr/longform); silence gives none."""
+    where the speaker pauses, each a segment on its speech bounds (glm_asr/longform); silence gives none.
+    A segment whose decoding reached its token budget has `truncated` set."""
     items = audio if isinstance(audio, list) else [audio]
     samples = [read_audio(a) for a in items]
-    device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
     results, whole = [], []
     for clip in samples:
         seconds = clip.shape[0] / SAMPLING_RATE
         windows = split_windows(torch.from_numpy(clip))
         if vad:
             pieces = find_pieces(clip, vad if isinstance(vad, VadOptions) else VadOptions())
-            texts = _generate(model, processor, [p.samples(clip) for p in pieces], max_new_tokens, batch_size, device)
-            segments = [Segment(p.start / SAMPLING_RATE, p.end / SAMPLING_RATE, t) for p, t in zip(pieces, texts)]
-            results.append(Transcription(_join(texts), seconds, segments))
+            decoded = _generate(model, processor, [p.samples(clip) for p in pieces], max_new_tokens, batch_size)
+            segments = [Segment(p.start / SAMPLING_RATE, p.end / SAMPLING_RATE, d.text, d.truncated) for p, d in zip(pieces, decoded)]
+            results.append(Transcription(_join([d.text for d in decoded]), seconds, segments))
         elif chunked or (chunked is None and len(windows) > MAX_WINDOWS):
-            texts = _generate(model, processor, [w.numpy() for w in windows], max_new_tokens, batch_size, device)
-            segments = [Segment(i * CHUNK_SECONDS, min((i + 1) * CHUNK_SECONDS, seconds), t) for i, t in enumerate(texts)]
-            results.append(Transcription(_join(texts), seconds, segments))
+            decoded = _generate(model, processor, [w.numpy() for w in windows], max_new_tokens, batch_size)
+            segments = [Segment(i * CHUNK_SECONDS, min((i + 1) * CHUNK_SECONDS, seconds), d.text, d.truncated) for i, d in enumerate(decoded)]
+            results.append(Transcription(_join([d.text for d in decoded]), seconds, segments))
         else:
             whole.append(len(results))
             results.append(Transcription("", seconds))
-    texts = _generate(model, processor, [samples[i] for i in whole], max_new_tokens, batch_size, device)
-    for i, text in zip(whole, texts):
-        results[i].text = text
-        results[i].segments = [Segment(0.0, results[i].audio_seconds, text)]
+    decoded = _generate(model, processor, [samples[i] for i in whole], max_new_tokens, batch_size)
+    for i, d in zip(whole, decoded):
+        results[i].text = d.text
+        results[i].segments = [Segment(0.0, results[i].audio_seconds, d.text, d.truncated)]
     return results
 
 
@@ -141,23 +164,76 @@ def transcribe(
     processor: Processor,
     audio: AudioInput | list[AudioInput],
     *,
-    max_new_tokens: int = 500,
+    max_new_tokens: int | None = None,
     chunked: bool | None = None,
     batch_size: int = 8,
     vad: bool | VadOptions = False,
 ) -> list[str]:
     """One transcript per input: a WAV path, 16 kHz float samples, or a list of them. `model` is a PyTorch model,
-    or an onnxruntime one from `load_onnx_model_and_processor(onnx_dir)` (a folder from tools/export_onnx.py)."""
+    or an onnxruntime one from `load_onnx_model_and_processor(onnx_dir)` (a folder from tools/export_onnx.py).
+    `max_new_tokens=None` gives each prompt a budget that follows its audio's length (processor.token_budget)."""
     return [t.text for t in transcribe_detailed(model, processor, audio, max_new_tokens=max_new_tokens, chunked=chunked, batch_size=batch_size, vad=vad)]
 
 
-def _generate(model: GlmAsrModel | OnnxModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int, batch_size: int, device: torch.device) -> list[str]:
-    texts = []
-    generate = model.generate if isinstance(model, OnnxModel) else functools.partial(greedy_generate, model)
+def _generate(model: GlmAsrModel | OnnxModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int | None, batch_size: int) -> list[Decoded]:
+    decoded = []
     for start in range(0, len(clips), batch_size):
-        batch = processor(clips[start : start + batch_size]).to(device)
-        ids = generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask, max_new_tokens=max_new_tokens)
-        texts += [processor.decode(row) for row in ids.cpu()]
-    return texts
+        decoded += decode_batch(model, processor, clips[start : start + batch_size], max_new_tokens)
+    return decoded
 
 
+def token_budgets(model: GlmAsrModel | OnnxModel, prompt_lengths: list[int], clips: list[np.ndarray], max_new_tokens: int | None) -> list[int]:
+    """Each prompt's budget of new tokens: `max_new_tokens` when given; else one that follows the audio's
+    length (processor.token_budget), within the decoder's positions after the prompt."""
+    if max_new_tokens is not None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens}: expected at least 1")
+        return [max_new_tokens] * len(clips)
+    limit = model.config.text_config.max_position_embeddings
+    return [max(1, min(token_budget(c.shape[0] / SAMPLING_RATE), limit - n)) for c, n in zip(clips, prompt_lengths)]
+
+
+class _BudgetStop:
+    """A `stop` callback for greedy_generate: ends each row at its budget, and where `inner` says."""
+
+    def __init__(self, budgets: list[int], inner: RepeatStop | None) -> None:
+        self.budgets, self.inner, self.steps = torch.tensor(budgets), inner, 0
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        self.steps += 1
+        ended = (self.budgets <= self.steps).to(token.device)
+        return ended | self.inner(token) if self.inner is not None else ended
+
+
+def decode_batch(
+    model: GlmAsrModel | OnnxModel,
+    processor: Processor,
+    clips: list[np.ndarray],
+    max_new_tokens: int | None = None,
+    *,
+    eos_token_id: tuple[int, ...] | None = None,
+    stop_on_repeat: int | None = None,
+) -> list[Decoded]:
+    """Greedy transcripts of 16 kHz clips decoded together, each within its own token budget. The batch runs to
+    the largest budget and each row is cut at its own, so a clip's text is the same alone or in any batch."""
+    if stop_on_repeat is not None and isinstance(model, OnnxModel):
+        raise ValueError("--stop-on-repeat runs with the torch backend only")
+    device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
+    batch = processor(clips).to(device)
+    budgets = token_budgets(model, batch.attention_mask.sum(1).tolist(), clips, max_new_tokens)
+    eos = eos_token_id or tuple(model.config.text_config.eos_token_id)
+    stop = None if stop_on_repeat is None else RepeatStop(len(clips), stop_on_repeat, eos)
+    if isinstance(model, OnnxModel):
+        generate = functools.partial(model.generate, eos_token_id=eos)
+    else:  # rows end at their own budget too, so that a short clip beside a long one costs no extra steps
+        generate = functools.partial(greedy_generate, model, eos_token_id=eos, stop=_BudgetStop(budgets, stop))
+    ids = generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask, max_new_tokens=max(budgets)).cpu()
+    out = []
+    for row, budget in enumerate(budgets):
+        kept = ids[row, :budget]
+        stopped = bool(stop and stop.stopped[row])
+        ended = bool(torch.isin(kept, torch.tensor(eos)).any())
+        # A transcript with leading whitespace (a tokenizer's word-initial space) reads the same without it.
+        out.append(Decoded(processor.decode(kept).strip(), truncated=not ended and not stopped and kept.shape[0] == budget,
+                           stopped_on_repeat=stopped))
+    return out
