@@ -10,6 +10,7 @@ holds the 16 kHz mono result and never the source's own rate and channels.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -36,9 +37,10 @@ def import_av() -> ModuleType:
     return av
 
 
-def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None, *, deadline: float | None = None) -> np.ndarray:
     """The first audio stream of `path` as float32 mono 16 kHz samples, from `offset` seconds for `duration`
-    seconds (to the end when None)."""
+    seconds (to the end when None). `deadline` (a time.monotonic() value): a DecodeError once it has passed,
+    so that an upload built to decode slowly cannot hold a server's worker (glm_asr/serve/uploads.py)."""
     av = import_av()
     path = Path(path)
     first = round(offset * SAMPLING_RATE)
@@ -57,6 +59,8 @@ def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None 
         pieces, seen = [], 0
         try:
             for frame in container.decode(stream):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DecodeError(f"{path}: decoding took longer than its time limit after {seen / SAMPLING_RATE:.2f} s of audio")
                 for out in resampler.resample(frame):
                     seen = _keep(out.to_ndarray(), seen, first, last, pieces)
                 if last is not None and seen >= last:
