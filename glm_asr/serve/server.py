@@ -17,7 +17,7 @@ def import_uvicorn():  # noqa: ANN201
     try:
         import uvicorn
         import starlette  # noqa: F401
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
     except ImportError as e:
         raise ImportError(f"glm-asr serve needs uvicorn, starlette and python-multipart ({e.name} is missing): {EXTRA}") from e
     return uvicorn
@@ -43,6 +43,7 @@ def make_server(service: Service, *, drain_seconds: float = 300.0, on_ready: Cal
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:  # noqa: ANN001
             service.draining = True  # new requests: 503 from now on; uvicorn then waits for those in flight
+            print(f"glm-asr serve: draining {service.scheduler.in_flight()} requests in flight, taking no new ones", file=sys.stderr, flush=True)
             super().handle_exit(sig, frame)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -63,8 +64,7 @@ def serve(service: Service, host: str, port: int, *, drain_seconds: float = 300.
     def ready() -> None:
         print(f"glm-asr serve: ready on http://{host}:{address[1]} (POST /v1/audio/transcriptions)", flush=True)
 
-    try:
+    try:  # after a signal, uvicorn raises it again once drained: the exit status says what stopped the server
         make_server(service, drain_seconds=drain_seconds, on_ready=ready).run(sockets=[sock])
     finally:
         sock.close()
-    print("glm-asr serve: stopped", file=sys.stderr, flush=True)
