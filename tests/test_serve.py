@@ -191,6 +191,11 @@ def test_fields_the_model_cannot_honour_are_400(server, clips, data, param):
     assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME, **data}), 400, param)
 
 
+def test_word_timestamps_are_named_as_such(server, clips):
+    data = {"model": MODEL_NAME, "timestamp_granularities[]": "word", "response_format": "verbose_json"}
+    assert "no word timestamps" in assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, data), 400)["message"]
+
+
 def test_temperature_zero_is_accepted(server, clips):
     assert post(server[0], {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME, "temperature": "0"}).status_code == 200
 
@@ -257,6 +262,48 @@ def test_upload_too_large_413(server, clips):
 def test_audio_too_long_413(server, clips):
     error = assert_error(post(server[0], {"file": wav_bytes(clips["too_long"])}, {"model": MODEL_NAME}), 413, "file")
     assert error["code"] == "audio_too_long" and "45.0 s" in error["message"]
+
+
+def test_the_body_is_counted_as_it_arrives():
+    """Past the cap the body is refused mid-stream, before the rest is read (the chunked upload above)."""
+    from glm_asr.serve.app import _counted, _TooLarge
+
+    chunks = iter([{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 3)
+
+    async def receive() -> dict:
+        return next(chunks)
+
+    async def read() -> int:
+        counted = _counted(receive, 1000)
+        await counted()
+        await counted()
+        return 2
+    with pytest.raises(_TooLarge):
+        asyncio.run(read())
+
+
+def test_audio_longer_than_its_header_says_413(clips, monkeypatch):
+    """A header may not tell the duration (or lie): the decoded length is checked too."""
+    from glm_asr.serve import uploads
+    from glm_asr.serve.limits import ApiError
+
+    monkeypatch.setattr(uploads, "probe", lambda path, name, limits: ("wav", "pcm_u8"))
+    with pytest.raises(ApiError) as e:
+        uploads.read_upload(clips["too_long"], "too_long.wav", LIMITS)
+    assert e.value.status == 413 and e.value.code == "audio_too_long"
+
+
+def test_a_full_scheduler_refuses_with_retry_after(small):
+    model, processor = small
+    scheduler = Scheduler(model, processor, Metrics(), Limits(max_queue=1))
+
+    async def submit_two() -> None:
+        loop = asyncio.get_running_loop()
+        scheduler.submit(Job("a", demo_clip(1.0), loop, processor))
+        scheduler.submit(Job("b", demo_clip(1.0), loop, processor))
+    with pytest.raises(Exception) as e:
+        asyncio.run(submit_two())
+    assert e.value.status == 503 and e.value.headers == {"Retry-After": "2"}
 
 
 def test_unknown_route_404_and_method_405_in_the_error_shape(server):
