@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str]) -> None:
     sv.add_argument("--max-queue", type=int, default=64, help="requests in progress at most; past it 503 with Retry-After")
     sv.add_argument("--decode-timeout", type=float, default=30.0, help="seconds to decode one upload at most (400 past it)")
     sv.add_argument("--drain-seconds", type=float, default=300.0, help="on SIGTERM, how long requests in flight may take to finish")
+    sv.add_argument("--ray-replicas", type=int, default=None, metavar="N",
+                    help="serve with N replicas on Ray Serve (glm-asr[ray-serve]), each holding one model; torch backend only")
+    sv.add_argument("--ray-address", default=None, help="with --ray-replicas: a running cluster's address (default: a local Ray)")
     sv.set_defaults(run=run, dtypes=dtypes)
 
 
@@ -62,8 +65,22 @@ def run(args: argparse.Namespace) -> int:
 
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
                     max_queue=args.max_queue, decode_seconds=args.decode_timeout)
+    names = tuple(args.served_model_name or (MODEL_NAME,))
+    if args.ray_replicas is not None:  # the model loads in each replica, not here
+        if args.backend != "torch":
+            raise ValueError("--ray-replicas runs the torch backend; drop --backend onnxruntime")
+        from glm_asr.serve.ray_serve import serve_on_ray
+
+        model_kwargs = {"model_path": args.model, "device": args.device, "dtype": getattr(__import__("torch"), args.dtypes[args.dtype]),
+                        "random_preset": args.random, "quantize": args.quantize, "quantize_audio_path": args.quantize_audio}
+        try:
+            serve_on_ray(model_kwargs, replicas=args.ray_replicas, host=args.host, port=args.port, address=args.ray_address,
+                         limits=limits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, model_names=names)
+        except ImportError as e:
+            raise RuntimeError(str(e)) from e
+        return 0
     model, processor = _load(args)
     service = Service(model, processor, limits=limits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      model_names=tuple(args.served_model_name or (MODEL_NAME,)))
+                      model_names=names)
     serve(service, args.host, args.port, drain_seconds=args.drain_seconds)
     return 0
