@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from glm_asr.serve.limits import Limits
     from glm_asr.serve.server import serve
 
+    for flag in ("max_upload_mb", "max_audio_seconds", "max_queue", "decode_timeout", "drain_seconds", "batch_size", "max_new_tokens"):
+        if getattr(args, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive value")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
                     max_queue=args.max_queue, decode_seconds=args.decode_timeout)
     names = tuple(args.served_model_name or (MODEL_NAME,))
