@@ -374,16 +374,20 @@ def test_a_client_that_disconnects_has_its_work_dropped(server, clips, monkeypat
     assert "gone.wav" not in gate.names and gate.names[-1] == "after.wav"
 
 
-def test_a_short_request_is_not_stuck_behind_a_long_one(small):
+@pytest.mark.parametrize("batch_size, batches", [
+    (2, [["long", "short"], ["long", "long"], ["long", "long"], ["long"]]),
+    (4, [["long", "short"], ["long", "long", "long", "long"], ["long"]]),  # the short one's batch is not topped up
+])
+def test_a_short_request_is_not_stuck_behind_a_long_one(small, batch_size, batches):
     """Round robin over requests: a 3 s request submitted after a 6-window one rides in the first batch."""
     model, processor = small
-    batches = []
+    seen = []
 
     async def scenario() -> list[str]:
         loop = asyncio.get_running_loop()
-        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=2, max_new_tokens=2)
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=batch_size, max_new_tokens=2)
         run = scheduler_module.run_batch
-        scheduler_module.run_batch = lambda m, p, batch, *a: (batches.append([u.result.item.audio_filepath for u in batch]), run(m, p, batch, *a))
+        scheduler_module.run_batch = lambda m, p, batch, *a: (seen.append([u.result.item.audio_filepath for u in batch]), run(m, p, batch, *a))
         try:
             long, short = Job("long", demo_clip(175.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
             scheduler.submit(long)
@@ -398,7 +402,7 @@ def test_a_short_request_is_not_stuck_behind_a_long_one(small):
             scheduler_module.run_batch = run
 
     assert asyncio.run(scenario()) == ["short", "long"]
-    assert batches == [["long", "short"], ["long", "long"], ["long", "long"], ["long"]]
+    assert seen == batches
 
 
 def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):

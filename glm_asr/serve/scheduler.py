@@ -2,7 +2,8 @@
 
 Requests arrive on the event loop; the model runs on a single worker thread (torch uses its own threads
 inside). Each batch takes units round robin over the requests in arrival order, one unit per request per
-turn, so a 3 s request that arrives while a 10 minute one is being decoded rides in the very next batch.
+turn, so a 3 s request that arrives while a 10 minute one is being decoded rides in the very next batch, and
+that batch stops after the turn that completes it, rather than filling up with the long request's windows.
 Batches are decoded by the corpus path's `run_batch` and results assembled by its `finish`, so a request's
 text equals `glm-asr transcribe --chunked` on the same audio. A cancelled request (its client went away) has
 its queued units dropped; a batch already running finishes, and its rows for that request are discarded.
@@ -130,6 +131,9 @@ class Scheduler:
                 self.jobs.remove(job)
 
     def _pick(self) -> list[Unit]:
+        """Turns of one unit per waiting request, in arrival order, until the batch is full; but a turn that
+        holds some request's last unit ends the batch there. A batch's time grows with its rows, so the request
+        about to be answered is not made to wait for a long request's extra windows (measured: docs/serving.md)."""
         batch: list[Unit] = []
         while len(batch) < self.batch_size:
             turn = [j for j in self.jobs if j.next < len(j.units)][: self.batch_size - len(batch)]
@@ -138,6 +142,8 @@ class Scheduler:
             for job in turn:
                 batch.append(job.units[job.next])
                 job.next += 1
+            if len(turn) > 1 and any(j.next == len(j.units) for j in turn):
+                break
         return batch
 
     def _work(self) -> None:
