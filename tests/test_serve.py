@@ -439,3 +439,13 @@ def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_without_the_extra_the_command_says_which_to_install(monkeypatch, capsys):
+    from glm_asr_cli import main
+
+    assert main(["serve", "--max-queue", "0"]) == 2
+    assert "--max-queue 0: expected a positive value" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert main(["serve", "--port", "0"]) == 2
+    assert "pip install 'glm-asr[serve]'" in capsys.readouterr().err

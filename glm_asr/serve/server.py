@@ -16,10 +16,8 @@ EXTRA = "pip install 'glm-asr[serve]'"
 def import_uvicorn():  # noqa: ANN201
     try:
         import uvicorn
-        import starlette  # noqa: F401
-        import python_multipart  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"glm-asr serve needs uvicorn, starlette and python-multipart ({e.name} is missing): {EXTRA}") from e
+        raise ImportError(f"glm-asr serve runs on uvicorn, which is not installed: {EXTRA}") from e
     return uvicorn
 
 
