@@ -66,7 +66,7 @@ def test_mutated_files_give_samples_or_a_4xx(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
     found: dict[str, int] = {}
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(mutated() | st.tuples(st.just("random"), st.binary(max_size=4096)))
     def check(case: tuple[str, bytes]) -> None:
         name, data = case
@@ -98,7 +98,7 @@ def test_made_up_requests_never_500(server, tmp_path_factory):  # noqa: F811
 
     intact = st.sampled_from(sorted(SEEDS)).map(lambda name: (name, SEEDS[name]))
 
-    @settings(max_examples=max(EXAMPLES // 5, 10), deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=max(EXAMPLES // 5, 10), deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.one_of(valid, valid, odd), max_size=4), st.one_of(st.none(), mutated(), intact, intact), st.sampled_from([False, False, True]))
     def check(fields: list[tuple[str, str]], upload: tuple[str, bytes] | None, garble: bool) -> None:
         request = httpx.Request("POST", f"{url}/v1/audio/transcriptions", data={"model": MODEL_NAME, **dict(fields)},
