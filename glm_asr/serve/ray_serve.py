@@ -7,6 +7,8 @@ replicas, so batching happens within each replica. Limits are per replica: a ful
 
 from __future__ import annotations
 
+import signal
+import sys
 import time
 from typing import Any
 
@@ -35,7 +37,7 @@ def serve_on_ray(model_kwargs: dict[str, Any], *, replicas: int, host: str, port
         raise ImportError(f"--ray-replicas needs Ray Serve: {EXTRA}") from e
     if replicas < 1:
         raise ValueError(f"--ray-replicas {replicas}: expected at least 1")
-    ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     gpus = 1.0 if str(model_kwargs.get("device", "cpu")).startswith("cuda") else 0.0
     deployment = serve.deployment(serve.ingress(lambda: build_app(model_kwargs, limits, batch_size, max_new_tokens, model_names))(),
@@ -45,8 +47,10 @@ def serve_on_ray(model_kwargs: dict[str, Any], *, replicas: int, host: str, port
     if not blocking:
         return
     print(f"glm-asr serve: ready on http://{host}:{port} with {replicas} Ray Serve replicas (POST /v1/audio/transcriptions)", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as Ctrl-C: through the finally below, not around it
     try:
         while True:
             time.sleep(3600)
-    finally:  # Ctrl-C: the replicas go with the deployment
+    finally:  # the replicas, and a local Ray this process started, go with it
         serve.shutdown()
+        ray.shutdown()
