@@ -129,18 +129,21 @@ async def transcriptions(request: Request) -> Response:
 
 async def _transcribe(request: Request, service: Service) -> Response:
     limits = service.limits
-    if service.draining or not service.ready:
-        raise ApiError(503, "the server is shutting down or not ready; retry on another replica", code="unavailable",
-                       headers={"Retry-After": str(limits.retry_after_seconds)})
-    if service.scheduler.full():
-        raise service.scheduler.overloaded()
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(400, f"Content-Type {request.headers.get('content-type')!r}: expected multipart/form-data with a 'file' field")
     cap = limits.max_upload_bytes + FORM_OVERHEAD
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > cap:
-        await _discard(request.receive)
-        raise _too_large(limits)
+    refusal = None
+    if service.draining or not service.ready:
+        refusal = ApiError(503, "the server is shutting down or not ready; retry on another replica", code="unavailable",
+                           headers={"Retry-After": str(limits.retry_after_seconds)})
+    elif service.scheduler.full():
+        refusal = service.scheduler.overloaded()
+    elif not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        refusal = ApiError(400, f"Content-Type {request.headers.get('content-type')!r}: expected multipart/form-data with a 'file' field")
+    elif length.isdigit() and int(length) > cap:
+        refusal = _too_large(limits)
+    if refusal is not None:
+        await _discard(request.receive)  # unread, the body would reset the connection before the client reads why
+        raise refusal
     counted = Request(request.scope, _counted(request.receive, cap))
     try:
         form = await counted.form(max_files=1, max_fields=16)
