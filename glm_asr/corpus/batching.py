@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,12 +47,25 @@ class FileResult:
 
 
 @dataclass
-class _Unit:
+class Unit:
+    """What one batch row decodes: a whole input, or one of its windows. The corpus path and the server
+    (glm_asr/serve/scheduler.py) both cut inputs into units and run them with `run_batch`."""
+
     result: FileResult
     index: int | None  # the window's number when the input is transcribed window by window
     samples: np.ndarray
     decoded: Decoded | None = None  # None until its batch has run
     span: tuple[float, float] | None = None  # with VAD: the piece's speech bounds on the input's timeline (s)
+    on_token: Callable[[int], None] | None = None  # called with each new token id of this row (streaming)
+
+
+def cut_units(result: FileResult, samples: np.ndarray, chunked: bool | None) -> list[Unit]:
+    """One unit for the whole input, or one per 30 s window when `chunked` (None: only past the reference's
+    21-window limit, as `transcribe_detailed`)."""
+    result.duration = samples.shape[0] / SAMPLING_RATE
+    if chunked or (chunked is None and samples.shape[0] > MAX_WINDOWS * WINDOW_SAMPLES):
+        return [Unit(result, i, w.numpy()) for i, w in enumerate(split_windows(torch.from_numpy(samples)))]
+    return [Unit(result, None, samples)]
 
 
 def _read_ahead(items: list[Item], out: queue.Queue, cancelled: threading.Event, vad: VadOptions | None = None) -> None:
@@ -116,7 +129,7 @@ def transcribe_items(
 
 
 def _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size, stop_on_repeat, eos_token_id) -> Iterator[FileResult]:  # noqa: ANN001
-    results: list[tuple[FileResult, list[_Unit]]] = []
+    results: list[tuple[FileResult, list[Unit]]] = []
     for item, samples, read_seconds in pool:
         result, units = FileResult(item, read_seconds=read_seconds), []
         if isinstance(samples, str):
@@ -124,28 +137,28 @@ def _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size
         elif isinstance(samples, tuple):  # VAD pieces; times on the file's timeline, a manifest's offset added
             length, pieces, speech = samples
             result.duration = length / SAMPLING_RATE
-            units = [_Unit(result, i, x, span=(item.offset + p.start / SAMPLING_RATE, item.offset + p.end / SAMPLING_RATE))
+            units = [Unit(result, i, x, span=(item.offset + p.start / SAMPLING_RATE, item.offset + p.end / SAMPLING_RATE))
                      for i, (p, x) in enumerate(zip(pieces, speech))]
         else:
-            result.duration = samples.shape[0] / SAMPLING_RATE
-            if chunked or (chunked is None and samples.shape[0] > MAX_WINDOWS * WINDOW_SAMPLES):
-                units = [_Unit(result, i, w.numpy()) for i, w in enumerate(split_windows(torch.from_numpy(samples)))]
-            else:
-                units = [_Unit(result, None, samples)]
+            units = cut_units(result, samples, chunked)
         results.append((result, units))
     queue_ = sorted((u for _, units in results for u in units), key=lambda u: u.samples.shape[0])  # little padding
     emitted = 0
     for start in range(0, len(queue_) + 1, batch_size):  # + 1: a pool of failed reads still emits them
         if queue_[start : start + batch_size]:
-            _run_batch(model, processor, queue_[start : start + batch_size], max_new_tokens, stop_on_repeat, eos_token_id)
+            run_batch(model, processor, queue_[start : start + batch_size], max_new_tokens, stop_on_repeat, eos_token_id)
         while emitted < len(results) and all(u.decoded is not None for u in results[emitted][1]):
-            yield _finish(*results[emitted])
+            yield finish(*results[emitted])
             emitted += 1
 
 
-def _run_batch(model, processor, batch, max_new_tokens, stop_on_repeat, eos_token_id) -> None:  # noqa: ANN001
+def run_batch(model: GlmAsrModel | OnnxModel, processor: Processor, batch: list[Unit], max_new_tokens: int | None,
+              stop_on_repeat: int | None = None, eos_token_id: tuple[int, ...] | None = None) -> None:
+    """Decodes the units together, greedily, each within its token budget; sets each one's `decoded` and adds
+    its share of the time."""
     started = time.perf_counter()
-    decoded = decode_batch(model, processor, [u.samples for u in batch], max_new_tokens, eos_token_id=eos_token_id, stop_on_repeat=stop_on_repeat)
+    decoded = decode_batch(model, processor, [u.samples for u in batch], max_new_tokens, eos_token_id=eos_token_id,
+                           stop_on_repeat=stop_on_repeat, on_token=[u.on_token for u in batch])
     wall = time.perf_counter() - started
     total = sum(u.samples.shape[0] for u in batch) or 1
     for unit, d in zip(batch, decoded):
@@ -153,7 +166,7 @@ def _run_batch(model, processor, batch, max_new_tokens, stop_on_repeat, eos_toke
         unit.result.model_seconds += wall * unit.samples.shape[0] / total
 
 
-def _finish(result: FileResult, units: list[_Unit]) -> FileResult:
+def finish(result: FileResult, units: list[Unit]) -> FileResult:
     """Texts and segments as transcribe_detailed makes them: one segment for a whole input, one per window
     (texts joined) for an input transcribed window by window."""
     if result.error is not None:

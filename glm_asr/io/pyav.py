@@ -10,6 +10,7 @@ holds the 16 kHz mono result and never the source's own rate and channels.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -37,14 +38,16 @@ def import_av() -> ModuleType:
     return av
 
 
-def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None, *, deadline: float | None = None) -> np.ndarray:
     """The first audio stream of `path` as float32 mono 16 kHz samples, from `offset` seconds for `duration`
-    seconds (to the end when None)."""
-    pieces = list(stream(path, offset, duration))
+    seconds (to the end when None). `deadline` (a time.monotonic() value): a DecodeError once it has passed,
+    so that an upload built to decode slowly cannot hold a server's worker (glm_asr/serve/uploads.py)."""
+    pieces = list(stream(path, offset, duration, deadline=deadline))
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
-def stream(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> Iterator[np.ndarray]:
+def stream(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None, *,
+           deadline: float | None = None) -> Iterator[np.ndarray]:
     """`decode`'s samples as a stream of blocks (one per decoded frame), so that a long file is never held
     whole: voice activity detection (glm_asr/longform) reads a two-hour file this way."""
     av = import_av()
@@ -65,6 +68,8 @@ def stream(path: str | os.PathLike, offset: float = 0.0, duration: float | None 
         seen = 0
         try:
             for frame in container.decode(audio):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DecodeError(f"{path}: decoding took longer than its time limit after {seen / SAMPLING_RATE:.2f} s of audio")
                 for out in resampler.resample(frame):
                     piece, seen = _keep(out.to_ndarray(), seen, first, last)
                     if piece is not None:

@@ -213,9 +213,11 @@ def decode_batch(
     *,
     eos_token_id: tuple[int, ...] | None = None,
     stop_on_repeat: int | None = None,
+    on_token: list[Callable[[int], None] | None] | None = None,
 ) -> list[Decoded]:
     """Greedy transcripts of 16 kHz clips decoded together, each within its own token budget. The batch runs to
-    the largest budget and each row is cut at its own, so a clip's text is the same alone or in any batch."""
+    the largest budget and each row is cut at its own, so a clip's text is the same alone or in any batch.
+    `on_token`, one entry per clip: called with each new token id of that row as it is chosen (streaming)."""
     if stop_on_repeat is not None and isinstance(model, OnnxModel):
         raise ValueError("--stop-on-repeat runs with the torch backend only")
     device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
@@ -227,6 +229,9 @@ def decode_batch(
         generate = functools.partial(model.generate, eos_token_id=eos)
     else:  # rows end at their own budget too, so that a short clip beside a long one costs no extra steps
         generate = functools.partial(greedy_generate, model, eos_token_id=eos, stop=_BudgetStop(budgets, stop))
+    listeners = [(row, f) for row, f in enumerate(on_token or []) if f is not None]
+    if listeners:
+        generate = functools.partial(generate, on_token=lambda token: [f(int(token[row])) for row, f in listeners])
     ids = generate(batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask, max_new_tokens=max(budgets)).cpu()
     out = []
     for row, budget in enumerate(budgets):

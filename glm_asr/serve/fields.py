@@ -1,0 +1,78 @@
+"""The multipart form's fields, checked against what the model can honour: anything it cannot (sampling
+temperature, word timestamps, a language hint or a prompt it has no way to use) is a 400 naming the field,
+never a silent ignore."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.datastructures import FormData, UploadFile
+
+from glm_asr.serve.formats import RESPONSE_FORMATS, STREAM_FORMATS
+from glm_asr.serve.limits import ApiError
+
+FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]", "stream")
+
+
+@dataclass
+class Options:
+    upload: UploadFile
+    response_format: str
+    stream: bool
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
+
+
+def parse(form: FormData, model_names: tuple[str, ...]) -> Options:
+    unknown = sorted({k for k in form.keys() if k not in FIELDS})
+    if unknown:
+        raise _bad(unknown[0], f"not a field this endpoint takes; expected only {', '.join(FIELDS)}")
+    repeated = [k for k in FIELDS if k != "timestamp_granularities[]" and len(form.getlist(k)) > 1]
+    if repeated:
+        raise _bad(repeated[0], "given more than once; send it once")
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise _bad("file", "missing, or not a file part; send the audio as a multipart file field named 'file'")
+    model = form.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", f"missing; send model={model_names[0]!r} (GET /v1/models lists the served names)")
+    if model not in model_names:
+        raise ApiError(404, f"model {model!r} is not served here; expected one of {', '.join(model_names)}", param="model",
+                       code="model_not_found")
+    fmt = _text(form, "response_format") or "json"
+    if fmt not in RESPONSE_FORMATS:
+        raise _bad("response_format", f"{fmt!r}; expected one of {', '.join(RESPONSE_FORMATS)}")
+    temperature = _text(form, "temperature")
+    if temperature:
+        try:
+            value = float(temperature)
+        except ValueError as e:
+            raise _bad("temperature", f"{temperature!r} is not a number; expected 0") from e
+        if value != 0:
+            raise _bad("temperature", f"{value:g}: decoding is greedy, so only 0 is honoured; omit it or send 0")
+    for granularity in form.getlist("timestamp_granularities[]"):
+        if granularity == "word":
+            raise _bad("timestamp_granularities[]", "'word': the model has no word timestamps; ask for 'segment' (windows)")
+        if granularity != "segment":
+            raise _bad("timestamp_granularities[]", f"{granularity!r}; expected 'segment'")
+        if fmt != "verbose_json":
+            raise _bad("timestamp_granularities[]", "needs response_format=verbose_json, as in OpenAI's API")
+    if _text(form, "language"):
+        raise _bad("language", "the model takes no language hint (it detects the language itself); omit the field")
+    if _text(form, "prompt"):
+        raise _bad("prompt", "the model's prompt is fixed and takes no text to condition on; omit the field")
+    stream = (_text(form, "stream") or "false").lower()
+    if stream not in ("true", "false"):
+        raise _bad("stream", f"{stream!r}; expected true or false")
+    if stream == "true" and fmt not in STREAM_FORMATS:
+        raise _bad("stream", f"a stream carries text deltas; response_format {fmt!r} cannot stream, use json or text")
+    return Options(upload, fmt, stream == "true")
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _bad(name, "sent as a file; expected a plain form field")
+    return (value or "").strip()

@@ -1,0 +1,463 @@
+"""`glm-asr serve`: OpenAI's transcription contract against a live uvicorn server on 127.0.0.1 (a free port),
+with the official `openai` client; every refusal's status; the scheduler's fairness; SIGTERM draining."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io.wavfile
+
+pytest.importorskip("uvicorn")
+pytest.importorskip("starlette")
+pytest.importorskip("av")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+from glm_asr import load_model_and_processor, transcribe_detailed  # noqa: E402
+from glm_asr.serve import scheduler as scheduler_module  # noqa: E402
+from glm_asr.serve.app import MODEL_NAME, Service  # noqa: E402
+from glm_asr.serve.limits import Limits  # noqa: E402
+from glm_asr.serve.scheduler import Job, Scheduler  # noqa: E402
+from glm_asr.serve.metrics import Metrics  # noqa: E402
+from glm_asr.serve.server import bind, make_server  # noqa: E402
+from glm_asr.transcription.presets import demo_clip  # noqa: E402
+
+MAX_NEW_TOKENS = 6
+LIMITS = Limits(max_upload_bytes=5 * 1024 * 1024 // 2, max_audio_seconds=40.0, max_queue=2, decode_seconds=10.0, retry_after_seconds=3)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def small():  # noqa: ANN201
+    return load_model_and_processor(None, random_preset="small")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    out = {}
+    for name, seconds in (("short", 3.0), ("two_windows", 35.0)):
+        out[name] = folder / f"{name}.wav"
+        scipy.io.wavfile.write(out[name], 16000, demo_clip(seconds, seed=1))
+    out["too_long"] = folder / "too_long.wav"  # 45 s in 8-bit 8 kHz: small enough to upload, too long to take
+    scipy.io.wavfile.write(out["too_long"], 8000, (demo_clip(45.0)[::2] * 127 + 128).astype(np.uint8))
+    out["too_big"] = folder / "too_big.wav"  # 3.8 MB
+    scipy.io.wavfile.write(out["too_big"], 16000, demo_clip(60.0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(small):  # noqa: ANN201
+    """The app on uvicorn in a thread of this process, on a port the kernel picked; stopped at the end."""
+    model, processor = small
+    service = Service(model, processor, limits=LIMITS, batch_size=4, max_new_tokens=MAX_NEW_TOKENS)
+    sock = bind("127.0.0.1", 0)
+    uv = make_server(service)
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not uv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", service
+    uv.should_exit = True
+    thread.join(30)
+    sock.close()
+    assert not thread.is_alive()
+
+
+@pytest.fixture
+def client(server):  # noqa: ANN001, ANN201
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def expected(small, path: Path):  # noqa: ANN001, ANN201
+    model, processor = small
+    return transcribe_detailed(model, processor, str(path), chunked=True, max_new_tokens=MAX_NEW_TOKENS)[0]
+
+
+def post(url: str, files: dict | None = None, data: dict | None = None, **kwargs) -> httpx.Response:  # noqa: ANN003
+    return httpx.post(f"{url}/v1/audio/transcriptions", files=files, data=data, timeout=60, **kwargs)
+
+
+def wav_bytes(path: Path) -> tuple[str, bytes, str]:
+    return (path.name, path.read_bytes(), "audio/wav")
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+# The contract, through the official client
+
+def test_json_and_text_equal_the_library(server, client, clips, small):
+    for name in ("short", "two_windows"):
+        want = expected(small, clips[name])
+        with clips[name].open("rb") as f:
+            assert client.audio.transcriptions.create(model=MODEL_NAME, file=f).text == want.text
+        with clips[name].open("rb") as f:
+            assert client.audio.transcriptions.create(model=MODEL_NAME, file=f, response_format="text").strip() == want.text
+
+
+def test_verbose_json_has_the_windows_as_segments(server, client, clips, small):
+    want = expected(small, clips["two_windows"])
+    with clips["two_windows"].open("rb") as f:
+        got = client.audio.transcriptions.create(model=MODEL_NAME, file=f, response_format="verbose_json",
+                                                 timestamp_granularities=["segment"])
+    assert got.text == want.text and got.duration == pytest.approx(35.0)
+    assert [(s.start, s.end, s.text) for s in got.segments] == [(s.start, s.end, s.text) for s in want.segments]
+    assert [(s.start, s.end) for s in got.segments] == [(0.0, 30.0), (30.0, 35.0)]
+
+
+@pytest.mark.parametrize("fmt", ["srt", "vtt"])
+def test_subtitles(server, client, clips, small, fmt):
+    from glm_asr.corpus.subtitles import render
+
+    with clips["two_windows"].open("rb") as f:
+        got = client.audio.transcriptions.create(model=MODEL_NAME, file=f, response_format=fmt)
+    assert got == render(expected(small, clips["two_windows"]).segments, fmt)
+    assert ("00:00:30.000 --> 00:00:35.000" if fmt == "vtt" else "00:00:30,000 --> 00:00:35,000") in got
+
+
+def test_stream_sends_deltas_then_the_whole_text(server, client, clips, small):
+    want = expected(small, clips["two_windows"]).text
+    with clips["two_windows"].open("rb") as f:
+        events = list(client.audio.transcriptions.create(model=MODEL_NAME, file=f, stream=True))
+    deltas = [e.delta for e in events if e.type == "transcript.text.delta"]
+    assert len(deltas) > 2 and events[-1].type == "transcript.text.done"
+    assert "".join(deltas) == events[-1].text == want
+
+
+def test_other_formats_decode(server, client, tmp_path, small):
+    from tests.av_encode import encode
+
+    path = encode(tmp_path / "clip.flac", demo_clip(3.0), "flac")
+    with path.open("rb") as f:
+        assert client.audio.transcriptions.create(model=MODEL_NAME, file=f).text == expected(small, path).text
+
+
+def test_models_health_metrics(server, client, clips):
+    url, _ = server
+    assert [m.id for m in client.models.list()] == [MODEL_NAME]
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    text = httpx.get(f"{url}/metrics").text
+    for name in ("glm_asr_requests_total{outcome=\"ok\"}", "glm_asr_queue_depth", "glm_asr_audio_seconds_total",
+                 "glm_asr_batch_size_bucket", "glm_asr_real_time_factor_bucket", "glm_asr_requests_in_flight"):
+        assert name in text, name
+    before = metric(url, "glm_asr_audio_seconds_total")
+    assert post(url, {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME}).status_code == 200
+    assert metric(url, "glm_asr_audio_seconds_total") == pytest.approx(before + 3.0)
+
+
+# Every refusal: OpenAI's error shape, the documented status, the field at fault
+
+@pytest.mark.parametrize("data, param", [
+    ({"temperature": "0.4"}, "temperature"),
+    ({"temperature": "warm"}, "temperature"),
+    ({"timestamp_granularities[]": "word", "response_format": "verbose_json"}, "timestamp_granularities[]"),
+    ({"timestamp_granularities[]": "segment"}, "timestamp_granularities[]"),  # needs verbose_json
+    ({"response_format": "xml"}, "response_format"),
+    ({"language": "en"}, "language"),
+    ({"prompt": "Hello"}, "prompt"),
+    ({"stream": "true", "response_format": "srt"}, "stream"),
+    ({"stream": "maybe"}, "stream"),
+    ({"chunking_strategy": "auto"}, "chunking_strategy"),
+])
+def test_fields_the_model_cannot_honour_are_400(server, clips, data, param):
+    assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME, **data}), 400, param)
+
+
+def test_word_timestamps_are_named_as_such(server, clips):
+    data = {"model": MODEL_NAME, "timestamp_granularities[]": "word", "response_format": "verbose_json"}
+    assert "no word timestamps" in assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, data), 400)["message"]
+
+
+def test_temperature_zero_is_accepted(server, clips):
+    assert post(server[0], {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME, "temperature": "0"}).status_code == 200
+
+
+def test_model_missing_400_unknown_404(server, clips):
+    assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, {}), 400, "model")
+    assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, {"model": "whisper-1"}), 404, "model")
+
+
+def test_file_missing_or_not_multipart_400(server):
+    assert_error(post(server[0], {"model": (None, MODEL_NAME)}), 400, "file")
+    assert_error(httpx.post(f"{server[0]}/v1/audio/transcriptions", json={"model": MODEL_NAME}), 400)
+
+
+def test_malformed_multipart_400(server):
+    for body in (b"not multipart at all", b"--xx\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\nab"):
+        response = httpx.post(f"{server[0]}/v1/audio/transcriptions", content=body,
+                              headers={"Content-Type": "multipart/form-data; boundary=xx"})
+        assert response.status_code == 400, response.text
+
+
+@pytest.mark.parametrize("content, code", [
+    (b"", "empty_file"),
+    (os.urandom(4096), "invalid_audio"),
+    (b"RIFF\x10\x00\x00\x00WAVEfmt ", "invalid_audio"),  # a WAV cut short in its header
+])
+def test_empty_or_undecodable_audio_400(server, content, code):
+    error = assert_error(post(server[0], {"file": ("x.wav", content, "audio/wav")}, {"model": MODEL_NAME}), 400, "file")
+    assert error["code"] == code, error
+
+
+def _encode(path: Path, fmt: str, codec: str) -> Path:
+    import av
+
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray((demo_clip(2.0) * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("fmt, codec, name", [("au", "pcm_s16be", "clip.au"), ("matroska", "mp2", "clip.mka")])
+def test_containers_and_codecs_off_the_allow_list_400(server, tmp_path, fmt, codec, name):
+    path = _encode(tmp_path / name, fmt, codec)
+    error = assert_error(post(server[0], {"file": (name, path.read_bytes(), "audio/x")}, {"model": MODEL_NAME}), 400, "file")
+    assert error["code"] == "unsupported_format" and name in error["message"], error
+
+
+def test_upload_too_large_413(server, clips):
+    error = assert_error(post(server[0], {"file": wav_bytes(clips["too_big"])}, {"model": MODEL_NAME}), 413, "file")
+    assert error["code"] == "file_too_large"
+    body = io.BytesIO()  # the same without a Content-Length: counted as it arrives
+    body.write(b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n" + MODEL_NAME.encode() + b"\r\n")
+    body.write(b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n")
+    body.write(clips["too_big"].read_bytes() + b"\r\n--b--\r\n")
+    chunks = (body.getvalue()[i:i + 65536] for i in range(0, len(body.getvalue()), 65536))
+    response = httpx.post(f"{server[0]}/v1/audio/transcriptions", content=chunks, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413, "file")
+
+
+def test_audio_too_long_413(server, clips):
+    error = assert_error(post(server[0], {"file": wav_bytes(clips["too_long"])}, {"model": MODEL_NAME}), 413, "file")
+    assert error["code"] == "audio_too_long" and "45.0 s" in error["message"]
+
+
+def test_the_body_is_counted_as_it_arrives():
+    """Past the cap the body is refused mid-stream, before the rest is read (the chunked upload above)."""
+    from glm_asr.serve.app import _counted, _TooLarge
+
+    chunks = iter([{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 3)
+
+    async def receive() -> dict:
+        return next(chunks)
+
+    async def read() -> int:
+        counted = _counted(receive, 1000)
+        await counted()
+        await counted()
+        return 2
+    with pytest.raises(_TooLarge):
+        asyncio.run(read())
+
+
+def test_audio_longer_than_its_header_says_413(clips, monkeypatch):
+    """A header may not tell the duration (or lie): the decoded length is checked too."""
+    from glm_asr.serve import uploads
+    from glm_asr.serve.limits import ApiError
+
+    monkeypatch.setattr(uploads, "probe", lambda path, name, limits: ("wav", "pcm_u8"))
+    with pytest.raises(ApiError) as e:
+        uploads.read_upload(clips["too_long"], "too_long.wav", LIMITS)
+    assert e.value.status == 413 and e.value.code == "audio_too_long"
+
+
+def test_decoding_past_its_deadline_400(tmp_path):
+    from tests.av_encode import encode
+    from glm_asr.serve import uploads
+    from glm_asr.serve.limits import ApiError
+
+    path = encode(tmp_path / "clip.flac", demo_clip(3.0), "flac")
+    assert uploads.read_upload(path, "clip.flac", LIMITS).shape[0] == 48000
+    with pytest.raises(ApiError) as e:
+        uploads.read_upload(path, "clip.flac", Limits(decode_seconds=1e-9))
+    assert e.value.status == 400 and "time limit" in e.value.message and "clip.flac" in e.value.message
+
+
+def test_a_full_scheduler_refuses_with_retry_after(small):
+    model, processor = small
+    scheduler = Scheduler(model, processor, Metrics(), Limits(max_queue=1))
+
+    async def submit_two() -> None:
+        loop = asyncio.get_running_loop()
+        scheduler.submit(Job("a", demo_clip(1.0), loop, processor))
+        scheduler.submit(Job("b", demo_clip(1.0), loop, processor))
+    with pytest.raises(Exception) as e:
+        asyncio.run(submit_two())
+    assert e.value.status == 503 and e.value.headers == {"Retry-After": "2"}
+
+
+def test_unknown_route_404_and_method_405_in_the_error_shape(server):
+    assert_error(httpx.get(f"{server[0]}/v1/audio/translations"), 404)
+    assert_error(httpx.get(f"{server[0]}/v1/audio/transcriptions"), 405)
+
+
+class Gate:
+    """Holds every batch until released, so that requests pile up deterministically."""
+
+    def __init__(self, monkeypatch) -> None:  # noqa: ANN001
+        self.open, self.names = threading.Event(), []
+        run = scheduler_module.run_batch
+
+        def held(model, processor, batch, *args):  # noqa: ANN001, ANN002, ANN202
+            self.names += [u.result.item.audio_filepath for u in batch]
+            assert self.open.wait(60)
+            return run(model, processor, batch, *args)
+        monkeypatch.setattr(scheduler_module, "run_batch", held)
+
+
+def _wait_for(condition, what: str, seconds: float = 30) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_full_queue_503_with_retry_after(server, clips, monkeypatch):
+    url, service = server
+    gate, results = Gate(monkeypatch), []
+    workers = [threading.Thread(target=lambda: results.append(post(url, {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME})))
+               for _ in range(LIMITS.max_queue)]
+    for w in workers:
+        w.start()
+    try:
+        _wait_for(lambda: service.scheduler.in_flight() == LIMITS.max_queue, "the queue to fill")
+        response = post(url, {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME})
+        assert_error(response, 503)
+        assert response.headers["Retry-After"] == "3"
+    finally:
+        gate.open.set()
+        for w in workers:
+            w.join(60)
+    assert [r.status_code for r in results] == [200] * LIMITS.max_queue
+
+
+def test_a_client_that_disconnects_has_its_work_dropped(server, clips, monkeypatch):
+    url, service = server
+    gate, results = Gate(monkeypatch), []
+    first = threading.Thread(target=lambda: results.append(post(url, {"file": ("first.wav", clips["short"].read_bytes())}, {"model": MODEL_NAME})))
+    first.start()
+    _wait_for(lambda: gate.names == ["first.wav"], "the first batch to start")
+    disconnected = metric(url, 'glm_asr_requests_total{outcome="disconnected"}')
+    request = httpx.Request("POST", f"{url}/v1/audio/transcriptions", files={"file": ("gone.wav", clips["short"].read_bytes())},
+                            data={"model": MODEL_NAME})
+    body = b"".join(request.stream)
+    head = f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {request.headers['content-type']}\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as raw:
+        raw.sendall(head.encode() + body)
+        _wait_for(lambda: service.scheduler.in_flight() == 2, "the second request to be queued")
+    _wait_for(lambda: metric(url, 'glm_asr_requests_total{outcome="disconnected"}') == disconnected + 1, "the disconnect")
+    assert service.scheduler.in_flight() == 1
+    gate.open.set()
+    first.join(60)
+    assert results[0].status_code == 200
+    assert post(url, {"file": ("after.wav", clips["short"].read_bytes())}, {"model": MODEL_NAME}).status_code == 200
+    assert "gone.wav" not in gate.names and gate.names[-1] == "after.wav"
+
+
+@pytest.mark.parametrize("batch_size, batches", [
+    (2, [["long", "short"], ["long", "long"], ["long", "long"], ["long"]]),
+    (4, [["long", "short"], ["long", "long", "long", "long"], ["long"]]),  # the short one's batch is not topped up
+])
+def test_a_short_request_is_not_stuck_behind_a_long_one(small, batch_size, batches):
+    """Round robin over requests: a 3 s request submitted after a 6-window one rides in the first batch."""
+    model, processor = small
+    seen = []
+
+    async def scenario() -> list[str]:
+        loop = asyncio.get_running_loop()
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=batch_size, max_new_tokens=2)
+        run = scheduler_module.run_batch
+        scheduler_module.run_batch = lambda m, p, batch, *a: (seen.append([u.result.item.audio_filepath for u in batch]), run(m, p, batch, *a))
+        try:
+            long, short = Job("long", demo_clip(175.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
+            scheduler.submit(long)
+            scheduler.submit(short)
+            order = []
+            scheduler.start()
+            for done in asyncio.as_completed([long.done, short.done]):
+                order.append((await done).item.audio_filepath)
+            scheduler.stop()
+            return order
+        finally:
+            scheduler_module.run_batch = run
+
+    assert asyncio.run(scenario()) == ["short", "long"]
+    assert seen == batches
+
+
+def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):
+    """A real process: requests accepted before SIGTERM are all answered, later ones refused, then it exits."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "glm_asr_cli", "serve", "--port", "0", "--max-new-tokens", "30", "--batch-size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        line = proc.stdout.readline()
+        assert "ready on http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split()[4]
+        errors: list[str] = []
+        threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
+        results = []
+        workers = [threading.Thread(target=lambda: results.append(post(url, {"file": wav_bytes(clips["two_windows"])}, {"model": MODEL_NAME})))
+                   for _ in range(3)]
+        for w in workers:
+            w.start()
+        _wait_for(lambda: metric(url, "glm_asr_requests_in_flight") == 3, "three requests in flight")
+        proc.send_signal(signal.SIGTERM)
+        _wait_for(lambda: any("draining 3 requests" in e for e in errors), "the drain to begin")
+        try:  # a new request now: refused, while the accepted ones are still being decoded
+            refused = post(url, {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME}).status_code == 503
+        except httpx.TransportError:  # the listening socket is closed
+            refused = True
+        answered_meanwhile = len(results)
+        for w in workers:
+            w.join(120)
+        assert refused and answered_meanwhile < 3
+        assert [r.status_code for r in results] == [200, 200, 200]
+        assert all(r.json()["text"] for r in results)
+        assert proc.wait(60) in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_without_the_extra_the_command_says_which_to_install(monkeypatch, capsys):
+    from glm_asr_cli import main
+
+    assert main(["serve", "--max-queue", "0"]) == 2
+    assert "--max-queue 0: expected a positive value" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert main(["serve", "--port", "0"]) == 2
+    assert "pip install 'glm-asr[serve]'" in capsys.readouterr().err
