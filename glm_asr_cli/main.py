@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
     tr.set_defaults(run=_transcribe)
     from glm_asr_cli import serve as serve_cli  # `glm-asr serve`: its options live in serve.py
-    serve_cli.add_parser(sub, DTYPES)
+    serve_cli.add_parser(sub, DTYPES, _HelpFormatter)
     return parser
 
 

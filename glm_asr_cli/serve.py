@@ -8,15 +8,16 @@ from pathlib import Path
 MODEL_OPTIONS_HELP = "the same model options as `glm-asr transcribe`"
 
 
-def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str]) -> None:
-    sv = sub.add_parser("serve", help="serve OpenAI's POST /v1/audio/transcriptions (glm-asr[serve]): requests batched together")
+def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str], formatter_class: type[argparse.HelpFormatter]) -> None:
+    sv = sub.add_parser("serve", help="serve OpenAI's POST /v1/audio/transcriptions (glm-asr[serve]): requests batched together",
+                        formatter_class=formatter_class)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (0: any free one, printed when ready)")
     sv.add_argument("--model", type=Path, default=None, help="checkpoint folder; default: random weights (--random)")
     sv.add_argument("--random", default="small", choices=["small", "full"], help="random preset when --model is not given")
-    sv.add_argument("--device", default="cpu")
-    sv.add_argument("--dtype", default="fp32", choices=list(dtypes))
-    sv.add_argument("--quantize", choices=["int8"], default=None, help="int8 decoder weights (fp32 on the CPU only)")
+    sv.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    sv.add_argument("--dtype", default="fp32", choices=list(dtypes), help="weights and activations")
+    sv.add_argument("--quantize", choices=["int8", "int4"], default=None, help="int8 or weight-only int4 decoder weights (fp32 on the CPU only)")
     sv.add_argument("--quantize-audio", choices=["int8", "bf16"], default=None, help="audio encoder and projector in int8 or bf16")
     sv.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="onnxruntime: run an exported --onnx-dir")
     sv.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
@@ -27,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str]) -> None:
                     help="the `model` value clients send (repeatable; default glm-asr-nano-2512); others get 404")
     sv.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (413 past it)")
     sv.add_argument("--max-audio-seconds", type=float, default=1800.0, help="longest audio accepted (413 past it)")
-    sv.add_argument("--max-queue", type=int, default=64, help="requests in progress at most; past it 503 with Retry-After")
+    sv.add_argument("--max-queue", type=int, default=64, help="requests in progress at most; past it a 503 that says when to retry")
     sv.add_argument("--decode-timeout", type=float, default=30.0, help="seconds to decode one upload at most (400 past it)")
     sv.add_argument("--drain-seconds", type=float, default=300.0, help="on SIGTERM, how long requests in flight may take to finish")
     sv.add_argument("--ray-replicas", type=int, default=None, metavar="N",
