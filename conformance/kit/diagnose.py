@@ -195,3 +195,32 @@ def diagnose(kit_dir: Path, case: dict, config: GlmAsrConfig, stage: KitStage, p
     if stage.exact:
         return "no known bug matches"
     return f"no known bug matches; {error_shape(stage, port, expected[stage.name])}"
+
+
+def _port_input(data: _Case, source: str, stage_list: dict, results: dict[str, torch.Tensor]) -> tuple[torch.Tensor, str]:
+    """The stage's input as the port computed it, in full, and which it is: the port's `source` tensor where it
+    gave it at the uncropped shape (left-padding rows, which it may leave as anything, from our model), the
+    kit's (the reference's) otherwise."""
+    full = data.full_input(source, stage_list)
+    got = results.get(source if source != "mel" else "mel")
+    if got is None or tuple(got.shape) != tuple(full.shape) or not torch.isfinite(got.float()).all():
+        return full, ("the kit's input_features, the port gave no mel" if source == "mel" else f"the reference's {source}, since the port gave no usable {source}")
+    got = got.to(full.dtype)
+    s = stage_list.get(source)
+    if s is not None and s.padded_tokens:
+        got = torch.where(data.inputs["attention_mask"][..., None].bool(), got, full)
+    return got, f"its {source}"
+
+
+def locate(kit_dir: Path, case: dict, stage: KitStage, results: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+           inputs: dict[str, torch.Tensor]) -> str | None:
+    """The first wrong operation inside `stage`, recomputed from the port's own input (conformance/kit/localise.py)."""
+    from conformance.kit.localise import localise
+
+    data = _Case(kit_dir, case, expected, inputs)
+    stage_list = {s.name: s for s in stages(data.model.config)}
+    steps = isolated_steps(data.model)
+    if stage.name not in steps:
+        return None
+    x, said = _port_input(data, steps[stage.name][0], stage_list, results)
+    return localise(data.model, stage.stage, x.to(DTYPES[data.dtype]), results, inputs, data.dtype, said)

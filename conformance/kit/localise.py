@@ -1,0 +1,126 @@
+"""The first wrong operation inside a failing stage, for any bug.
+
+The stage is recomputed op by op (conformance/kit/ops.py) on the kit's reference weights, from the port's OWN
+input to the stage, so an error that came in with the input is not blamed on the stage. Where the port gave a
+sub-stage tensor, the reference's op fed the port's values is compared with it: the first op whose input is
+right and whose output is not is the wrong one. Between two sub-stages the port did not give (or with none at
+all), each op of that stretch is recomputed under its classic one-line variants (a norm's eps, an activation,
+a bias, the attention's scale and RoPE, the residual); a variant under which the stage gives the port's
+tensor names the op and what it does instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from glm_asr.model.glm_asr import GlmAsrModel
+
+from conformance.harness.metrics import failures, measure
+from conformance.harness.stages import Stage, select
+from conformance.harness.tolerances import tolerance
+from conformance.kit.ops import Op, stage_ops
+
+
+def stage_words(name: str) -> str:
+    for side in ("encoder", "decoder"):
+        if name.startswith(f"{side}.layers."):
+            return f"{side} layer {name.rsplit('.', 1)[1]}"
+    return {"encoder.norm": "the encoder's final norm", "decoder.norm": "the decoder's final norm", "merged": "the frame merge",
+            "projector": "the projector", "logits": "the LM head"}.get(name, name)
+
+
+class _Compare:
+    def __init__(self, stage: Stage, inputs: dict[str, torch.Tensor], dtype: str) -> None:
+        self.stage, self.inputs = stage, inputs
+        self.tol = tolerance(stage.name, dtype, "isolated")  # one op's rounding, fed the same input
+
+    def differs(self, name: str, port: torch.Tensor, want: torch.Tensor, op: Op | None = None) -> str | None:
+        """Why the port's tensor is not the op's output (None: within the isolated tolerance)."""
+        if tuple(port.shape) != tuple(want.shape):
+            return f"the port's {name} has shape {tuple(port.shape)} where the op gives {tuple(want.shape)}"
+        s = replace(self.stage, name=name)
+        if op is not None and op.axes is not None:
+            s = replace(s, frame_axis=op.axes[0], feature_axis=op.axes[1])
+        problems = failures(measure(select(s, port, self.inputs), select(s, want, self.inputs), s.feature_axis), self.tol)
+        return "; ".join(problems) or None
+
+
+def _run(ops: list[Op], values: dict[str, torch.Tensor], start: int, stop: int, swap: dict[int, Callable]) -> torch.Tensor:
+    """Ops start..stop (inclusive) from `values`, op i computed by swap[i] where given; the last one's output."""
+    v = dict(values)
+    for i in range(start, stop + 1):
+        v[ops[i].name] = swap.get(i, ops[i].fn)(v)
+    return v[ops[stop].name]
+
+
+def _variants(ops: list[Op], v: dict[str, torch.Tensor], lo: int, hi: int, port: torch.Tensor, check: _Compare,
+              target: str) -> list[tuple[str, str]]:
+    """(which ops, variant) under which ops lo..hi give the port's tensor at op hi: one op changed, or every op
+    of a kind (a layer's norms share their eps and formula in most ports' code)."""
+    tries = [(ops[i].words, what, {i: fn}) for i in range(lo, hi + 1) for what, fn in ops[i].variants.items()]
+    for kind in sorted({op.kind for op in ops[lo : hi + 1] if op.kind}):
+        same = [i for i in range(lo, hi + 1) if ops[i].kind == kind]
+        if len(same) > 1:
+            shared = set.intersection(*(set(ops[i].variants) for i in same))
+            words = f"every {kind} of the stage ({' and '.join(ops[i].words for i in same)})"
+            tries += [(words, what, {i: ops[i].variants[what] for i in same}) for what in sorted(shared)]
+    found = []
+    for words, what, swap in tries:
+        try:
+            made = _run(ops, v, lo, hi, swap)
+        except RuntimeError:  # a variant that cannot apply to this input's shape
+            continue
+        if check.differs(target, port, made, ops[hi]) is None:
+            found.append((words, what))
+    return found
+
+
+def localise(model: GlmAsrModel, stage: Stage, x: torch.Tensor, port: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
+             dtype: str, source: str) -> str | None:
+    """One line: which operation of `stage` first departs from the port. `x` is the stage's input (the port's
+    own where it gave it, `source` says which); `port` the port's tensors (stage and sub-stages, as given)."""
+    with torch.inference_mode():
+        ops = stage_ops(model, stage.name, x, inputs)
+        if ops is None:
+            return None
+        check, where = _Compare(stage, inputs, dtype), stage_words(stage.name)
+        v: dict[str, torch.Tensor] = {"input": x}
+        last_given = -1  # the last op whose port tensor matched (-1: the stage input)
+        for i, op in enumerate(ops):
+            key = f"{stage.name}.{op.name}" if op.name else stage.name
+            want = op.fn(v)
+            if key not in port:
+                v[op.name] = want
+                continue
+            got = port[key].to(want.dtype)
+            why = check.differs(key, got, want, op)
+            if why is not None:
+                return _verdict(ops, v, last_given, i, got, check, key, where, source, why)
+            v[op.name], last_given = got, i
+        return (f"{where}: fed the port's own input ({source}), every operation gives the port's output within one op's rounding: "
+                "the error came in with the input, inside the previous stage's tolerance, and grew here")
+
+
+def _verdict(ops: list[Op], v: dict[str, torch.Tensor], last_given: int, bad: int, got: torch.Tensor, check: _Compare,
+             key: str, where: str, source: str, why: str) -> str:
+    found = _variants(ops, v, last_given + 1, bad, got, check, key)
+    if last_given + 1 == bad:
+        op = ops[bad]
+        line = f"{where}: {op.words}: its input is right, its output is wrong ({why})"
+        return line + "".join(f"; it equals the reference with {what}" for _, what in found[:2])
+        # (a kind-wide variant that matches here is also a one-op one: the others are not in this stretch)
+    stretch = ops[last_given + 1 : bad + 1]
+    after = "the stage's input" if last_given < 0 else f"{ops[last_given].name or 'the output'}"
+    if found:
+        names = " or ".join(f"{words} computed with {what}" for words, what in found[:3])
+        return (f"{where}: {names}: fed the port's own input ({source}), the stage equals the port's "
+                f"with that change alone, every other operation as the reference's")
+    stage_name = key.removesuffix(f".{ops[bad].name}") if ops[bad].name else key
+    missing = [f"{stage_name}.{op.name}" for op in stretch if op.name]
+    return (f"{where}: fed the port's own input ({source}), the reference's operations do not give the port's "
+            f"{'output' if not ops[bad].name else ops[bad].name} ({why}); the error is in one of {len(stretch)} operations after {after}, "
+            f"from {stretch[0].words} to {stretch[-1].words}, and no one-op variant the kit knows matches"
+            + (f"; give the sub-stage tensors {missing[0]} .. {missing[-1]} (README: Sub-stages) to name the operation" if missing else ""))
+
