@@ -28,7 +28,7 @@ def stage_words(name: str) -> str:
         if name.startswith(f"{side}.layers."):
             return f"{side} layer {name.rsplit('.', 1)[1]}"
     return {"encoder.norm": "the encoder's final norm", "decoder.norm": "the decoder's final norm", "merged": "the frame merge",
-            "projector": "the projector", "logits": "the LM head"}.get(name, name)
+            "projector": "the projector", "logits": "logits"}.get(name, name)
 
 
 class _Compare:
