@@ -87,32 +87,41 @@ def localise(model: GlmAsrModel, stage: Stage, x: torch.Tensor, port: dict[str, 
             return None
         check, where = _Compare(stage, inputs, dtype), stage_words(stage.name)
         v: dict[str, torch.Tensor] = {"input": x}
-        last_given = -1  # the last op whose port tensor matched (-1: the stage input)
+        pending: list[int] = []  # ops the port did not give, not yet vouched for by a later op it gave
         for i, op in enumerate(ops):
             key = f"{stage.name}.{op.name}" if op.name else stage.name
             want = op.fn(v)
             if key not in port:
                 v[op.name] = want
+                pending.append(i)
                 continue
             got = port[key].to(want.dtype)
             why = check.differs(key, got, want, op)
             if why is not None:
-                return _verdict(ops, v, last_given, i, got, check, key, where, source, why)
-            v[op.name], last_given = got, i
+                return _verdict(ops, v, min(pending, default=i), i, got, check, key, where, source, why)
+            v[op.name] = got
+            pending = [j for j in pending if _sibling(ops[j], op)]  # a right output vouches for what it read
         return (f"{where}: fed the port's own input ({source}), every operation gives the port's output within one op's rounding: "
                 "the error came in with the input, inside the previous stage's tolerance, and grew here")
 
 
-def _verdict(ops: list[Op], v: dict[str, torch.Tensor], last_given: int, bad: int, got: torch.Tensor, check: _Compare,
+_SIBLINGS = ({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, {"mlp.gate_proj", "mlp.up_proj"})
+
+
+def _sibling(a: Op, b: Op) -> bool:
+    """Two projections of the same input: neither reads the other, so a right one vouches nothing for the other."""
+    return any(a.name in group and b.name in group for group in _SIBLINGS)
+
+
+def _verdict(ops: list[Op], v: dict[str, torch.Tensor], lo: int, bad: int, got: torch.Tensor, check: _Compare,
              key: str, where: str, source: str, why: str) -> str:
-    found = _variants(ops, v, last_given + 1, bad, got, check, key)
-    if last_given + 1 == bad:
+    """The wrong op is among lo..bad: the ops the port did not give since the last one it gave and vouched for."""
+    found = _variants(ops, v, lo, bad, got, check, key)
+    if lo == bad:
         op = ops[bad]
         line = f"{where}: {op.words}: its input is right, its output is wrong ({why})"
         return line + "".join(f"; it equals the reference with {what}" for _, what in found[:2])
-        # (a kind-wide variant that matches here is also a one-op one: the others are not in this stretch)
-    stretch = ops[last_given + 1 : bad + 1]
-    after = "the stage's input" if last_given < 0 else f"{ops[last_given].name or 'the output'}"
+    stretch = ops[lo : bad + 1]
     if found:
         names = " or ".join(f"{words} computed with {what}" for words, what in found[:3])
         return (f"{where}: {names}: fed the port's own input ({source}), the stage equals the port's "
@@ -120,7 +129,7 @@ def _verdict(ops: list[Op], v: dict[str, torch.Tensor], last_given: int, bad: in
     stage_name = key.removesuffix(f".{ops[bad].name}") if ops[bad].name else key
     missing = [f"{stage_name}.{op.name}" for op in stretch if op.name]
     return (f"{where}: fed the port's own input ({source}), the reference's operations do not give the port's "
-            f"{'output' if not ops[bad].name else ops[bad].name} ({why}); the error is in one of {len(stretch)} operations after {after}, "
+            f"{'output' if not ops[bad].name else ops[bad].name} ({why}); the error is in one of {len(stretch)} operations, "
             f"from {stretch[0].words} to {stretch[-1].words}, and no one-op variant the kit knows matches"
             + (f"; give the sub-stage tensors {missing[0]} .. {missing[-1]} (README: Sub-stages) to name the operation" if missing else ""))
 
