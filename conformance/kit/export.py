@@ -3,6 +3,7 @@ without this repository, transformers or PyTorch.
 
     OUT/kit.json                       format, cases, stages in pipeline order, tolerances, sha256 of every file
     OUT/README.md                      for a porter: how to feed a case, what to dump, how to check
+    OUT/check_kit.py                   the standalone checker (numpy only): the same verdicts as `glm-asr kit check`
     OUT/cases/<case>/checkpoint/       config.json, model.safetensors, tokenizer.json (the released layout)
     OUT/checkpoints/full/              with --full: the released shape's checkpoint, shared by the full cases
     OUT/cases/<case>/audio_<i>.wav     the clips, 16 kHz mono float32
@@ -32,6 +33,7 @@ from glm_asr.io.atomic import replace_directory
 
 from conformance.harness import golden
 from conformance.harness.cases import FULL, MODELS, SR, GoldenModel, clips
+from conformance.kit.ops import sub_stage_names
 from conformance.kit.readme import readme
 from conformance.harness.ours import features
 from conformance.harness.stages import Stage, kept_length, row_axis, stages
@@ -41,6 +43,7 @@ from conformance.harness.weights import make_weights, save_checkpoint, weights_d
 
 FORMAT_VERSION = 1
 KIT_JSON = "kit.json"
+STANDALONE = "check_kit.py"
 # Features are in [-1.5, 1.5]. A wrong log_mel is off by 1e-2 or more (HTK mel: 0.3); the FFT libraries of
 # different CPUs by 1e-5 (seen: 2.3e-5 on an AVX-512 Xeon). Only a guard against exporting a broken front end's
 # frames beyond the stored ones: the stored frames a port is fed are the reference's own.
@@ -125,7 +128,8 @@ def _full_shape(stage: Stage, kept: list[int]) -> list[int]:
 def _stage_entry(stage: Stage, stored: dict, dtype: str, inputs: dict[str, torch.Tensor]) -> dict:
     shape = stored["shape"]
     entry = {"name": stage.name, "layout": layout(stage.name), "shape": shape, "full_shape": _full_shape(stage, shape),
-             "feature_axis": stage.feature_axis, "tolerance": f"{MODE}/{dtype}/{group(stage.name)}"}
+             "feature_axis": stage.feature_axis, "frame_axis": stage.frame_axis, "padded_tokens": stage.padded_tokens,
+             "tolerance": f"{MODE}/{dtype}/{group(stage.name)}"}
     if "rows" in stored:
         entry["rows"] = {"axis": row_axis(stage), "index": stored["rows"]}
         entry["expected_shape"] = stored["stored_shape"]
@@ -220,6 +224,8 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
         for case_id, entry in full_manifest["cases"].items():
             kit["cases"][case_id] = _case(out, checkpoint, case_id, entry, FULL, golden.load_case(root / golden.FULL, entry),
                                           full_manifest["clips"][entry["audio"]], where)
+    # The standalone checker (numpy only), for porters without this repository.
+    shutil.copyfile(Path(__file__).with_name("standalone.py"), out / STANDALONE)
     kit["files"] = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "README.md").write_text(readme(kit))
     kit["files"]["README.md"] = _sha256(out / "README.md")
@@ -256,6 +262,9 @@ def _case(out: Path, checkpoint: Path, case_id: str, entry: dict, model: GoldenM
             if s.exact else _stage_entry(s.stage, entry["stages"][s.name], entry["dtype"], inputs)
             for s in kit_stages(model.config) if s.name != "generated_ids" or "generated_ids" in expected
         ],
+        # Every tensor name a results file may hold: the stages (generated_ids too, compared where kept) and the
+        # optional sub-stages; any other name fails the case (a misspelt stage must not pass as "not provided").
+        "known_names": [s.name for s in kit_stages(model.config)] + sub_stage_names(model.config),
     }
 
 
