@@ -33,6 +33,7 @@ from glm_asr.io.atomic import replace_directory
 
 from conformance.harness import golden
 from conformance.harness.cases import FULL, MODELS, SR, GoldenModel, clips
+from conformance.kit.bugs import BUGS
 from conformance.kit.ops import sub_stage_names
 from conformance.kit.readme import readme
 from conformance.harness.ours import features
@@ -207,6 +208,8 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
         "reference": manifest["provenance"], "generate": manifest["generate"], "sampling_rate": SR,
         "tolerances": {"/".join(k): v.as_dict() for k, v in sorted(TABLE.items()) if k[0] == MODE},
         "exact": {"reason": EXACT_REASON, "stages": EXACT}, "cases": {}, "files": {},
+        "catalogue": {name: {"stage": b.stage + "<i>" if b.stage.endswith(".") else b.stage, "says": b.says, "shown_by": b.shown_by,
+                             "visible": b.visible or "every case", "front_end": b.front_end} for name, b in BUGS.items()},
     }
     made: dict[str, Path] = {}  # each tiny model is made and checked once, then copied into its other cases
     for case_id, entry in manifest["cases"].items():
