@@ -182,6 +182,8 @@ def test_each_known_bug_fails_the_kit_at_its_stage_and_is_named(kit_dir, name):
     assert result.diagnosis == f"{result.first_failure} equals the reference with {bug.says} (known bug `{name}`)"
     if not bug.front_end:  # the port gives its sub-stages: the operation inside the stage is named too
         assert "its input is right, its output is wrong" in result.operation, result.operation
+    elif bug.stage == "mel":  # recomputed from the WAVs step by step: the step and what it does instead
+        assert result.operation.startswith("the front end (mel): the ") and " computed with " in result.operation, result.operation
 
 
 def test_a_bug_within_tolerance_in_its_first_layer_is_named_where_it_shows(kit_dir):

@@ -132,6 +132,7 @@ def test_sub_stage_names_are_what_our_port_gives(kit_dir):  # noqa: F811
     case = made["cases"]["tiny_b/silence/fp32"]
     tensors = ours_port.run_case(ours_port.load(kit_dir, case), kit_dir, case, 2, False)
     config = kit_check.case_config(kit_dir, case)
-    assert set(sub_stage_names(config)) <= set(tensors)
+    # every sub-stage but the front end's steps, which glm_asr computes in one function (no module to hook)
+    assert {n for n in sub_stage_names(config) if not n.startswith("mel.")} <= set(tensors)
     assert math.isclose(float(tensors["decoder.layers.0.attn_residual"].sum()),
                         float((tensors["inputs_embeds"] + tensors["decoder.layers.0.self_attn"]).sum()), rel_tol=1e-5)

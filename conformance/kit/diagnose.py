@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import glm_asr
+import glm_asr.model.front_end
 from glm_asr.model.config import GlmAsrConfig
 
 from conformance.kit.bugs import BUGS, Bug, matches_stage
@@ -218,6 +219,12 @@ def locate(kit_dir: Path, case: dict, stage: KitStage, results: dict[str, torch.
     from conformance.kit.localise import localise
 
     data = _Case(kit_dir, case, expected, inputs)
+    if stage.name == "mel":  # its input is the audio: the case's clips, cut into zero-padded 30 s windows
+        pieces = [p for clip in data.clips for p in glm_asr.model.front_end.split_windows(torch.as_tensor(clip, dtype=torch.float32))]
+        windows = torch.zeros(len(pieces), glm_asr.model.front_end.WINDOW_SAMPLES)
+        for i, p in enumerate(pieces):
+            windows[i, : p.shape[0]] = p
+        return localise(data.model, stage.stage, windows, results, inputs, "fp32", "the case's WAV files")
     stage_list = {s.name: s for s in stages(data.model.config)}
     steps = isolated_steps(data.model)
     if stage.name not in steps:

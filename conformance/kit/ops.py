@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from glm_asr.model import front_end
 from glm_asr.model.config import GlmAsrConfig
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.model.projector import merge_frames
@@ -49,7 +50,7 @@ OTHER_OPS = {"conv1": ("conv",), "conv2": ("conv",), "projector": ("linear_1", "
 
 def sub_stage_names(config: GlmAsrConfig) -> list[str]:
     """Every optional sub-stage tensor name of a model, in pipeline order."""
-    names = [f"{s}.{o}" for s in ("conv1", "conv2") for o in OTHER_OPS[s]]
+    names = ["mel.power", "mel.filtered"] + [f"{s}.{o}" for s in ("conv1", "conv2") for o in OTHER_OPS[s]]
     names += [f"encoder.layers.{i}.{o}" for i in range(config.audio_config.num_hidden_layers) for o in ENCODER_LAYER_OPS]
     names += [f"projector.{o}" for o in OTHER_OPS["projector"]]
     names += [f"decoder.layers.{i}.{o}" for i in range(config.text_config.num_hidden_layers) for o in DECODER_LAYER_OPS]
@@ -248,8 +249,42 @@ def _conv_ops(conv: torch.nn.Conv1d, transpose: bool) -> list[Op]:
     ]
 
 
+def mel_ops(n_mels: int) -> list[Op]:
+    """The front end on (W, 480000) zero-padded windows of samples: power spectrum, filterbank, log and clamp."""
+    from conformance.kit.bugs import _htk_filters, _unnormalised_filters  # the catalogue's filterbanks, as variants here
+
+    def power(v: Values, periodic: bool = True, exponent: int = 2) -> torch.Tensor:
+        hann = torch.hann_window(front_end.N_FFT, periodic=periodic)
+        stft = torch.stft(v["input"], front_end.N_FFT, front_end.HOP_LENGTH, window=hann, center=True, pad_mode="reflect", return_complex=True)
+        return (stft[..., :-1].abs() ** exponent).contiguous()  # (W, 201, 3000)
+
+    def filtered(v: Values, filters: object = front_end.mel_filters) -> torch.Tensor:
+        return torch.from_numpy(filters(n_mels)).float().T @ v["mel.power"]
+
+    def log(v: Values, log_fn: Callable = torch.log10, floor: float | None = 8.0) -> torch.Tensor:
+        spec = log_fn(torch.clamp(v["mel.filtered"], min=1e-10))
+        if floor is not None:
+            spec = torch.maximum(spec, spec.amax(dim=(1, 2), keepdim=True) - floor)
+        return (spec + 4.0) / 4.0
+
+    return [
+        Op("mel.power", "the power spectrum (STFT with a periodic Hann window, |X|^2)", power, {
+            "a symmetric Hann window instead of the periodic one": lambda v: power(v, periodic=False),
+            "the magnitude |X| instead of the power |X|^2": lambda v: power(v, exponent=1)}, axes=(2, 1)),
+        Op("mel.filtered", "the mel filterbank (Slaney scale, Slaney-normalised)", filtered, {
+            "an HTK mel scale instead of Slaney": lambda v: filtered(v, _htk_filters),
+            "filters of height 1 (no Slaney area normalisation)": lambda v: filtered(v, _unnormalised_filters)}, axes=(2, 1)),
+        Op("", "the log10, the clamp at the window's maximum minus 8 and (x + 4) / 4", log, {
+            "the natural log instead of log10": lambda v: log(v, torch.log),
+            "no clamp at the window's maximum minus 8": lambda v: log(v, floor=None)}),
+    ]
+
+
 def stage_ops(model: GlmAsrModel, stage: str, x: torch.Tensor, inputs: dict[str, torch.Tensor]) -> list[Op] | None:
-    """The operations of `stage` fed `x` (its input); None for a stage not split into operations here."""
+    """The operations of `stage` fed `x` (its input; for `mel`, the windows of samples); None for a stage not
+    split into operations here."""
+    if stage == "mel":
+        return mel_ops(model.config.audio_config.num_mel_bins)
     if stage == "conv1":
         return _conv_ops(model.audio_tower.conv1, False)
     if stage == "conv2":

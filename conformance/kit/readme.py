@@ -203,7 +203,8 @@ and of the decoder (`decoder.layers.<i>.`), (W, F/2, .) and (B, T, .) like their
 | `mlp.act` | the activation's output: gelu(fc1) / silu(gate) * up, the last linear's input |
 | `mlp` | the MLP's output, before the residual add |
 
-Outside the layers: `conv1.conv` and `conv2.conv` (each convolution before its GELU, channels first, (W, Da, F)
+Outside the layers: `mel.power` (W, 201, F), the STFT power of each window, and `mel.filtered` (W, M, F), the
+filterbank's output before the log (ports with their own front end); `conv1.conv` and `conv2.conv` (each convolution before its GELU, channels first, (W, Da, F)
 and (W, Da, F/2)); `projector.linear_1` and `projector.act` (linear_1's output and its GELU, (W, F/8, 2D)).
 kit.json -> `cases` -> `<case>` -> `known_names` lists every name a results file may hold.
 
