@@ -14,7 +14,7 @@ from conformance.harness.metrics import Metrics, failures, violation
 from conformance.harness.tolerances import tolerance
 from conformance.kit import check as kit_check
 from glm_asr_cli import main
-from tests.test_kit import MANIFEST, kit_dir, run_ours  # noqa: F401  (kit_dir: the shared exported kit)
+from tests.test_kit import kit_dir, ours_port, run_ours  # noqa: F401  (kit_dir: the shared exported kit)
 
 GOOD = ["tiny_b/silence/fp32", "tiny_a/speech_like/bf16"]
 
@@ -36,7 +36,7 @@ def _copy(good, tmp_path):
 def test_a_folder_holding_some_cases_fails_naming_each_missing_one(kit_dir, good, tmp_path, capsys):  # noqa: F811
     assert main(["kit", "check", str(kit_dir), str(good)]) == 1
     out = capsys.readouterr().out
-    n = len(MANIFEST["cases"])
+    n = len(kit_check.load_kit(kit_dir, verify=False)["cases"])
     assert f"{len(GOOD)} of {n} cases pass" in out
     assert "fail: no results file: " + str(good / "tiny_a.tone.fp32.safetensors") + " is missing" in out
     assert out.count("fail: no results file:") == n - len(GOOD)
@@ -108,3 +108,21 @@ def test_a_shape_error_quotes_the_ports_own_shape(kit_dir, good):  # noqa: F811
     assert rows["conv2"].failures == ("shape (1, 24, 1500) (the port's) != (1, 1500, 24) expected (kit.json full_shape; see the layout in the README)",)
     assert rows["merged"].failures[0].startswith("shape (1, 3, 96) (the port's) != (1, 375, 96) expected")
     assert torch.equal(load_file(good / case["results"])["conv2"], tensors["conv2"].transpose(1, 2))  # the port's file untouched
+
+
+def test_a_case_ends_in_eos_before_the_limit_and_a_port_that_ignores_the_stop_rule_fails(kit_dir, tmp_path):  # noqa: F811
+    made = kit_check.load_kit(kit_dir, verify=False)
+    case_id = "tiny_b/batch_eos/fp32"
+    case = made["cases"][case_id]
+    expected = load_file(kit_dir / case["dir"] / "expected.safetensors")["generated_ids"]
+    assert expected.shape == (2, 6) and expected[1, 3:].tolist() == [360, 360, 360]  # row 1 ended at its 3rd id, padded
+    model = ours_port.load(kit_dir, case)
+    tensors = ours_port.run_case(model, kit_dir, case, made["generate"]["max_new_tokens"], False, False)
+    assert kit_check.check_case(kit_dir, case_id, case, tensors).passed
+    ignored = ours_port.run_case(ours_port.load(kit_dir, made["cases"]["tiny_b/batch/fp32"]), kit_dir, case, 24, False, False)
+    result = kit_check.check_case(kit_dir, case_id, case, {"generated_ids": ignored["generated_ids"]})  # the config's eos list unread
+    assert result.first_failure == "generated_ids" and result.rows[-1].failures == ("shape (2, 24) != reference (2, 6)",)
+    unpadded = tensors["generated_ids"].clone()
+    unpadded[1, 3:] = unpadded[1, 2]  # a finished row repeating its last id instead of the first eos id
+    result = kit_check.check_case(kit_dir, case_id, case, {"generated_ids": unpadded})
+    assert result.first_failure == "generated_ids" and "first at (1, 3): 31 where the reference has 360" in result.rows[-1].failures[0]

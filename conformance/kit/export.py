@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io.wavfile
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import glm_asr
 from glm_asr.io.atomic import replace_directory
@@ -220,6 +220,11 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
             made[model.name] = _checkpoint(directory / "checkpoint", model, manifest["models"][model.name], root / golden.MANIFEST)
         kit["cases"][case_id] = _case(out, directory / "checkpoint", case_id, entry, model, golden.load_case(root, entry),
                                       manifest["clips"][entry["audio"]], root / golden.MANIFEST)
+    for case_id, entry in manifest["cases"].items():
+        stored = golden.load_case(root, entry)
+        if "early_stop.generated_ids" in stored:
+            eos_id = case_id.replace(f"/{entry['audio']}/", f"/{entry['audio']}_eos/")
+            kit["cases"][eos_id] = _eos_case(out, kit["cases"][case_id], eos_id, stored, manifest["generate"]["max_new_tokens"])
     if full_manifest is not None:
         where = root / golden.FULL / golden.MANIFEST
         kit["full_reference"] = full_manifest["provenance"]
@@ -269,6 +274,29 @@ def _case(out: Path, checkpoint: Path, case_id: str, entry: dict, model: GoldenM
         # optional sub-stages; any other name fails the case (a misspelt stage must not pass as "not provided").
         "known_names": [s.name for s in kit_stages(model.config)] + sub_stage_names(model.config),
     }
+
+
+def _eos_case(out: Path, base: dict, case_id: str, stored: dict[str, torch.Tensor], max_new: int) -> dict:
+    """A batch case whose config makes one more id an end token (one the reference says early), so greedy
+    generation stops before the token limit: the stop rule and the padding of a finished row are checked.
+    The reference generated it (golden/'s early_stop.*, made by transformers with that eos list); every stage
+    before the greedy ids is the batch case's, since the eos list changes none."""
+    directory = out / "cases" / case_dir(case_id)
+    shutil.copytree(out / base["dir"], directory, ignore=shutil.ignore_patterns("checkpoint"))
+    shutil.copytree(out / base["checkpoint"], directory / "checkpoint")
+    config = json.loads((directory / "checkpoint" / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = stored["early_stop.eos_token_id"].tolist()
+    (directory / "checkpoint" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    expected = load_file(directory / "expected.safetensors")
+    expected["generated_ids"] = stored["early_stop.generated_ids"].contiguous()
+    save_file(expected, directory / "expected.safetensors")
+    entry = json.loads(json.dumps(base))
+    entry.update({"dir": f"cases/{case_dir(case_id)}", "checkpoint": f"cases/{case_dir(case_id)}/checkpoint",
+                  "results": f"{case_dir(case_id)}.safetensors",
+                  "ends_early": f"config.json's text_config.eos_token_id is {config['text_config']['eos_token_id']}: greedy generation "
+                                f"stops after {expected['generated_ids'].shape[1]} of {max_new} tokens"})
+    next(s for s in entry["stages"] if s["name"] == "generated_ids")["shape"] = list(expected["generated_ids"].shape)
+    return entry
 
 
 def load_kit(directory: Path, verify: bool = True) -> dict:

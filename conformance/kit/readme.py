@@ -114,7 +114,9 @@ front end and prompt builder:
    new tokens, the argmax of the last position's logits each step. A row that has produced any id of
    `text_config.eos_token_id` (a list) is finished: its later tokens are the first eos id. Stop early when
    every row is finished. Each step feeds every row's chosen token (the first eos id for finished rows) at
-   position (that row's last position + 1), as a valid key (attention mask 1) from then on.
+   position (that row's last position + 1), as a valid key (attention mask 1) from then on. The `*_eos` cases
+   check this: their config.json adds an id the reference says early to `eos_token_id` (kit.json `ends_early`),
+   so generation stops before the limit with a finished row padded; read the eos list from each case's config.
 
 If your port has its own front end and prompt builder, run them on the WAV files instead, and dump their
 `input_ids` and `input_features_mask` (compared exactly) and the features as `mel` (compared with a tolerance).
