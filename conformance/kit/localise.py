@@ -11,6 +11,7 @@ tensor names the op and what it does instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
