@@ -103,7 +103,7 @@ def run(name: str, kit_dir: Path, work: Path, full: bool = False) -> tuple[bool,
         got = "port failed: " + (port.stderr.strip().splitlines() or ["?"])[-1][:120]
         return want_stage == "load", got
     (result,) = kit_check.check(kit_dir, results, case_id)
-    got = f"{result.first_failure or 'pass'}: {result.diagnosis or ''}\n    operation, from the sub-stages: {result.operation}"
+    got = f"{result.first_failure or 'pass'}: {result.diagnosis or ''}\n    operation (with the sub-stages the port gave): {result.operation}"
     if result.first_failure and not full and result.first_failure not in ("input_ids", "input_features_mask", "mel"):
         # The same port as one that gives its stages only: the recomputation from its own stage inputs.
         bare = work / name / "stages-only"
