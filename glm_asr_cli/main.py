@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("results", type=Path, help="the port's results: <case>.safetensors files, tensors named by stage")
     check.add_argument("--json", type=Path, default=None, help="also write the report as JSON to this file")
     check.add_argument("--plot", type=Path, default=None, help="write a PNG per case of the error per stage into this folder (needs glm-asr[plot])")
-    check.add_argument("--case", default="", help="only cases whose id contains this text (default: every case)")
+    check.add_argument("--case", default="", help="only cases whose id contains this text (or one of several, comma-separated); "
+                       "without it every case of the kit must have a results file")
     kit.set_defaults(run=_kit)
 
     demo = sub.add_parser("demo", help="run the whole pipeline on random weights and a bundled clip, in seconds", formatter_class=_HelpFormatter)

@@ -42,17 +42,24 @@ def measure(ours: torch.Tensor, ref: torch.Tensor, feature_axis: int) -> Metrics
     return Metrics(max_abs, max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf), nmse, float(cos.min()) if cos.numel() else 1.0)
 
 
+def violation(name: str, value: float, op: str, bound: float) -> str:
+    """"name value op bound" with as many digits as it takes (3 at least) for the bound to print exactly and
+    the value to print differently from it: a violated bound never reads as `0.999999990 < 0.999999990`."""
+    digits = next((d for d in range(3, 18) if float(f"{bound:.{d}g}") == bound and f"{value:.{d}g}" != f"{bound:.{d}g}"), 17)
+    return f"{name} {value:.{digits}g} {op} {bound:.{digits}g}"
+
+
 def failures(m: Metrics, tol: Tolerance) -> list[str]:
     """Which limits a stage breaks; empty when it passes."""
     if m.problem:
         return [m.problem]
     out = []
     if tol.max_abs is not None and m.max_abs > tol.max_abs:
-        out.append(f"max_abs {m.max_abs:.3g} > {tol.max_abs:.3g}")
+        out.append(violation("max_abs", m.max_abs, ">", tol.max_abs))
     if tol.max_rel is not None and m.max_rel > tol.max_rel:
-        out.append(f"max_rel {m.max_rel:.3g} > {tol.max_rel:.3g}")
+        out.append(violation("max_rel", m.max_rel, ">", tol.max_rel))
     if tol.nmse is not None and m.nmse > tol.nmse:
-        out.append(f"nmse {m.nmse:.3g} > {tol.nmse:.3g}")
+        out.append(violation("nmse", m.nmse, ">", tol.nmse))
     if tol.min_cos is not None and m.min_cos < tol.min_cos:
-        out.append(f"min_cos {m.min_cos:.9f} < {tol.min_cos:.9f}")
+        out.append(violation("min_cos", m.min_cos, "<", tol.min_cos))
     return out

@@ -141,4 +141,41 @@ MUTATIONS: dict[str, Mutation] = {
         "pass  # merges dropped",
         "a tokenizer that ignores its BPE merges",
     ),
+    # Classic one-line bugs added with issue 23; conformance/kit/bugs.py holds each under the same name.
+    "encoder_silu": Mutation(
+        "glm_asr/model/encoder.py",
+        "return self.fc2(F.gelu(self.fc1(x)))",
+        "return self.fc2(F.silu(self.fc1(x)))",
+        "SiLU instead of GELU in the encoder MLP (the decoder's activation, copied)",
+    ),
+    "decoder_gelu": Mutation(
+        "glm_asr/model/decoder.py",
+        "return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))",
+        "return self.down_proj(F.gelu(self.gate_proj(x)) * self.up_proj(x))",
+        "GELU instead of SiLU in the decoder's gated MLP (the encoder's activation, copied)",
+    ),
+    "gate_up_swapped": Mutation(
+        "glm_asr/model/decoder.py",
+        "return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))",
+        "return self.down_proj(F.silu(self.up_proj(x)) * self.gate_proj(x))",
+        "gate_proj and up_proj swapped: SiLU(up) * gate",
+    ),
+    "rms_norm_eps_1e-6": Mutation(
+        "glm_asr/model/decoder.py",
+        "        self.eps = eps\n",
+        "        self.eps = 1e-6\n",
+        "RMSNorm eps hard-coded to 1e-6 instead of the config's rms_norm_eps",
+    ),
+    "encoder_attention_scale": Mutation(
+        "glm_asr/model/encoder.py",
+        "out = attention(q, k, v)",
+        "out = attention(q / self.head_dim ** 0.5, k, v)",
+        "encoder softmax scale 1/head_dim instead of 1/sqrt(head_dim)",
+    ),
+    "decoder_attention_scale": Mutation(
+        "glm_asr/model/decoder.py",
+        "out = attention(q, k, v, mask)",
+        "out = attention(q / self.head_dim ** 0.5, k, v, mask)",
+        "decoder softmax scale 1/head_dim instead of 1/sqrt(head_dim)",
+    ),
 }

@@ -106,6 +106,36 @@ def _encoder_mlp_tanh(model: GlmAsrModel) -> contextlib.AbstractContextManager:
     return stack
 
 
+def _encoder_mlp(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[GlmAsrModel], contextlib.AbstractContextManager]:
+    def patch(model: GlmAsrModel) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        for layer in model.audio_tower.layers:
+            mlp = layer.mlp
+            stack.enter_context(mock.patch.object(mlp, "forward", lambda x, mlp=mlp: mlp.fc2(act(mlp.fc1(x)))))
+        return stack
+
+    return patch
+
+
+def _decoder_mlp(gated: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[GlmAsrModel], contextlib.AbstractContextManager]:
+    def patch(model: GlmAsrModel) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        for layer in model.language_model.model.layers:
+            mlp = layer.mlp
+            stack.enter_context(mock.patch.object(mlp, "forward", lambda x, mlp=mlp: mlp.down_proj(gated(mlp.gate_proj(x), mlp.up_proj(x)))))
+        return stack
+
+    return patch
+
+
+def _scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return _ATTENTION(q / q.shape[-1] ** 0.5, k, v, mask)  # SDPA divides by sqrt(Dh) again: 1/Dh in all
+
+
+def _rms_norms(model: GlmAsrModel) -> list:
+    return [m for m in model.language_model.modules() if isinstance(m, glm_asr.model.decoder.RMSNorm)]
+
+
 def _layer_norms(model: GlmAsrModel) -> list:
     return [m for m in model.audio_tower.modules() if isinstance(m, torch.nn.LayerNorm)]
 
@@ -272,6 +302,20 @@ BUGS: dict[str, Bug] = {
                                 lambda m: mock.patch.object(glm_asr.model.decoder.RMSNorm, "forward", _rms_eps_outside_sqrt),
                                 visible="tiny_a only: its small activations make the eps matter"),
 }
+BUGS.update({
+    # Classic one-line bugs, each an op the kit's recomputation names on its own too (conformance/kit/ops.py).
+    "encoder_silu": Bug("encoder.layers.", "SiLU instead of exact GELU in the encoder MLP", _encoder_mlp(F.silu)),
+    "decoder_gelu": Bug("decoder.layers.", "GELU(gate) * up instead of SiLU(gate) * up in the decoder MLP", _decoder_mlp(lambda g, u: F.gelu(g) * u)),
+    "gate_up_swapped": Bug("decoder.layers.", "SiLU(up) * gate: gate_proj and up_proj swapped in the decoder MLP",
+                           _decoder_mlp(lambda g, u: F.silu(u) * g)),
+    "rms_norm_eps_1e-6": Bug("decoder.layers.", "RMSNorm eps 1e-6 instead of the config's rms_norm_eps",
+                             lambda m: _set(_rms_norms(m), "eps", 1e-6),
+                             visible="tiny_a only (rms_norm_eps 1e-5, small activations); tiny_b's config has 1e-6"),
+    "encoder_attention_scale": Bug("encoder.layers.", "softmax scale 1/head_dim instead of 1/sqrt(head_dim) in the encoder attention",
+                                   lambda m: mock.patch.object(glm_asr.model.encoder, "attention", _scaled_attention)),
+    "decoder_attention_scale": Bug("decoder.layers.", "softmax scale 1/head_dim instead of 1/sqrt(head_dim) in the decoder attention",
+                                   lambda m: mock.patch.object(glm_asr.model.decoder, "attention", _scaled_attention)),
+})
 # Not here: a bias on the encoder's k_proj (conformance/harness/mutations.py `k_bias`). The checkpoint has none, so a
 # port with one either fails to load it or adds zeros, which change nothing; there is no tensor to compare.
 

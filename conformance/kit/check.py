@@ -3,6 +3,7 @@ first diverging stage of each case in pipeline order, and a diagnosis of it (con
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 from glm_asr.model.config import GlmAsrConfig
 
 from conformance.harness.metrics import Metrics, failures, measure
+from conformance.kit.ops import sub_stage_names
 from conformance.kit.export import MODE, KitError, KitStage, checkpoint_dir, kit_stages, load_kit
 from conformance.harness.stages import kept_length, select, take_rows
 from conformance.harness.tolerances import Tolerance, tolerance
@@ -37,12 +39,15 @@ class CaseResult:
     case: str
     results_file: str
     rows: list[StageResult]
-    ignored: list[str] = field(default_factory=list)  # tensors in the results that name no stage
+    unknown: list[str] = field(default_factory=list)  # tensors that name no stage or sub-stage: the case fails
     diagnosis: str | None = None
     # Front-end stages that fail after the first: the prompt builder and the feature extractor's mask and
     # features are separate computations, so each failure there is its own bug, diagnosed on its own.
     also: dict[str, str] = field(default_factory=dict)
     port_error: str | None = None  # the port's own word that it stopped partway (the file's metadata "error")
+    error: str | None = None  # the results file is missing, unreadable or names no case: nothing else compared
+    operation: str | None = None  # the first wrong operation inside the first failing stage (localise.py)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def first_failure(self) -> str | None:
@@ -50,7 +55,7 @@ class CaseResult:
 
     @property
     def passed(self) -> bool:
-        return self.first_failure is None and self.port_error is None
+        return self.first_failure is None and self.port_error is None and self.error is None and not self.unknown
 
 
 def case_config(kit_dir: Path, case: dict) -> GlmAsrConfig:
@@ -83,6 +88,17 @@ def prepare(stage: KitStage, tensor: torch.Tensor, inputs: dict[str, torch.Tenso
     return select(s, tensor, inputs)
 
 
+def _shape_problem(entry: dict, s: KitStage, got: torch.Tensor, inputs: dict[str, torch.Tensor]) -> str | None:
+    """The port's own shape, quoted when it is not the uncropped shape the kit asks for (kit.json full_shape);
+    a frame axis longer than the kept frames is accepted (the checker crops it), a shorter one is not."""
+    full = entry.get("full_shape", entry["shape"])
+    shape = tuple(got.shape)
+    if len(shape) == len(full) and all(g == f or (i == s.stage.frame_axis and g >= kept_length(s.stage, inputs["input_features_mask"]))
+                                       for i, (g, f) in enumerate(zip(shape, full))):
+        return None
+    return f"shape {shape} (the port's) != {tuple(full)} expected (kit.json full_shape; see the layout in the README)"
+
+
 def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch.Tensor], source: str = "",
                port_error: str | None = None) -> CaseResult:
     """One case; `source` names the results file in messages; `port_error` is what the port said went wrong."""
@@ -101,25 +117,37 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
         if s.exact:
             rows.append(_exact(s.name, got, want))
             continue
-        prepared[s.name] = prepare(s, got, inputs)
         tol = tolerance(s.name, case["dtype"], MODE)
+        problem = _shape_problem(entries[s.name], s, got, inputs)
+        if problem is not None:
+            rows.append(StageResult(s.name, FAIL, tuple(entries[s.name]["shape"]), tolerance=tol, failures=(problem,)))
+            continue
+        prepared[s.name] = prepare(s, got, inputs)
         if "rows" in entries[s.name]:  # a full-size case: the reference's tensor is kept at these entries only
-            if list(prepared[s.name].shape) != entries[s.name]["shape"]:
-                problem = f"shape {tuple(got.shape)} != reference {tuple(entries[s.name]['shape'])}"
-                rows.append(StageResult(s.name, FAIL, tuple(entries[s.name]["shape"]), tolerance=tol, failures=(problem,)))
-                continue
             prepared[s.name] = take_rows(s.stage, prepared[s.name], entries[s.name]["rows"]["index"])
         metrics = measure(prepared[s.name], want, s.stage.feature_axis)
         problems = tuple(failures(metrics, tol))
         rows.append(StageResult(s.name, FAIL if problems else OK, tuple(want.shape), metrics, tol, problems))
-    known = {s.name for s in order}
-    result = CaseResult(case_id, case["results"], rows, sorted(set(results) - known), port_error=port_error)
-    if not any(r.status != MISSING for r in rows) and port_error is None:
-        raise KitError(f"{source or case['results']}: no tensor named after a stage of {case_id} (found: {', '.join(sorted(results)) or 'none'}); "
-                       f"expected some of: {', '.join(s.name for s in order)}")
+    known = {s.name for s in kit_stages(config)} | set(sub_stage_names(config))
+    unknown = sorted(set(results) - known)
+    result = CaseResult(case_id, case["results"], rows, unknown, port_error=port_error)
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        result.notes.append(f"unknown tensor {name!r}: not a stage or sub-stage name of {case_id}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if not any(r.status != MISSING for r in rows) and not unknown and port_error is None and "generated_ids" not in results:
+        result.error = (f"{source or case['results']}: no tensor named after a stage of {case_id} (found: {', '.join(sorted(results)) or 'none'}); "
+                        f"expected some of: {', '.join(s.name for s in order)}")
+    if "generated_ids" in results and "generated_ids" not in expected:
+        result.notes.append(f"generated_ids not compared: {case['dtype']} cases keep no greedy ids (a {case['dtype']} argmax "
+                            "may flip on near-ties between implementations that both meet the logits tolerance)")
+    given = [r.stage for r in rows if r.status != MISSING]
+    ids = expected.get("generated_ids")
+    if given == ["generated_ids"] and ids is not None and all(len(set(row.tolist())) == 1 for row in ids):
+        result.notes.append("only generated_ids compared, and the reference's are one token repeated in this case: they prove "
+                            "little (a broken encoder can give the same); dump logits or the stages before them")
     first = result.first_failure
     if first is not None:
-        from conformance.kit.diagnose import FRONT_END, diagnose, diagnose_sampled  # imports the model: only when something failed
+        from conformance.kit.diagnose import FRONT_END, diagnose, diagnose_sampled, locate  # imports the model: only when something failed
 
         def why(name: str) -> str:
             stage, port = next(s for s in order if s.name == name), prepared.get(name, results[name])
@@ -128,6 +156,11 @@ def check_case(kit_dir: Path, case_id: str, case: dict, results: dict[str, torch
 
         result.diagnosis = why(first)
         result.also = {r.stage: why(r.stage) for r in rows if r.status == FAIL and r.stage in FRONT_END and r.stage != first}
+        if not case.get("sampled") and first not in ("input_ids", "input_features_mask", "generated_ids"):
+            try:
+                result.operation = locate(kit_dir, case, next(s for s in order if s.name == first), results, expected, inputs)
+            except (RuntimeError, ValueError, KeyError, IndexError) as e:  # a port's odd tensor must not cost the verdict
+                result.operation = f"not localised: the recomputation stopped ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
     return result
 
 
@@ -142,19 +175,37 @@ def load_results(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
 
 
 def check(kit_dir: Path, results_dir: Path, case_filter: str = "") -> list[CaseResult]:
-    """Every case of the kit that has a results file in `results_dir` (and whose id contains `case_filter`)."""
+    """Every case of the kit (with `case_filter`, a comma-separated list, those whose id contains one of its
+    parts: a subset chosen explicitly): a case without its results
+    file, or whose file cannot be read, fails with the reason, and so does a .safetensors file in `results_dir`
+    that names no case of the kit; every other case is still checked."""
     kit = load_kit(kit_dir)
     if not results_dir.is_dir():
         raise KitError(f"{results_dir}: not a directory; expected a folder holding <case>.safetensors files")
+    parts = [p.strip() for p in case_filter.split(",")]
+    selected = {case_id: case for case_id, case in kit["cases"].items() if any(p in case_id for p in parts)}
+    if not selected:
+        raise KitError(f"--case {case_filter!r}: matches no case of {kit_dir}; case ids look like {next(iter(kit['cases']))}")
     out = []
-    for case_id, case in kit["cases"].items():
+    for case_id, case in selected.items():
         path = results_dir / case["results"]
-        if case_filter in case_id and path.exists():
+        if not path.is_file():
+            out.append(CaseResult(case_id, case["results"], [], error=(
+                f"no results file: {path} is missing; every case of the kit needs one (use --case to check a subset on purpose)")))
+            continue
+        try:
             tensors, error = load_results(path)
-            out.append(check_case(kit_dir, case_id, case, tensors, str(path), error))
-    if not out:
-        names = ", ".join(c["results"] for c in list(kit["cases"].values())[:3])
-        raise KitError(f"{results_dir}: no results file for any case{' matching ' + repr(case_filter) if case_filter else ''}; expected e.g. {names}")
+        except KitError as e:
+            out.append(CaseResult(case_id, case["results"], [], error=str(e)))
+            continue
+        out.append(check_case(kit_dir, case_id, case, tensors, str(path), error))
+    names = {case["results"] for case in kit["cases"].values()}
+    for path in sorted(results_dir.glob("*.safetensors")):
+        if path.name not in names:
+            close = difflib.get_close_matches(path.name, sorted(names), n=1, cutoff=0.6)
+            out.append(CaseResult(path.name, path.name, [], error=(
+                f"{path}: names no case of the kit" + (f" (did you mean {close[0]}?)" if close else "") +
+                "; results files are named by kit.json cases.<case>.results")))
     return out
 
 
@@ -170,7 +221,11 @@ def format_report(results: list[CaseResult]) -> str:
     header = f"{'stage':20} {'shape':16} {'max abs':>8} {'max rel':>8} {'NMSE':>8} {'1-min cos':>9}  {'tolerance':38} verdict"
     lines = []
     for c in results:
-        lines += [f"== {c.case} ({c.results_file})", header, "-" * len(header)]
+        lines.append(f"== {c.case} ({c.results_file})")
+        if c.error:
+            lines += [f"fail: {c.error}", ""]
+            continue
+        lines += [header, "-" * len(header)]
         for r in c.rows:
             shape = "x".join(map(str, r.shape))
             if r.metrics is None:
@@ -180,8 +235,7 @@ def format_report(results: list[CaseResult]) -> str:
                 nums = f"{m.max_abs:8.1e} {m.max_rel:8.1e} {m.nmse:8.1e} {1 - m.min_cos:9.1e}"
             verdict = r.status if r.status != FAIL else "FAIL: " + "; ".join(r.failures)
             lines.append(f"{r.stage:20} {shape:16} {nums}  {_limit(r.tolerance) if r.status != MISSING else '':38} {verdict}")
-        if c.ignored:
-            lines.append(f"ignored (not stage names): {', '.join(c.ignored)}")
+        lines += c.notes
         provided = sum(r.status != MISSING for r in c.rows)
         if c.port_error:
             lines.append(f"port error: {c.port_error}")
@@ -189,9 +243,14 @@ def format_report(results: list[CaseResult]) -> str:
             lines.append(f"first diverging stage: {c.first_failure}")
             if c.diagnosis:
                 lines.append(f"diagnosis: {c.diagnosis}")
+            if c.operation:
+                lines.append(f"operation: {c.operation}")
             lines += [f"also failing, {stage}: {text}" for stage, text in c.also.items()]
         elif c.port_error:
             lines.append(f"fail: the port stopped; {provided} of {len(c.rows)} stages provided, those within tolerance")
+        elif c.unknown:
+            lines.append(f"fail: {len(c.unknown)} tensor name(s) the kit does not know (above); rename them to the README's stage "
+                         "and sub-stage names, or leave them out")
         else:
             lines.append(f"pass: {provided} of {len(c.rows)} stages provided, all within tolerance")
         lines.append("")
@@ -218,7 +277,7 @@ def report_json(kit_dir: Path, results_dir: Path, results: list[CaseResult]) -> 
     return {
         "kit": str(kit_dir), "results": str(results_dir),
         "passed": all(c.passed for c in results),
-        "cases": {c.case: {"results_file": c.results_file, "pass": c.passed, "port_error": c.port_error, "first_failure": c.first_failure,
-                           "also": c.also,
-                           "diagnosis": c.diagnosis, "ignored": c.ignored, "stages": [row(r) for r in c.rows]} for c in results},
+        "cases": {c.case: {"results_file": c.results_file, "pass": c.passed, "error": c.error, "port_error": c.port_error,
+                           "first_failure": c.first_failure, "also": c.also, "diagnosis": c.diagnosis, "operation": c.operation,
+                           "unknown": c.unknown, "notes": c.notes, "stages": [row(r) for r in c.rows]} for c in results},
     }

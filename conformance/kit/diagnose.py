@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 import glm_asr
+import glm_asr.model.front_end
 from glm_asr.model.config import GlmAsrConfig
 
 from conformance.kit.bugs import BUGS, Bug, matches_stage
@@ -195,3 +196,38 @@ def diagnose(kit_dir: Path, case: dict, config: GlmAsrConfig, stage: KitStage, p
     if stage.exact:
         return "no known bug matches"
     return f"no known bug matches; {error_shape(stage, port, expected[stage.name])}"
+
+
+def _port_input(data: _Case, source: str, stage_list: dict, results: dict[str, torch.Tensor]) -> tuple[torch.Tensor, str]:
+    """The stage's input as the port computed it, in full, and which it is: the port's `source` tensor where it
+    gave it at the uncropped shape (left-padding rows, which it may leave as anything, from our model), the
+    kit's (the reference's) otherwise."""
+    full = data.full_input(source, stage_list)
+    got = results.get(source if source != "mel" else "mel")
+    if got is None or tuple(got.shape) != tuple(full.shape) or not torch.isfinite(got.float()).all():
+        return full, ("the kit's input_features, the port gave no mel" if source == "mel" else f"the reference's {source}, since the port gave no usable {source}")
+    got = got.to(full.dtype)
+    s = stage_list.get(source)
+    if s is not None and s.padded_tokens:
+        got = torch.where(data.inputs["attention_mask"][..., None].bool(), got, full)
+    return got, f"its {source}"
+
+
+def locate(kit_dir: Path, case: dict, stage: KitStage, results: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+           inputs: dict[str, torch.Tensor]) -> str | None:
+    """The first wrong operation inside `stage`, recomputed from the port's own input (conformance/kit/localise.py)."""
+    from conformance.kit.localise import localise
+
+    data = _Case(kit_dir, case, expected, inputs)
+    if stage.name == "mel":  # its input is the audio: the case's clips, cut into zero-padded 30 s windows
+        pieces = [p for clip in data.clips for p in glm_asr.model.front_end.split_windows(torch.as_tensor(clip, dtype=torch.float32))]
+        windows = torch.zeros(len(pieces), glm_asr.model.front_end.WINDOW_SAMPLES)
+        for i, p in enumerate(pieces):
+            windows[i, : p.shape[0]] = p
+        return localise(data.model, stage.stage, windows, results, inputs, "fp32", "the case's WAV files")
+    stage_list = {s.name: s for s in stages(data.model.config)}
+    steps = isolated_steps(data.model)
+    if stage.name not in steps:
+        return None
+    x, said = _port_input(data, steps[stage.name][0], stage_list, results)
+    return localise(data.model, stage.stage, x.to(DTYPES[data.dtype]), results, inputs, data.dtype, said)

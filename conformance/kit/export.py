@@ -3,6 +3,7 @@ without this repository, transformers or PyTorch.
 
     OUT/kit.json                       format, cases, stages in pipeline order, tolerances, sha256 of every file
     OUT/README.md                      for a porter: how to feed a case, what to dump, how to check
+    OUT/check_kit.py                   the standalone checker (numpy only): the same verdicts as `glm-asr kit check`
     OUT/cases/<case>/checkpoint/       config.json, model.safetensors, tokenizer.json (the released layout)
     OUT/checkpoints/full/              with --full: the released shape's checkpoint, shared by the full cases
     OUT/cases/<case>/audio_<i>.wav     the clips, 16 kHz mono float32
@@ -25,13 +26,15 @@ from pathlib import Path
 import numpy as np
 import scipy.io.wavfile
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import glm_asr
 from glm_asr.io.atomic import replace_directory
 
 from conformance.harness import golden
 from conformance.harness.cases import FULL, MODELS, SR, GoldenModel, clips
+from conformance.kit.bugs import BUGS
+from conformance.kit.ops import sub_stage_names
 from conformance.kit.readme import readme
 from conformance.harness.ours import features
 from conformance.harness.stages import Stage, kept_length, row_axis, stages
@@ -41,6 +44,7 @@ from conformance.harness.weights import make_weights, save_checkpoint, weights_d
 
 FORMAT_VERSION = 1
 KIT_JSON = "kit.json"
+STANDALONE = "check_kit.py"
 # Features are in [-1.5, 1.5]. A wrong log_mel is off by 1e-2 or more (HTK mel: 0.3); the FFT libraries of
 # different CPUs by 1e-5 (seen: 2.3e-5 on an AVX-512 Xeon). Only a guard against exporting a broken front end's
 # frames beyond the stored ones: the stored frames a port is fed are the reference's own.
@@ -125,7 +129,8 @@ def _full_shape(stage: Stage, kept: list[int]) -> list[int]:
 def _stage_entry(stage: Stage, stored: dict, dtype: str, inputs: dict[str, torch.Tensor]) -> dict:
     shape = stored["shape"]
     entry = {"name": stage.name, "layout": layout(stage.name), "shape": shape, "full_shape": _full_shape(stage, shape),
-             "feature_axis": stage.feature_axis, "tolerance": f"{MODE}/{dtype}/{group(stage.name)}"}
+             "feature_axis": stage.feature_axis, "frame_axis": stage.frame_axis, "padded_tokens": stage.padded_tokens,
+             "tolerance": f"{MODE}/{dtype}/{group(stage.name)}"}
     if "rows" in stored:
         entry["rows"] = {"axis": row_axis(stage), "index": stored["rows"]}
         entry["expected_shape"] = stored["stored_shape"]
@@ -203,6 +208,8 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
         "reference": manifest["provenance"], "generate": manifest["generate"], "sampling_rate": SR,
         "tolerances": {"/".join(k): v.as_dict() for k, v in sorted(TABLE.items()) if k[0] == MODE},
         "exact": {"reason": EXACT_REASON, "stages": EXACT}, "cases": {}, "files": {},
+        "catalogue": {name: {"stage": b.stage + "<i>" if b.stage.endswith(".") else b.stage, "says": b.says, "shown_by": b.shown_by,
+                             "visible": b.visible or "every case", "front_end": b.front_end} for name, b in BUGS.items()},
     }
     made: dict[str, Path] = {}  # each tiny model is made and checked once, then copied into its other cases
     for case_id, entry in manifest["cases"].items():
@@ -213,6 +220,11 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
             made[model.name] = _checkpoint(directory / "checkpoint", model, manifest["models"][model.name], root / golden.MANIFEST)
         kit["cases"][case_id] = _case(out, directory / "checkpoint", case_id, entry, model, golden.load_case(root, entry),
                                       manifest["clips"][entry["audio"]], root / golden.MANIFEST)
+    for case_id, entry in manifest["cases"].items():
+        stored = golden.load_case(root, entry)
+        if "early_stop.generated_ids" in stored:
+            eos_id = case_id.replace(f"/{entry['audio']}/", f"/{entry['audio']}_eos/")
+            kit["cases"][eos_id] = _eos_case(out, kit["cases"][case_id], eos_id, stored, manifest["generate"]["max_new_tokens"])
     if full_manifest is not None:
         where = root / golden.FULL / golden.MANIFEST
         kit["full_reference"] = full_manifest["provenance"]
@@ -220,6 +232,8 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
         for case_id, entry in full_manifest["cases"].items():
             kit["cases"][case_id] = _case(out, checkpoint, case_id, entry, FULL, golden.load_case(root / golden.FULL, entry),
                                           full_manifest["clips"][entry["audio"]], where)
+    # The standalone checker (numpy only), for porters without this repository.
+    shutil.copyfile(Path(__file__).with_name("standalone.py"), out / STANDALONE)
     kit["files"] = {str(p.relative_to(out)): _sha256(p) for p in sorted(out.rglob("*")) if p.is_file()}
     (out / "README.md").write_text(readme(kit))
     kit["files"]["README.md"] = _sha256(out / "README.md")
@@ -256,7 +270,33 @@ def _case(out: Path, checkpoint: Path, case_id: str, entry: dict, model: GoldenM
             if s.exact else _stage_entry(s.stage, entry["stages"][s.name], entry["dtype"], inputs)
             for s in kit_stages(model.config) if s.name != "generated_ids" or "generated_ids" in expected
         ],
+        # Every tensor name a results file may hold: the stages (generated_ids too, compared where kept) and the
+        # optional sub-stages; any other name fails the case (a misspelt stage must not pass as "not provided").
+        "known_names": [s.name for s in kit_stages(model.config)] + sub_stage_names(model.config),
     }
+
+
+def _eos_case(out: Path, base: dict, case_id: str, stored: dict[str, torch.Tensor], max_new: int) -> dict:
+    """A batch case whose config makes one more id an end token (one the reference says early), so greedy
+    generation stops before the token limit: the stop rule and the padding of a finished row are checked.
+    The reference generated it (golden/'s early_stop.*, made by transformers with that eos list); every stage
+    before the greedy ids is the batch case's, since the eos list changes none."""
+    directory = out / "cases" / case_dir(case_id)
+    shutil.copytree(out / base["dir"], directory, ignore=shutil.ignore_patterns("checkpoint"))
+    shutil.copytree(out / base["checkpoint"], directory / "checkpoint")
+    config = json.loads((directory / "checkpoint" / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = stored["early_stop.eos_token_id"].tolist()
+    (directory / "checkpoint" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    expected = load_file(directory / "expected.safetensors")
+    expected["generated_ids"] = stored["early_stop.generated_ids"].contiguous()
+    save_file(expected, directory / "expected.safetensors")
+    entry = json.loads(json.dumps(base))
+    entry.update({"dir": f"cases/{case_dir(case_id)}", "checkpoint": f"cases/{case_dir(case_id)}/checkpoint",
+                  "results": f"{case_dir(case_id)}.safetensors",
+                  "ends_early": f"config.json's text_config.eos_token_id is {config['text_config']['eos_token_id']}: greedy generation "
+                                f"stops after {expected['generated_ids'].shape[1]} of {max_new} tokens"})
+    next(s for s in entry["stages"] if s["name"] == "generated_ids")["shape"] = list(expected["generated_ids"].shape)
+    return entry
 
 
 def load_kit(directory: Path, verify: bool = True) -> dict:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from conformance.harness.tokenizer_fixture import GLM_SPLIT_PATTERN
+
+_SPLIT = GLM_SPLIT_PATTERN
+
 
 def _limits(t: dict) -> str:
     parts = []
@@ -29,6 +33,8 @@ def readme(kit: dict) -> str:
         f"{'exact' if s.get('exact') else s['tolerance']} |"
         for s in first["stages"]
     )
+    bug_rows = "\n".join(f"| `{n}` | `{b['stage']}` | {b['says']} | `{b['shown_by']}` | {b['visible']} |"
+                         for n, b in kit.get("catalogue", {}).items())
     tol_rows = "\n".join(f"| `{k}` | {_limits(t)} | {t['reason']} |" for k, t in kit["tolerances"].items())
     max_new = kit["generate"]["max_new_tokens"]
     sampled = [cid for cid, c in cases.items() if c.get("sampled")]
@@ -108,25 +114,49 @@ front end and prompt builder:
    new tokens, the argmax of the last position's logits each step. A row that has produced any id of
    `text_config.eos_token_id` (a list) is finished: its later tokens are the first eos id. Stop early when
    every row is finished. Each step feeds every row's chosen token (the first eos id for finished rows) at
-   position (that row's last position + 1), as a valid key (attention mask 1) from then on.
+   position (that row's last position + 1), as a valid key (attention mask 1) from then on. The `*_eos` cases
+   check this: their config.json adds an id the reference says early to `eos_token_id` (kit.json `ends_early`),
+   so generation stops before the limit with a finished row padded; read the eos list from each case's config.
 
 If your port has its own front end and prompt builder, run them on the WAV files instead, and dump their
-`input_ids` and `input_features_mask` (compared exactly) and the features as `mel` (compared with a tolerance):
+`input_ids` and `input_features_mask` (compared exactly) and the features as `mel` (compared with a tolerance).
+Your model then consumes YOUR features and prompt ids, and every later stage is still compared with the
+reference's, which consumed the reference's features: a front-end difference inside the mel tolerance
+carries into later stages inside the chained tolerances (section 4). Run each case both ways to tell a
+front-end bug from a model bug: fed `inputs.safetensors`, the model alone is judged.
 
 - Features, per 30 s window (480,000 samples, zero-padded): STFT with n_fft 400, periodic Hann window, hop 160,
-  centred with reflect padding, last frame dropped (3000 frames); power; `num_mel_bins` Slaney-scale,
+  centred with reflect padding, last frame dropped (3000 frames); power `|X|^2`; `num_mel_bins` Slaney-scale,
   Slaney-normalised mel filters over 0-8000 Hz; `log10(max(x, 1e-10))`; clamp below at the window's maximum
   (padding included) minus 8; `(x + 4) / 4`. A window of n samples has `ceil(n / 160)` valid frames.
+- The mel filters exactly (librosa `filters.mel(sr=16000, n_fft=400, n_mels, htk=False, norm="slaney")`):
+  FFT bin k sits at `k * 8000 / 200` Hz, k = 0..200 (`linspace(0, 8000, 201)`); `num_mel_bins + 2` points evenly
+  spaced on the Slaney mel scale from mel(0) to mel(8000), where `mel(f) = 3 f / 200` below 1000 Hz and
+  `15 + ln(f / 1000) * 27 / ln(6.4)` above; filter m is the triangle rising from point m to m+1 and falling to
+  m+2 (over bin frequencies in Hz), times `2 / (f[m+2] - f[m])`. Build them in float64, apply them in float32.
+- The reference computes the STFT, power and filter product in float32. A float64 front end differs from it
+  by the reference's own float32 rounding, which `log10` magnifies in quiet bins: a faithful float64 port has
+  used up to 60% of the `mel` limit on one case. Compute in float32 as the reference does for margin.
 - Prompt, per clip, N = the sum over its windows of `floor((L_w + 1) / 8)`:
   `<|user|>\\n<|begin_of_audio|>` + N x `<|pad|>` + `<|end_of_audio|><|user|>\\nPlease transcribe this audio into text<|assistant|>\\n`
-  (`\\n` a newline), tokenized with the checkpoint's `tokenizer.json` (byte-level BPE, with its merges; the
-  `<|...|>` strings are its added special tokens). A batch is left-padded with `<|endoftext|>`.
+  (`\\n` a newline), tokenized with the checkpoint's `tokenizer.json`. A batch is left-padded with `<|endoftext|>`.
+- The tokenizer exactly (as `tokenizer.json` says): the `<|...|>` strings are added special tokens, matched
+  first and never split; the text between them is split by the regex
+  `{_SPLIT}` (Split, behaviour "isolated": matches and the text between them are pieces), each piece mapped to
+  byte-level characters (ByteLevel with `add_prefix_space: false`, `use_regex: false`: no space is prepended, no
+  second split), then BPE with the file's merges in rank order. No BOS token is added.
 
 ## 3. What to dump, and in which layout
 
-Write `RESULTS/<results file>` (table above) for every case you run: a safetensors file whose tensor names
-are the stage names below, in the layouts below. Any subset is fine: a stage you do not dump is reported as
-"not provided", never as a failure; a black-box port may give only `logits` or `generated_ids`. Floats may be
+Write `RESULTS/<results file>` (table above) for EVERY case of the kit: a safetensors file whose tensor names
+are the stage names below (and, optionally, the sub-stage names further down), in the layouts below. The
+checker is strict: a case without its results file fails, a `.safetensors` file in RESULTS that names no case
+fails, a tensor whose name is neither a stage nor a sub-stage fails its case (with the closest known name), and
+an unreadable file fails its own case while every other case is still checked. To check a subset on purpose,
+say so: `--case tiny_a/` or `--case tiny_a/tone/fp32,tiny_b/batch/fp32`. Within a file, any subset of stages is
+fine: a stage you do not dump is reported as "not provided", never as a failure; a black-box port may give
+only `logits` or `generated_ids` (bf16 cases keep no greedy ids: a file with only `generated_ids` passes them,
+with a note that nothing was compared). Floats may be
 fp32, fp16 or bf16 (compared as fp32); ids any integer type. W windows, B batch rows, T prompt tokens, F =
 3000 frames, Da encoder width, D decoder width, V vocabulary.
 
@@ -150,6 +180,36 @@ Notes on the stages:
 - `inputs_embeds` is the decoder's input, audio rows already written in.
 - `decoder.norm` is after the final RMSNorm; `logits` over every prompt position.
 
+### Sub-stages (optional): the operation inside a stage
+
+When a stage fails, the checker names the first wrong operation inside it. Give these tensors too where your
+port can, at full (uncropped) shape, and it does so exactly, for any bug: each operation is recomputed with the
+reference's weights from YOUR input to it, and the first one whose input is right and output wrong is named
+("decoder layer 0: the MLP's gated activation (SiLU(gate) * up): its input is right, its output is wrong").
+Without them, the checker recomputes the failing stage from your own input to the stage (the previous stage
+you dumped) under each operation's classic one-line variants (every norm's eps and formula, every activation,
+every linear's bias, the attention's scale, mask and RoPE, the residual's source, the merge order, a tied or
+untied LM head) and names the operation and the variant your port matches; a bug that is none of those is
+bracketed to the stage, with the sub-stages that would name it. Layer i of the encoder (`encoder.layers.<i>.`)
+and of the decoder (`decoder.layers.<i>.`), (W, F/2, .) and (B, T, .) like their layer:
+
+| sub-stage | what |
+|---|---|
+| `input_layernorm` | the attention's normalised input: LN1(x) (RMSNorm in the decoder) |
+| `self_attn.q_proj`, `self_attn.k_proj`, `self_attn.v_proj` | the projections, heads flattened (H * head_dim), before RoPE |
+| `self_attn.context` | softmax(q k^T / sqrt(head_dim) + mask) v with RoPE on q and k, heads flattened: o_proj's input |
+| `self_attn` | the attention's output, o_proj applied |
+| `attn_residual` | x + self_attn: the MLP half's input |
+| `post_attention_layernorm` | the MLP's normalised input |
+| `mlp.fc1` (encoder) / `mlp.gate_proj`, `mlp.up_proj` (decoder) | the activation's input(s) |
+| `mlp.act` | the activation's output: gelu(fc1) / silu(gate) * up, the last linear's input |
+| `mlp` | the MLP's output, before the residual add |
+
+Outside the layers: `mel.power` (W, 201, F), the STFT power of each window, and `mel.filtered` (W, M, F), the
+filterbank's output before the log (ports with their own front end); `conv1.conv` and `conv2.conv` (each convolution before its GELU, channels first, (W, Da, F)
+and (W, Da, F/2)); `projector.linear_1` and `projector.act` (linear_1's output and its GELU, (W, F/8, 2D)).
+kit.json -> `cases` -> `<case>` -> `known_names` lists every name a results file may hold.
+
 Per-window stages (`mel` through `projector`) may be dumped in full or already cropped: the checker keeps the
 first entries of the frame axis, as many as the case's longest valid window has at that stage's rate (mel
 frames, conv2 frames = ceil(L/2), audio tokens = floor((L+1)/8)); kit.json gives the exact count per stage
@@ -161,7 +221,9 @@ hold anything.
 Encoder: conv1 (k3, s1, p1) + exact GELU, conv2 (k3, s2, p1) + exact GELU, then pre-norm layers
 `h = x + o_proj(attn(LN1(x)))`, `y = h + fc2(gelu(fc1(LN2(h))))`, LayerNorm eps 1e-5; q, v and o have a
 bias, k has none; no attention mask; scale 1/sqrt(head_dim). RoPE (theta from `rope_parameters`) on the first
-`partial_rotary_factor` of each head's dims only, rotate-half pairing (dim j with j + R/2), positions 0..F/2-1.
+R = `head_dim * partial_rotary_factor` dims of each head only, rotate-half pairing (dim j with j + R/2),
+positions 0..F/2-1, frequencies `theta ** (-2i / R)` for i = 0..R/2-1: the exponent divides by the rotary dims R,
+not by head_dim.
 Projector: 4 frames concatenated, linear_1, GELU, linear_2. Decoder: Llama, RMSNorm computed in fp32, cast
 back, then times its weight; grouped-query attention (query head h uses kv head h // (heads / kv_heads)); full
 rotate-half RoPE; SwiGLU `down(silu(gate(x)) * up(x))`; LM head tied to the embedding when
@@ -169,17 +231,32 @@ rotate-half RoPE; SwiGLU `down(silu(gate(x)) * up(x))`; LM head tied to the embe
 
 ## 4. How to check
 
-With glm-asr installed (`pip install .` in its checkout; no transformers needed):
+Without anything but numpy (no torch, no glm-asr, no checkout of its repository), the kit's own checker:
 
-    glm-asr kit check KIT RESULTS [--json report.json] [--plot plots/]
+    python KIT/check_kit.py KIT RESULTS [--case ID[,ID...]] [--json report.json]
+
+gives every stage's status, each case's verdict and first diverging stage, and the exit code, the same as
+`glm-asr kit check` (tested on the same results, passing and failing). With glm-asr installed
+(`pip install .` in its checkout; no transformers needed):
+
+    glm-asr kit check KIT RESULTS [--case ID[,ID...]] [--json report.json] [--plot plots/]
 
 prints a table per case and stage (max abs error, max abs error / max |reference|, NMSE, 1 - min cosine,
-the tolerance, the verdict), the first diverging stage of each case in the order above and a diagnosis of it
-(and of every other failing front-end stage: `input_ids`, `input_features_mask`, `mel`).
-Exit 0: every provided stage passes; 1: a stage fails or the port said it stopped; 2: unusable input (a missing or malformed file, a case
-with no comparable tensor), with a one-line reason naming the file.
+the tolerance, the verdict), the first diverging stage of each case in the order above, a diagnosis of it (a
+known bug of the catalogue below, or where the error lies) and the operation inside it that first departs
+(section 3, Sub-stages); and a diagnosis of every other failing front-end stage (`input_ids`,
+`input_features_mask`, `mel`). Exit 0: every case passes; 1: a case fails (a stage out of tolerance, the port
+said it stopped, a missing or unreadable results file, an unknown file or tensor name); 2: the kit or the
+arguments cannot be used (an altered kit, no RESULTS folder, a `--case` that matches nothing), one line naming
+the file.
 
-Without it, the metrics are simple to compute (a = yours, b = expected, in float64):
+"Chained" and "isolated": a port runs end to end, so every stage it gives was computed from its own previous
+stage, and rounding differences accumulate through the layers: the kit's verdicts use the **chained**
+tolerances below. **Isolated** tolerances (one stage or operation fed the reference's, or here the port's own,
+input, so only its own rounding counts; fp32: max_rel <= 5e-6, nmse <= 1e-11, 1 - cos <= 1e-9) are what
+the operation-level localisation compares with; they decide no verdict.
+
+The metrics (a = yours, b = expected, in float64):
 non-finite values must match the reference's exactly; then `max_abs = max |a - b|`,
 `max_rel = max_abs / max |b|`, `nmse = sum (a - b)^2 / sum b^2`, `min_cos` the minimum over rows (vectors
 along the stage's `feature_axis` in kit.json) of the cosine similarity (rows that are zero in both count as 1).
@@ -190,6 +267,16 @@ A stage passes when every limit of its tolerance holds:
 {tol_rows}
 
 Ids and masks compare exactly: {kit['exact']['reason']}.
+
+## The catalogue of known porting bugs
+
+When the first diverging stage equals the reference's under one of these (recomputed with the bug, fed the
+reference's input to the bug's first stage), the diagnosis names it. "Shown by" is the case the kit's own
+tests run it on; "visible" says which cases can see it at all.
+
+| bug | first stage | the stage equals the reference with ... | shown by | visible |
+|---|---|---|---|---|
+{bug_rows}
 
 ## 5. A port's loop, in outline
 
