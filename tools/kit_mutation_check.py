@@ -47,7 +47,7 @@ NEW_BUGS: dict[str, tuple[Mutation, str, str, str]] = {
     "encoder_q_bias_dropped": (Mutation("glm_asr/model/encoder.py", "q = self.q_proj(x).view(",
                                         "q = F.linear(x, self.q_proj.weight).view(", "the encoder's q_proj bias left out"),
                                "tiny_b/speech_like/fp32", "encoder.layers.0", "the query projection (q_proj) computed with no bias"),  # q_proj not called: no sub-stage
-    "encoder_causal_mask": (Mutation("glm_asr/model/encoder.py", "out = attention(q, k, v)",
+    "encoder_causal_mask": (Mutation("glm_asr/model/encoder.py", "out = self.attention(q, k, v)",
                                      "out = F.scaled_dot_product_attention(q, k, v, is_causal=True)", "a causal mask in the encoder"),
                             "tiny_b/speech_like/fp32", "encoder.layers.0", "the attention itself"),
     "decoder_residual_from_norm": (Mutation("glm_asr/model/decoder.py", "h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, offset)",

@@ -168,14 +168,14 @@ MUTATIONS: dict[str, Mutation] = {
     ),
     "encoder_attention_scale": Mutation(
         "glm_asr/model/encoder.py",
-        "out = attention(q, k, v)",
-        "out = attention(q / self.head_dim ** 0.5, k, v)",
+        "out = self.attention(q, k, v)",
+        "out = self.attention(q / self.head_dim ** 0.5, k, v)",
         "encoder softmax scale 1/head_dim instead of 1/sqrt(head_dim)",
     ),
     "decoder_attention_scale": Mutation(
         "glm_asr/model/decoder.py",
-        "out = attention(q, k, v, mask)",
-        "out = attention(q / self.head_dim ** 0.5, k, v, mask)",
+        "out = self.attention(q, k, v, mask)",
+        "out = self.attention(q / self.head_dim ** 0.5, k, v, mask)",
         "decoder softmax scale 1/head_dim instead of 1/sqrt(head_dim)",
     ),
 }

@@ -128,8 +128,18 @@ def _decoder_mlp(gated: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) ->
     return patch
 
 
-def _scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    return _ATTENTION(q / q.shape[-1] ** 0.5, k, v, mask)  # SDPA divides by sqrt(Dh) again: 1/Dh in all
+def _scaled_attention(layers: Callable[[GlmAsrModel], torch.nn.ModuleList]) -> Callable[[GlmAsrModel], contextlib.AbstractContextManager]:
+    """Each attention of one tower with q divided by sqrt(Dh) first: SDPA divides again, 1/Dh in all."""
+
+    def patch(model: GlmAsrModel) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        for layer in layers(model):
+            attention = layer.self_attn.attention
+            scaled = lambda q, k, v, mask=None, real=attention.forward: real(q / q.shape[-1] ** 0.5, k, v, mask)  # noqa: E731
+            stack.enter_context(mock.patch.object(attention, "forward", scaled))
+        return stack
+
+    return patch
 
 
 def _rms_norms(model: GlmAsrModel) -> list:
@@ -312,9 +322,9 @@ BUGS.update({
                              lambda m: _set(_rms_norms(m), "eps", 1e-6),
                              visible="tiny_a only (rms_norm_eps 1e-5, small activations); tiny_b's config has 1e-6"),
     "encoder_attention_scale": Bug("encoder.layers.", "softmax scale 1/head_dim instead of 1/sqrt(head_dim) in the encoder attention",
-                                   lambda m: mock.patch.object(glm_asr.model.encoder, "attention", _scaled_attention)),
+                                   _scaled_attention(lambda m: m.audio_tower.layers)),
     "decoder_attention_scale": Bug("decoder.layers.", "softmax scale 1/head_dim instead of 1/sqrt(head_dim) in the decoder attention",
-                                   lambda m: mock.patch.object(glm_asr.model.decoder, "attention", _scaled_attention)),
+                                   _scaled_attention(lambda m: m.language_model.model.layers)),
 })
 # Not here: a bias on the encoder's k_proj (conformance/harness/mutations.py `k_bias`). The checkpoint has none, so a
 # port with one either fails to load it or adds zeros, which change nothing; there is no tensor to compare.
