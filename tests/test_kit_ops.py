@@ -17,6 +17,9 @@ from conformance.kit.bugs import BUGS
 from conformance.kit.ops import sub_stage_names
 from tests.test_kit import kit_dir, ours_port  # noqa: F401  (kit_dir: the shared exported kit)
 
+_ATTENTION = glm_asr.model.encoder.attention
+
+
 @contextlib.contextmanager
 def _zero(param: torch.nn.Parameter):
     saved = param.detach().clone()
@@ -28,11 +31,13 @@ def _zero(param: torch.nn.Parameter):
         with torch.no_grad():
             param.copy_(saved)
 
+
 def _each(modules, attr, make):
     stack = contextlib.ExitStack()
     for m in modules:
         stack.enter_context(mock.patch.object(m, attr, make(m)))
     return stack
+
 
 def _rope_exponent_over_head_dim(model):
     tower = model.audio_tower
@@ -45,6 +50,7 @@ def _rope_exponent_over_head_dim(model):
 
     return mock.patch.object(tower, "rope", rope)
 
+
 def _residual_from_norm(model):
     def forward(layer):
         def f(x, cos, sin, mask, cache, offset):
@@ -55,13 +61,11 @@ def _residual_from_norm(model):
 
     return _each(model.language_model.model.layers, "forward", forward)
 
-def _causal_encoder(model):
-    return _each([layer.self_attn.attention for layer in model.audio_tower.layers], "forward",
-                 lambda attention: lambda q, k, v, mask=None: F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 def _v_scaled(model):  # no variant the kit knows: only the sub-stages can name it
     return _each([layer.self_attn.v_proj for layer in model.language_model.model.layers], "forward",
                  lambda lin: lambda x: F.linear(x, lin.weight) * 1.01)
+
 
 # name -> (case, patch, first failing stage, the operation's words, the variant's words or None)
 NEW_BUGS = {
@@ -72,7 +76,7 @@ NEW_BUGS = {
     "encoder_q_bias_dropped": ("tiny_b/speech_like/fp32", lambda m: _zero(m.audio_tower.layers[0].self_attn.q_proj.bias),
                                "encoder.layers.0", "the query projection (q_proj)", "no bias"),
     "encoder_causal_mask": ("tiny_b/speech_like/fp32",
-                            _causal_encoder,
+                            lambda m: mock.patch.object(glm_asr.model.encoder, "attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
                             "encoder.layers.0", "the attention itself", "a causal mask"),
     "rope_exponent_over_head_dim": ("tiny_b/speech_like/fp32", _rope_exponent_over_head_dim, "encoder.layers.0", "the attention itself",
                                     "frequency exponent over head_dim"),
@@ -84,6 +88,7 @@ NEW_BUGS = {
     "decoder_v_scaled": ("tiny_a/speech_like/fp32", _v_scaled, "decoder.layers.0", "the value projection (v_proj)", None),
 }
 
+
 def run_new_bug(kit_dir, name, sub_stages):  # noqa: F811
     case_id, patch, *_ = NEW_BUGS[name]
     made = kit.load_kit(kit_dir, verify=False)
@@ -93,8 +98,10 @@ def run_new_bug(kit_dir, name, sub_stages):  # noqa: F811
         tensors = ours_port.run_case(model, kit_dir, case, made["generate"]["max_new_tokens"], False, sub_stages)
     return kit_check.check_case(kit_dir, case_id, case, tensors)
 
+
 def test_the_new_bugs_are_not_in_the_catalogue():
     assert not set(NEW_BUGS) & set(BUGS)
+
 
 @pytest.mark.parametrize("name", sorted(NEW_BUGS))
 def test_a_bug_outside_the_catalogue_is_located_from_the_sub_stages(kit_dir, name):  # noqa: F811
@@ -106,6 +113,7 @@ def test_a_bug_outside_the_catalogue_is_located_from_the_sub_stages(kit_dir, nam
     if variant:
         assert f"it equals the reference with {variant}" in result.operation or variant in result.operation, result.operation
 
+
 @pytest.mark.parametrize("name", ["rope_exponent_over_head_dim", "decoder_residual_from_norm", "decoder_v_scaled"])
 def test_from_the_stage_outputs_alone_a_known_variant_is_named_and_anything_else_is_bracketed(kit_dir, name):  # noqa: F811
     _, _, stage, op, variant = NEW_BUGS[name]
@@ -116,6 +124,7 @@ def test_from_the_stage_outputs_alone_a_known_variant_is_named_and_anything_else
     else:
         assert "no one-op variant the kit knows matches" in result.operation
         assert f"give the sub-stage tensors {stage}.input_layernorm .. {stage}.mlp" in result.operation
+
 
 def test_sub_stage_names_are_what_our_port_gives(kit_dir):  # noqa: F811
     made = kit.load_kit(kit_dir, verify=False)
