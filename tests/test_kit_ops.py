@@ -17,9 +17,6 @@ from conformance.kit.bugs import BUGS
 from conformance.kit.ops import sub_stage_names
 from tests.test_kit import kit_dir, ours_port  # noqa: F401  (kit_dir: the shared exported kit)
 
-_ATTENTION = glm_asr.model.encoder.attention
-
-
 @contextlib.contextmanager
 def _zero(param: torch.nn.Parameter):
     saved = param.detach().clone()
@@ -62,6 +59,11 @@ def _residual_from_norm(model):
     return _each(model.language_model.model.layers, "forward", forward)
 
 
+def _causal_encoder(model):
+    return _each([layer.self_attn.attention for layer in model.audio_tower.layers], "forward",
+                 lambda attention: lambda q, k, v, mask=None: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
 def _v_scaled(model):  # no variant the kit knows: only the sub-stages can name it
     return _each([layer.self_attn.v_proj for layer in model.language_model.model.layers], "forward",
                  lambda lin: lambda x: F.linear(x, lin.weight) * 1.01)
@@ -76,7 +78,7 @@ NEW_BUGS = {
     "encoder_q_bias_dropped": ("tiny_b/speech_like/fp32", lambda m: _zero(m.audio_tower.layers[0].self_attn.q_proj.bias),
                                "encoder.layers.0", "the query projection (q_proj)", "no bias"),
     "encoder_causal_mask": ("tiny_b/speech_like/fp32",
-                            lambda m: mock.patch.object(glm_asr.model.encoder, "attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)),
+                            _causal_encoder,
                             "encoder.layers.0", "the attention itself", "a causal mask"),
     "rope_exponent_over_head_dim": ("tiny_b/speech_like/fp32", _rope_exponent_over_head_dim, "encoder.layers.0", "the attention itself",
                                     "frequency exponent over head_dim"),
