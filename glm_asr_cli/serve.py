@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 MODEL_OPTIONS_HELP = "the same model options as `glm-asr transcribe`"
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         except ImportError as e:
             raise RuntimeError(str(e)) from e
         return 0
+    if args.model is None and args.backend == "torch":
+        print(f"glm-asr serve: no --model: serving random weights (--random {args.random}) and a synthetic tokenizer, so the "
+              "transcripts are meaningless; pass --model DIR, a folder with the released files", file=sys.stderr)
     model, processor = _load(args)
     service = Service(model, processor, limits=limits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       model_names=names)
