@@ -65,9 +65,6 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per row, {bits}-bit activations, {self.engine}"
 
 
-PREFILL_ROWS = 16  # Int4Linear: from this many rows on, dequantise and run a GEMM instead of the int4 kernel
-
-
 class Int4Linear(nn.Module):
     """An nn.Linear with 4-bit weights and no activation quantisation (weight-only, as gpt-fast does on CPUs).
 
@@ -91,27 +88,12 @@ class Int4Linear(nn.Module):
         q = ((groups - low) / scale).round().clamp(0, 15).to(torch.int32).reshape(N + n_pad, -1)
         zero = low + 8 * scale  # the kernel's form: w = (q - 8) * scale + zero
         # Plain attributes, not buffers: `model.float()` after quantisation must not widen the bf16 scales.
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (N, K / 2) uint8, the kernel's own layout
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)  # (N, K / 2) uint8
         self.scales_and_zeros = torch.stack([scale[..., 0].t(), zero[..., 0].t()], dim=-1).to(torch.bfloat16).contiguous()  # (K / group, N, 2)
-        # The kernel reads weights once per row: fine for a decode step, 7x slower than int8 for a 400-row prefill.
-        # Prompts are multiplied by the weights dequantised for the call instead, from a second copy of the
-        # nibbles in a plain layout (low nibble = even input channel): half a byte more per weight, read only there.
-        self.nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)  # (N, K / 2)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
         self.in_features, self.out_features, self.k_pad = K, N, k_pad
 
-    def dequantised(self) -> torch.Tensor:
-        """The (N, K) fp32 weights the 4-bit codes stand for (padding dropped)."""
-        q = torch.stack([self.nibbles & 15, self.nibbles >> 4], dim=-1).reshape(self.nibbles.shape[0], -1)  # (N, K)
-        groups = q.float().reshape(q.shape[0], -1, self.group_size)
-        scale, zero = (self.scales_and_zeros[..., i].float().t()[..., None] for i in (0, 1))  # (N, K / group, 1)
-        w = ((groups - 8) * scale + zero).reshape(q.shape[0], -1)
-        return w[: self.out_features, : self.in_features]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // self.in_features >= PREFILL_ROWS:
-            y = nn.functional.linear(x.to(torch.bfloat16).float(), self.dequantised())  # bf16 activations, as the kernel's
-            return (y if self.bias is None else y + self.bias).to(x.dtype)
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.k_pad:
             rows = nn.functional.pad(rows, (0, self.k_pad))
