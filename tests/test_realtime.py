@@ -329,3 +329,20 @@ def test_disconnect_mid_utterance_leaves_the_server_well(server):
         stream(ws, np.concatenate([np.zeros(SR, np.float32), en[: 3 * SR]]))
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         assert until(ws, COMPLETED)[-1]["transcript"] is not None
+
+
+@needs_audio
+def test_partials_arrive_before_the_final_text(server):
+    url, _ = server
+    en = load_audio(AUDIO / "example_en.wav")
+    with ws_client.connect(url) as ws:
+        receive(ws)
+        for i in range(0, 8 * SR, SR // 4):  # 8 s at 2.5x real time: partial passes run while it speaks
+            stream(ws, en[i : i + SR // 4], frame=SR // 4)
+            time.sleep(0.1)
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        events = until(ws, COMPLETED)
+    deltas = [e for e in events if e["type"] == "conversation.item.input_audio_transcription.delta"]
+    item = events[-1]["item_id"]
+    assert deltas and {d["item_id"] for d in deltas} == {item}
+    assert "".join(d["delta"] for d in deltas).strip()
