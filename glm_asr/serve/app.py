@@ -241,6 +241,7 @@ async def metrics(request: Request) -> Response:
     text = service.metrics.render({
         "glm_asr_queue_depth": ("Units of work (30 s windows) waiting for a batch.", scheduler.queued_units),
         "glm_asr_requests_in_flight": ("Requests accepted and not yet answered.", scheduler.in_flight),
+        "glm_asr_realtime_streams": ("Live WebSocket streams open.", lambda: service.realtime.open),
     })
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

@@ -226,6 +226,10 @@ class Session:
             return
         assert isinstance(value, Utterance) and self.item is not None
         item, self.item = self.item, None
+        if self.partial_job is not None:  # its text would come too late to show: the final pass goes first
+            self.service.scheduler.cancel(self.partial_job)
+            self.partial_job.resolve(ApiError(499, "the utterance ended", code="superseded"))
+            self.partial_job = None
         await self.send({"type": "input_audio_buffer.speech_stopped", "item_id": item, "audio_end_ms": _ms(value.end)})
         await self.send({"type": "input_audio_buffer.committed", "item_id": item, "audio_end_ms": _ms(value.end)})
         self._spawn(self._final(item, value))
@@ -270,7 +274,8 @@ class Session:
         except ApiError:
             return
         finally:
-            self.partial_job = None
+            if self.partial_job is job:
+                self.partial_job = None
             self.jobs.discard(job)
         delta = agreement.insert(result.text)
         if delta and item == self.item:
