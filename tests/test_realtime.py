@@ -74,6 +74,9 @@ def test_local_agreement_never_takes_back_a_committed_word():
     assert la.insert("a b q") == ""
     assert la.insert("a b q r") == " q"
     assert la.text == "a b q"
+    la.insert("a c d e")
+    assert la.insert("a c d e f") == ""  # agreed past what is shown, but not on what is shown: nothing
+    assert la.text == "a b q"
 
 
 def test_local_agreement_in_chinese_grows_by_character():
@@ -155,6 +158,14 @@ def test_segmenter_cuts_past_30_s_in_the_second_half():
     first, second = stops
     assert 15 * SR <= first.end - first.start <= 30 * SR
     assert second.start == first.end and second.end - second.start <= 30 * SR
+
+
+@needs_audio
+def test_a_burst_shorter_than_min_speech_is_no_utterance():
+    en = load_audio(AUDIO / "example_en.wav")
+    burst = np.concatenate([np.zeros(SR, np.float32), en[2 * SR : 2 * SR + SR // 5], np.zeros(2 * SR, np.float32)])
+    assert segment(burst) == []  # 200 ms of speech: below min_speech_ms (250)
+    assert [n for n, _ in segment(burst, TurnOptions(min_speech_ms=0))] == ["started", "stopped"]
 
 
 def test_segmenter_silence_and_noise_give_nothing():

@@ -70,15 +70,20 @@ def start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
     return proc, line.split()[4].replace("http://", "ws://") + "/v1/realtime"
 
 
-def level(url: str, audio: np.ndarray, ends: dict[int, float], rounds_of: list[int], streams: int, stagger: float) -> list[tuple[int, float]]:
-    """(round, latency s) of every utterance answered, over `streams` streams at once."""
+def level(url: str, audio: np.ndarray, ends: dict[int, float], rounds_of: list[int], streams: int,
+          stagger: float) -> tuple[list[tuple[int, float]], list[str]]:
+    """(round, latency s) of every utterance answered, and the error codes, over `streams` streams at once."""
     out: list[tuple[int, float]] = []
+    errors: list[str] = []
     lock = threading.Lock()
 
     def one(i: int) -> None:
         time.sleep(i * stagger)
         run = stream(url, audio, speed=1.0)
         for at, event in run.events:
+            if event["type"] == "error":
+                with lock:
+                    errors.append(event["error"]["code"])
             if event["type"] != "conversation.item.input_audio_transcription.completed":
                 continue
             speech_end = ends[event["audio_end_ms"]]
@@ -90,7 +95,7 @@ def level(url: str, audio: np.ndarray, ends: dict[int, float], rounds_of: list[i
         t.start()
     for t in threads:
         t.join()
-    return out
+    return out, errors
 
 
 def breakdown(model_args: list[str], clip: np.ndarray, tokens: int) -> dict[str, float]:
@@ -151,19 +156,19 @@ def main() -> int:
     proc, url = start_server(server_args)
     print(f"server {' '.join(server_args)}; each stream {audio.shape[0] / SR:.1f} s at real-time pace, "
           f"{len(ends)} utterances; latency = final text - end of speech")
-    print("| streams | utterances | p50 s | p90 s | max s | first round p50 | last round p50 | keeps up |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| streams | answered | errors | p50 s | p90 s | max s | first round p50 | last round p50 | keeps up |")
+    print("|---|---|---|---|---|---|---|---|---|")
     try:
         for n in args.streams:
-            got = level(url, audio, ends, rounds_of, n, args.stagger)
+            got, errors = level(url, audio, ends, rounds_of, n, args.stagger)
             lat = sorted(x for _, x in got)
             first = [x for r, x in got if r == 0]
             last = [x for r, x in got if r == args.rounds - 1]
             if not lat:
-                print(f"| {n} | 0 | | | | | | no answer |")
+                print(f"| {n} | 0 | {len(errors)} | | | | | | no answer |")
                 continue
-            keeps = bool(first and last) and statistics.median(last) <= statistics.median(first) + 1.0
-            print(f"| {n} | {len(lat)}/{n * len(ends)} | {quantile(lat, 0.5):.2f} | {quantile(lat, 0.9):.2f} | {lat[-1]:.2f} | "
+            keeps = not errors and bool(first and last) and statistics.median(last) <= statistics.median(first) + 1.0
+            print(f"| {n} | {len(lat)}/{n * len(ends)} | {', '.join(f'{errors.count(c)} {c}' for c in sorted(set(errors))) or 0} | {quantile(lat, 0.5):.2f} | {quantile(lat, 0.9):.2f} | {lat[-1]:.2f} | "
                   f"{statistics.median(first) if first else float('nan'):.2f} | {statistics.median(last) if last else float('nan'):.2f} | "
                   f"{'yes' if keeps else 'no'} |", flush=True)
     finally:
