@@ -168,6 +168,8 @@ class Session:
             try:
                 message = await asyncio.wait_for(self.ws.receive(), idle)
             except asyncio.TimeoutError:
+                if any(not job.done.done() for job in self.jobs):
+                    continue  # the client waits for a text still being decoded: it is not idle
                 await self.send(_error("idle_timeout", f"nothing received for {idle:g} s: the stream is closed; reconnect to go on"))
                 await self.ws.close(1000)
                 return
