@@ -361,3 +361,15 @@ def test_partials_arrive_before_the_final_text(server):
     item = events[-1]["item_id"]
     assert deltas and {d["item_id"] for d in deltas} == {item}
     assert "".join(d["delta"] for d in deltas).strip()
+
+
+def test_the_page_and_its_files_are_served(server):
+    base = server[0].replace("ws://", "http://").replace("/v1/realtime", "")
+    page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/static/app.js">' in page.text
+    script = httpx.get(f"{base}/static/app.js")
+    assert script.status_code == 200 and "/v1/realtime" in script.text and "input_audio_buffer.commit" in script.text
+    assert httpx.get(f"{base}/static/style.css").status_code == 200
+    for name in ("index.py", "..%2Fapp.py", "%2E%2E%2Frealtime.py"):
+        assert httpx.get(f"{base}/static/{name}").status_code == 404
