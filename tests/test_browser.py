@@ -85,7 +85,7 @@ def test_the_page_transcribes_the_microphone(server, browser):
         return any(el.text.strip() and "partial" not in el.get_attribute("class")
                    for el in d.find_elements(By.CSS_SELECTOR, "#utterances li .text"))
 
-    WebDriverWait(browser, 90).until(done)
+    WebDriverWait(browser, 60).until(done)
     items = browser.find_elements(By.CSS_SELECTOR, "#utterances li")
     assert items[0].get_attribute("data-item").startswith("item_")
     assert items[0].find_element(By.CSS_SELECTOR, ".time").text.endswith(" s")

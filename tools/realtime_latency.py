@@ -167,10 +167,10 @@ def main() -> int:
             if not lat:
                 print(f"| {n} | 0 | {len(errors)} | | | | | | no answer |")
                 continue
-            keeps = not errors and bool(first and last) and statistics.median(last) <= statistics.median(first) + 1.0
+            keeps = not errors and args.rounds > 1 and bool(first and last) and statistics.median(last) <= statistics.median(first) + 1.0
             print(f"| {n} | {len(lat)}/{n * len(ends)} | {', '.join(f'{errors.count(c)} {c}' for c in sorted(set(errors))) or 0} | {quantile(lat, 0.5):.2f} | {quantile(lat, 0.9):.2f} | {lat[-1]:.2f} | "
                   f"{statistics.median(first) if first else float('nan'):.2f} | {statistics.median(last) if last else float('nan'):.2f} | "
-                  f"{'yes' if keeps else 'no'} |", flush=True)
+                  f"{'yes' if keeps else 'no' if args.rounds > 1 else 'one round: cannot tell'} |", flush=True)
     finally:
         proc.terminate()
         proc.wait(60)
