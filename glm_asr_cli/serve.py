@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str], formatte
     sv.add_argument("--max-queue", type=int, default=64, help="requests in progress at most; past it a 503 that says when to retry")
     sv.add_argument("--decode-timeout", type=float, default=30.0, help="seconds to decode one upload at most (400 past it)")
     sv.add_argument("--drain-seconds", type=float, default=300.0, help="on SIGTERM, how long requests in flight may take to finish")
+    sv.add_argument("--max-streams", type=int, default=8, help="live WebSocket streams (/v1/realtime) open at once; past it a refusal")
+    sv.add_argument("--stream-idle-seconds", type=float, default=60.0, help="a live stream that sends nothing this long is closed")
+    sv.add_argument("--partials", default="auto", choices=["auto", "on", "off"],
+                    help="live partial text (local agreement); auto: on when one pass costs less than the audio it covers")
+    sv.add_argument("--silence-ms", type=int, default=500, help="the pause that ends a live utterance")
     sv.add_argument("--ray-replicas", type=int, default=None, metavar="N",
                     help="serve with N replicas on Ray Serve (glm-asr[ray-serve]), each holding one model; torch backend only")
     sv.add_argument("--ray-address", default=None, help="with --ray-replicas: a running cluster's address (default: a local Ray)")
@@ -64,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
         raise RuntimeError(str(e)) from e
     from glm_asr.serve.app import MODEL_NAME, Service
     from glm_asr.serve.limits import Limits
+    from glm_asr.serve.realtime import RealtimeOptions
     from glm_asr.serve.server import serve
+    from glm_asr.serve.utterances import TurnOptions
 
-    for flag in ("max_upload_mb", "max_audio_seconds", "max_queue", "decode_timeout", "drain_seconds", "batch_size", "max_new_tokens"):
+    for flag in ("max_upload_mb", "max_audio_seconds", "max_queue", "decode_timeout", "drain_seconds", "batch_size", "max_new_tokens",
+                 "max_streams", "stream_idle_seconds", "silence_ms"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive value")
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
@@ -89,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"glm-asr serve: no --model: serving random weights (--random {args.random}) and a synthetic tokenizer, so the "
               "transcripts are meaningless; pass --model DIR, a folder with the released files", file=sys.stderr)
     model, processor = _load(args)
+    realtime = RealtimeOptions(max_streams=args.max_streams, idle_seconds=args.stream_idle_seconds, partials=args.partials,
+                               turn=TurnOptions(silence_duration_ms=args.silence_ms))
     service = Service(model, processor, limits=limits, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                      model_names=names)
+                      model_names=names, realtime=realtime)
     serve(service, args.host, args.port, drain_seconds=args.drain_seconds)
     return 0

@@ -22,8 +22,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive
 
 from glm_asr.corpus.batching import FileResult
@@ -32,11 +32,15 @@ from glm_asr.onnx.backend import OnnxModel
 from glm_asr.serve import fields, formats, uploads
 from glm_asr.serve.limits import ApiError, Limits
 from glm_asr.serve.metrics import Metrics
+from glm_asr.serve.realtime import Realtime, RealtimeOptions
+from glm_asr.serve.realtime import endpoint as realtime_endpoint
 from glm_asr.serve.scheduler import Job, Scheduler
 from glm_asr.transcription.presets import demo_clip
 from glm_asr.transcription.processor import Processor
 
 MODEL_NAME = "glm-asr-nano-2512"
+STATIC = Path(__file__).parent / "static"
+PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields, on top of the file itself
 OUTCOME = {400: "bad_request", 404: "not_found", 405: "not_found", 413: "too_large", 429: "overloaded", 503: "overloaded"}
 
@@ -49,8 +53,10 @@ class Service:
     """What the routes share: the model's scheduler, the limits, the metrics, and whether the server drains."""
 
     def __init__(self, model: GlmAsrModel | OnnxModel, processor: Processor, *, limits: Limits = Limits(), batch_size: int = 8,
-                 max_new_tokens: int | None = None, model_names: tuple[str, ...] = (MODEL_NAME,), decode_workers: int = 2) -> None:
+                 max_new_tokens: int | None = None, model_names: tuple[str, ...] = (MODEL_NAME,), decode_workers: int = 2,
+                 realtime: RealtimeOptions = RealtimeOptions()) -> None:
         self.processor, self.limits, self.model_names = processor, limits, model_names
+        self.realtime = Realtime(realtime)
         self.metrics = Metrics()
         self.scheduler = Scheduler(model, processor, self.metrics, limits, batch_size=batch_size, max_new_tokens=max_new_tokens)
         self.decoding = asyncio.Semaphore(decode_workers)  # uploads decoded at once: bounds ffmpeg's CPU and memory
@@ -63,6 +69,7 @@ class Service:
         job = Job("warm-up", demo_clip(1.0), asyncio.get_running_loop(), self.processor)
         self.scheduler.submit(job)
         await job.done
+        await self.realtime.choose_mode(self.scheduler, self.processor)  # partials or final-only, for every stream
         self.ready = True
 
     def stop(self) -> None:
@@ -234,8 +241,21 @@ async def metrics(request: Request) -> Response:
     text = service.metrics.render({
         "glm_asr_queue_depth": ("Units of work (30 s windows) waiting for a batch.", scheduler.queued_units),
         "glm_asr_requests_in_flight": ("Requests accepted and not yet answered.", scheduler.in_flight),
+        "glm_asr_realtime_streams": ("Live WebSocket streams open.", lambda: service.realtime.open),
     })
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+async def page(request: Request) -> Response:
+    """The page that streams the microphone to /v1/realtime and posts dropped files (static/, no build step)."""
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+async def page_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in PAGE_FILES:  # a fixed list: no path from the client reaches the file system
+        raise HTTPException(404, "no such file")
+    return FileResponse(STATIC / name, media_type=PAGE_FILES[name])
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -261,6 +281,9 @@ def create_app(service: Service) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        WebSocketRoute("/v1/realtime", realtime_endpoint),
+        Route("/", page, methods=["GET"]),
+        Route("/static/{name}", page_file, methods=["GET"]),
     ], exception_handlers={HTTPException: _http_error, Exception: _unexpected}, lifespan=lifespan)
     app.state.service = service
     return app

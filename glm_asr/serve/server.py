@@ -60,7 +60,8 @@ def serve(service: Service, host: str, port: int, *, drain_seconds: float = 300.
     address = sock.getsockname()
 
     def ready() -> None:
-        print(f"glm-asr serve: ready on http://{host}:{address[1]} (POST /v1/audio/transcriptions)", flush=True)
+        print(f"glm-asr serve: ready on http://{host}:{address[1]} (POST /v1/audio/transcriptions; live: the page at /, "
+              f"ws://{host}:{address[1]}/v1/realtime, {service.realtime.reason})", flush=True)
 
     try:  # after a signal, uvicorn raises it again once drained: the exit status says what stopped the server
         make_server(service, drain_seconds=drain_seconds, on_ready=ready).run(sockets=[sock])
