@@ -8,8 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,7 +89,7 @@ def test_the_readmes_python_examples_run_as_written(tmp_path, monkeypatch):
     assert len(blocks) >= 2
     for block in blocks:
         if "127.0.0.1:8000" in block:  # the service example: against a live server, on a port the kernel picked
-            with live_server(folder) as port:
+            with served(folder) as port:
                 block = block.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
                 exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
         else:
@@ -99,25 +97,12 @@ def test_the_readmes_python_examples_run_as_written(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def live_server(model_dir: Path) -> Iterator[int]:
+def served(model_dir: Path) -> Iterator[int]:
     pytest.importorskip("openai")
     pytest.importorskip("uvicorn")
     from glm_asr import load_model_and_processor
     from glm_asr.serve.app import Service
-    from glm_asr.serve.server import bind, make_server
+    from tests.live_server import live_server
 
-    model, processor = load_model_and_processor(model_dir)
-    sock = bind("127.0.0.1", 0)
-    server = make_server(Service(model, processor))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with live_server(Service(*load_model_and_processor(model_dir))) as port:
+        yield port

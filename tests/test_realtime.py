@@ -9,7 +9,6 @@ import base64
 import importlib.util
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from glm_asr.serve.agreement import LocalAgreement, common_prefix, words  # noqa
 from glm_asr.serve.app import Service  # noqa: E402
 from glm_asr.serve.limits import Limits  # noqa: E402
 from glm_asr.serve.realtime import Realtime, RealtimeOptions, pcm16  # noqa: E402
-from glm_asr.serve.server import bind, make_server  # noqa: E402
+from tests.live_server import live_server  # noqa: E402
 from glm_asr.serve.utterances import Segmenter, TurnOptions  # noqa: E402
 from glm_asr.transcription.transcribe import transcribe  # noqa: E402
 from tests.conftest import SHARED_AUDIO  # noqa: E402
@@ -199,19 +198,8 @@ def server(small):  # noqa: ANN201
     options = RealtimeOptions(max_streams=2, idle_seconds=1.5, partials="on", partial_step_s=1.0)
     service = Service(model, processor, limits=Limits(max_queue=8), batch_size=4, max_new_tokens=MAX_NEW_TOKENS,
                       realtime=options)
-    sock = bind("127.0.0.1", 0)
-    uv = make_server(service)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"ws://127.0.0.1:{sock.getsockname()[1]}/v1/realtime", service
-    uv.should_exit = True
-    thread.join(30)
-    sock.close()
-    assert not thread.is_alive()
+    with live_server(service) as port:
+        yield f"ws://127.0.0.1:{port}/v1/realtime", service
 
 
 def receive(ws, timeout: float = 30.0) -> dict:  # noqa: ANN001

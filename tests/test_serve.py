@@ -31,7 +31,7 @@ from glm_asr.serve.app import MODEL_NAME, Service  # noqa: E402
 from glm_asr.serve.limits import Limits  # noqa: E402
 from glm_asr.serve.scheduler import Job, Scheduler  # noqa: E402
 from glm_asr.serve.metrics import Metrics  # noqa: E402
-from glm_asr.serve.server import bind, make_server  # noqa: E402
+from tests.live_server import live_server  # noqa: E402
 from glm_asr.transcription.presets import demo_clip  # noqa: E402
 
 MAX_NEW_TOKENS = 6
@@ -63,19 +63,8 @@ def server(small):  # noqa: ANN201
     """The app on uvicorn in a thread of this process, on a port the kernel picked; stopped at the end."""
     model, processor = small
     service = Service(model, processor, limits=LIMITS, batch_size=4, max_new_tokens=MAX_NEW_TOKENS)
-    sock = bind("127.0.0.1", 0)
-    uv = make_server(service)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not uv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", service
-    uv.should_exit = True
-    thread.join(30)
-    sock.close()
-    assert not thread.is_alive()
+    with live_server(service) as port:
+        yield f"http://127.0.0.1:{port}", service
 
 
 @pytest.fixture
