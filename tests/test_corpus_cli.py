@@ -131,14 +131,14 @@ def test_each_clip_keeps_its_own_budget_in_a_batch(tiny, mixed):
 
 def test_decoding_that_reaches_the_budget_says_so(tiny, tiny_dir, tmp_path, capsys):
     from glm_asr.transcription.generate import greedy_generate
-    from glm_asr.transcription.transcribe import decode_batch
+    from glm_asr.transcription.transcribe import transcribe_batch
 
     model, processor = tiny
     clip = demo_clip(1.0, seed=3)
     batch = processor([clip])
     first = int(greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask, max_new_tokens=1)[0, 0])
-    (cut,) = decode_batch(model, processor, [clip], 1, eos_token_id=(first + 1,))
-    (ended,) = decode_batch(model, processor, [clip], 3, eos_token_id=(first,))
+    (cut,) = transcribe_batch(model, processor, [clip], 1, eos_token_id=(first + 1,))
+    (ended,) = transcribe_batch(model, processor, [clip], 3, eos_token_id=(first,))
     assert cut.truncated and not ended.truncated
     (detailed,) = transcribe_detailed(model, processor, clip, max_new_tokens=1)
     assert detailed.truncated and detailed.segments[0].truncated

@@ -28,7 +28,7 @@ from glm_asr.longform.vad import VadOptions, model_path
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
 from glm_asr.transcription.processor import MAX_WINDOWS, Processor
-from glm_asr.transcription.transcribe import Decoded, Segment, _join, decode_batch
+from glm_asr.transcription.transcribe import Decoded, Segment, _join, transcribe_batch
 
 
 @dataclass
@@ -157,7 +157,7 @@ def run_batch(model: GlmAsrModel | OnnxModel, processor: Processor, batch: list[
     """Decodes the units together, greedily, each within its token budget; sets each one's `decoded` and adds
     its share of the time."""
     started = time.perf_counter()
-    decoded = decode_batch(model, processor, [u.samples for u in batch], max_new_tokens, eos_token_id=eos_token_id,
+    decoded = transcribe_batch(model, processor, [u.samples for u in batch], max_new_tokens, eos_token_id=eos_token_id,
                            stop_on_repeat=stop_on_repeat, on_token=[u.on_token for u in batch])
     wall = time.perf_counter() - started
     total = sum(u.samples.shape[0] for u in batch) or 1

@@ -15,7 +15,7 @@ import scipy.io.wavfile
 import scipy.signal
 
 from glm_asr.model.front_end import SAMPLING_RATE
-from glm_asr.io.pyav import EXTRA, DecodeError, NotMedia, decode
+from glm_asr.io.pyav import EXTRA, DecodeError, NotMedia, read_audio
 
 _WAV = "WAV files (PCM uint8/int16/24-bit/int32 or float32/float64, any channels and sample rate)"
 _FFMPEG = "whatever ffmpeg decodes: mp3, flac, ogg/opus, m4a, webm, the sound of mp4/mkv"
@@ -48,7 +48,7 @@ def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | N
         raise AudioError(f"{path}: an empty file (0 bytes); expected audio")
     if head not in (b"RIFF", b"RIFX"):
         try:
-            samples = decode(path, offset, duration)
+            samples = read_audio(path, offset, duration)
         except ImportError as e:
             raise AudioError(f"{path}: not a WAV file; {e}") from e
         except NotMedia as e:
@@ -65,7 +65,7 @@ def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | N
     except (ValueError, EOFError, struct.error, scipy.io.wavfile.WavFileWarning, IndexError, OSError) as e:
         if "Unknown wave file format" in str(e):  # mu-law, A-law, ADPCM (telephony archives): ffmpeg decodes them
             try:
-                return to_mono_16k(decode(path, offset, duration), SAMPLING_RATE, str(path))
+                return to_mono_16k(read_audio(path, offset, duration), SAMPLING_RATE, str(path))
             except (ImportError, DecodeError):
                 pass  # the WAV error below says more
         raise AudioError(f"{path}: an unreadable or truncated WAV file ({e}); supported: {supported()}") from e

@@ -38,7 +38,7 @@ def import_av() -> ModuleType:
     return av
 
 
-def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None, *, deadline: float | None = None) -> np.ndarray:
+def read_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None, *, deadline: float | None = None) -> np.ndarray:
     """The first audio stream of `path` as float32 mono 16 kHz samples, from `offset` seconds for `duration`
     seconds (to the end when None). `deadline` (a time.monotonic() value): a DecodeError once it has passed,
     so that an upload built to decode slowly cannot hold a server's worker (glm_asr/serve/uploads.py)."""
@@ -48,7 +48,7 @@ def decode(path: str | os.PathLike, offset: float = 0.0, duration: float | None 
 
 def stream(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None, *,
            deadline: float | None = None) -> Iterator[np.ndarray]:
-    """`decode`'s samples as a stream of blocks (one per decoded frame), so that a long file is never held
+    """`read_audio`'s samples as a stream of blocks (one per decoded frame), so that a long file is never held
     whole: voice activity detection (glm_asr/longform) reads a two-hour file this way."""
     av = import_av()
     path = Path(path)

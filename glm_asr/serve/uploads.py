@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from glm_asr.io.audio_file import AudioError, load_audio, to_mono_16k
-from glm_asr.io.pyav import DecodeError, decode, import_av
+from glm_asr.io.pyav import DecodeError, import_av, read_audio
 from glm_asr.model.front_end import SAMPLING_RATE
 from glm_asr.serve.limits import ApiError, Limits
 
@@ -73,7 +73,7 @@ def read_upload(path: Path, name: str, limits: Limits) -> np.ndarray:
         if fmt == "wav" and riff:
             samples = load_audio(path, 0.0, keep)  # the corpus path's own WAV reader, so results match the CLI's
         else:
-            samples = to_mono_16k(decode(path, 0.0, keep, deadline=time.monotonic() + limits.decode_seconds), SAMPLING_RATE, name)
+            samples = to_mono_16k(read_audio(path, 0.0, keep, deadline=time.monotonic() + limits.decode_seconds), SAMPLING_RATE, name)
     except (AudioError, DecodeError) as e:
         raise ApiError(400, str(e).replace(str(path), name), param="file", code="invalid_audio") from e
     if samples.size == 0:

@@ -178,7 +178,7 @@ def transcribe(
 def _generate(model: GlmAsrModel | OnnxModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int | None, batch_size: int) -> list[Decoded]:
     decoded = []
     for start in range(0, len(clips), batch_size):
-        decoded += decode_batch(model, processor, clips[start : start + batch_size], max_new_tokens)
+        decoded += transcribe_batch(model, processor, clips[start : start + batch_size], max_new_tokens)
     return decoded
 
 
@@ -205,7 +205,7 @@ class _BudgetStop:
         return ended | self.inner(token) if self.inner is not None else ended
 
 
-def decode_batch(
+def transcribe_batch(
     model: GlmAsrModel | OnnxModel,
     processor: Processor,
     clips: list[np.ndarray],
