@@ -18,3 +18,19 @@ def tiny_checkpoint(tmp_path: Path) -> Path:
 
     tiny = MODELS["tiny_a"]
     return save_checkpoint(tmp_path / "ckpt", tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+
+
+def model_folder(directory: Path, name: str = "tiny_b") -> Path:
+    """A tiny golden model's weights and tokenizer as a checkpoint folder, as a user would download one
+    (tiny_b: the fastest model with varied transcripts)."""
+    import shutil
+
+    from conformance.harness import golden
+    from conformance.harness.cases import MODELS
+    from conformance.harness.weights import make_weights, save_checkpoint
+
+    tiny = MODELS[name]
+    directory.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(directory, tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+    shutil.copy(golden.ROOT / golden.load_manifest()["models"][name]["tokenizer"]["path"], directory / "tokenizer.json")
+    return directory

@@ -4,15 +4,11 @@ results records, resume, subtitle files, stop-on-repeat, progress."""
 import importlib.util
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import scipy.io.wavfile
 
-from conformance.harness import golden
-from conformance.harness.cases import MODELS
-from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import load_model_and_processor, transcribe_detailed
 from glm_asr.corpus.batching import transcribe_items
 from glm_asr_cli import main
@@ -22,6 +18,7 @@ from glm_asr.transcription.presets import demo_clip
 from glm_asr.transcription.repetition import RepeatStop, ends_in_cycle
 from glm_asr.corpus.subtitles import render
 from glm_asr.transcription.transcribe import Segment
+from tests.conftest import model_folder
 
 SECONDS = [2.0, 5.5, 3.0, 9.0, 31.0]  # 31 s: two windows in one prompt, or two units when chunked
 
@@ -34,10 +31,7 @@ def small():  # noqa: ANN201
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """tiny_b's golden weights and tokenizer as a checkpoint folder: the fastest model with varied transcripts."""
-    tiny = MODELS["tiny_b"]
-    directory = save_checkpoint(tmp_path_factory.mktemp("tiny_b"), tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
-    shutil.copy(golden.ROOT / golden.load_manifest()["models"]["tiny_b"]["tokenizer"]["path"], directory / "tokenizer.json")
-    return directory
+    return model_folder(tmp_path_factory.mktemp("tiny_b"))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ imported inside the tests, so that each test fails on its own against older code
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -16,13 +15,11 @@ import pytest
 import scipy.io.wavfile
 import torch
 
-from conformance.harness import golden
-from conformance.harness.cases import MODELS
-from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import load_model_and_processor, transcribe_detailed
 from glm_asr.transcription.presets import demo_clip
 from glm_asr_cli import main
 from glm_asr_cli.main import build_parser
+from tests.conftest import model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,10 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """tiny_b's golden weights and tokenizer as a checkpoint folder: the fastest model there is."""
-    tiny = MODELS["tiny_b"]
-    directory = save_checkpoint(tmp_path_factory.mktemp("tiny_b"), tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
-    shutil.copy(golden.ROOT / golden.load_manifest()["models"]["tiny_b"]["tokenizer"]["path"], directory / "tokenizer.json")
-    return directory
+    return model_folder(tmp_path_factory.mktemp("tiny_b"))
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
+from tests.conftest import model_folder
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 DOCS = {p: p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
@@ -72,16 +74,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_the_readmes_python_examples_run_as_written(tmp_path, monkeypatch):
     # The examples name a model folder and a clip; both are made where they say, from the tiny golden model.
-    from conformance.harness import golden
-    from conformance.harness.cases import MODELS
-    from conformance.harness.weights import make_weights, save_checkpoint
-
-    tiny = MODELS["tiny_b"]
-    folder = tmp_path / "path" / "to" / "GLM-ASR-Nano-2512"
-    folder.mkdir(parents=True)
-    save_checkpoint(folder, tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
-    manifest = golden.load_manifest()
-    shutil.copy(golden.ROOT / manifest["models"]["tiny_b"]["tokenizer"]["path"], folder / "tokenizer.json")
+    folder = model_folder(tmp_path / "path" / "to" / "GLM-ASR-Nano-2512")
     scipy.io.wavfile.write(tmp_path / "speech.wav", 16000, np.random.default_rng(0).uniform(-0.1, 0.1, 16000).astype(np.float32))
     shutil.copy(tmp_path / "speech.wav", tmp_path / "clip.wav")
     monkeypatch.chdir(tmp_path)

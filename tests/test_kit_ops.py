@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import glm_asr.model.projector
 from conformance.kit import check as kit_check
 from conformance.kit import export as kit
 from conformance.kit.bugs import BUGS

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from glm_asr import GlmAsrModel, load_model
+from glm_asr import GlmAsrModel
 from glm_asr.model.attention import ScaledDotProductAttention
 from glm_asr.model.decoder import LanguageModel
 from glm_asr.runtime import dispatch

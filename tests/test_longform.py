@@ -5,7 +5,6 @@ The real-speech composites (tools/vad_boundaries.py) run when ../shared/audio is
 import importlib.util
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,9 +12,6 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 
-from conformance.harness import golden
-from conformance.harness.cases import MODELS
-from conformance.harness.weights import make_weights, save_checkpoint
 from glm_asr import load_model_and_processor, transcribe_detailed
 from glm_asr.corpus.batching import transcribe_items
 from glm_asr.corpus.inputs import Item
@@ -26,7 +22,7 @@ from glm_asr.longform.vad import VadOptions, VadUnavailable, blocks_of, speech_p
 from glm_asr.io.audio_file import load_audio
 from glm_asr.transcription.presets import demo_clip
 from glm_asr_cli import main
-from tests.conftest import SHARED_AUDIO
+from tests.conftest import SHARED_AUDIO, model_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 AUDIO = Path(os.environ.get("GLM_ASR_SHARED_AUDIO", SHARED_AUDIO))
@@ -50,10 +46,7 @@ def synthetic_long() -> np.ndarray:
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """tiny_b's golden weights and tokenizer: the fastest model with varied transcripts."""
-    spec = MODELS["tiny_b"]
-    folder = save_checkpoint(tmp_path_factory.mktemp("tiny_b"), spec.config, make_weights(spec.config, spec.seed, spec.residual_scale))
-    shutil.copy(golden.ROOT / golden.load_manifest()["models"]["tiny_b"]["tokenizer"]["path"], folder / "tokenizer.json")
-    return folder
+    return model_folder(tmp_path_factory.mktemp("tiny_b"))
 
 
 @pytest.fixture(scope="module")

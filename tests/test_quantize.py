@@ -112,28 +112,34 @@ def test_a_bf16_checkpoint_quantized_as_stored_is_its_fp32_load_quantized(tmp_pa
         assert torch.equal(as_stored(ids), from_fp32(ids))
 
 
-@pytest.mark.parametrize("vnni", ACTIVATION_BITS)
-@pytest.mark.parametrize("model_name", sorted(MANIFEST["models"]))
-def test_int8_agrees_with_fp32_on_the_golden_cases(model_name, vnni):
+def agreement_on_the_goldens(model: torch.nn.Module, quantized: torch.nn.Module, model_name: str) -> tuple[float, int, int]:
+    """Over the model's fp32 golden cases: the prompt logits' min cosine against fp32 (real tokens only: left
+    padding is never used), and how many greedy ids equal the golden's, of how many."""
     cos, same, total = 1.0, 0, 0
-    weights_sha = MANIFEST["models"][model_name]["weights_sha256"]
-    model = runner.tiny_model(model_name, "fp32", "cpu", weights_sha)
-    with cpu.forced(vnni=vnni):
-        int8 = quantize_decoder(copy.deepcopy(model))
     for case_id in [c for c in FP32_CASES if MANIFEST["cases"][c]["model"] == model_name]:
         entry = MANIFEST["cases"][case_id]
         stored = golden.load_case(golden.ROOT, entry)
         mel, mask = features(clips(entry["audio"]), model.config.audio_config.num_mel_bins)
         ids, attn = stored["inputs.input_ids"], stored["inputs.attention_mask"]
         with torch.inference_mode():
-            ours = int8(ids, mel, mask, attn, prompt_positions(attn))
+            ours = quantized(ids, mel, mask, attn, prompt_positions(attn))
             theirs = model(ids, mel, mask, attn, prompt_positions(attn))
-        real = attn.bool()  # left-padding rows are never used
-        cos = min(cos, measure(ours[real], theirs[real], -1).min_cos)
-        tokens = greedy_generate(int8, ids, attn, mel, mask, max_new_tokens=MAX_NEW)
+        cos = min(cos, measure(ours[attn.bool()], theirs[attn.bool()], -1).min_cos)
+        tokens = greedy_generate(quantized, ids, attn, mel, mask, max_new_tokens=MAX_NEW)
         n = min(tokens.shape[1], stored["generated_ids"].shape[1])
         same += int((tokens[:, :n] == stored["generated_ids"][:, :n]).sum())
         total += stored["generated_ids"].numel()
+    return cos, same, total
+
+
+@pytest.mark.parametrize("vnni", ACTIVATION_BITS)
+@pytest.mark.parametrize("model_name", sorted(MANIFEST["models"]))
+def test_int8_agrees_with_fp32_on_the_golden_cases(model_name, vnni):
+    weights_sha = MANIFEST["models"][model_name]["weights_sha256"]
+    model = runner.tiny_model(model_name, "fp32", "cpu", weights_sha)
+    with cpu.forced(vnni=vnni):
+        int8 = quantize_decoder(copy.deepcopy(model))
+    cos, same, total = agreement_on_the_goldens(model, int8, model_name)
     line = (f"{model_name} int8 ({8 if vnni else 7}-bit activations) vs fp32: prompt logits min cosine {cos:.5f}, "
             f"greedy tokens equal to the golden {same}/{total}")
     print(line)
@@ -221,20 +227,7 @@ def test_int4_agrees_with_fp32_on_the_golden_cases(model_name):
     model = runner.tiny_model(model_name, "fp32", "cpu", MANIFEST["models"][model_name]["weights_sha256"])
     int4 = quantize_decoder(copy.deepcopy(model), "int4")
     assert any(isinstance(m, Int4Linear) for m in int4.language_model.modules())
-    cos, same, total = 1.0, 0, 0
-    for case_id in [c for c in FP32_CASES if MANIFEST["cases"][c]["model"] == model_name]:
-        entry = MANIFEST["cases"][case_id]
-        stored = golden.load_case(golden.ROOT, entry)
-        mel, mask = features(clips(entry["audio"]), model.config.audio_config.num_mel_bins)
-        ids, attn = stored["inputs.input_ids"], stored["inputs.attention_mask"]
-        with torch.inference_mode():
-            ours = int4(ids, mel, mask, attn, prompt_positions(attn))
-            theirs = model(ids, mel, mask, attn, prompt_positions(attn))
-        cos = min(cos, measure(ours[attn.bool()], theirs[attn.bool()], -1).min_cos)
-        tokens = greedy_generate(int4, ids, attn, mel, mask, max_new_tokens=MAX_NEW)
-        n = min(tokens.shape[1], stored["generated_ids"].shape[1])
-        same += int((tokens[:, :n] == stored["generated_ids"][:, :n]).sum())
-        total += stored["generated_ids"].numel()
+    cos, same, total = agreement_on_the_goldens(model, int4, model_name)
     line = f"{model_name} int4 vs fp32: prompt logits min cosine {cos:.5f}, greedy tokens equal to the golden {same}/{total}"
     print(line)
     assert cos >= MIN_INT4_LOGIT_COS, line

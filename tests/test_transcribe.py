@@ -11,11 +11,10 @@ import scipy.io.wavfile
 import torch
 
 from conformance.harness import golden
-from conformance.harness.cases import MODELS, clips
-from conformance.harness.weights import make_weights, save_checkpoint
+from conformance.harness.cases import clips
 from glm_asr import load_model_and_processor, transcribe, transcribe_detailed
 from glm_asr_cli import main
-from tests.conftest import SHARED_AUDIO
+from tests.conftest import SHARED_AUDIO, model_folder
 
 MANIFEST = golden.load_manifest()
 
@@ -23,10 +22,7 @@ MANIFEST = golden.load_manifest()
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """tiny_b's golden weights and tokenizer as a checkpoint folder, as a user would download one."""
-    tiny = MODELS["tiny_b"]
-    directory = save_checkpoint(tmp_path_factory.mktemp("tiny_b"), tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
-    shutil.copy(golden.ROOT / MANIFEST["models"]["tiny_b"]["tokenizer"]["path"], directory / "tokenizer.json")
-    return directory
+    return model_folder(tmp_path_factory.mktemp("tiny_b"))
 
 
 @pytest.fixture(scope="module")
