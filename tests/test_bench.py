@@ -30,9 +30,10 @@ def test_bench_smoke(tmp_path):
     assert set(records[0]["cpu"]["choices"]) >= {"native_bf16", "matvec", "int8_reduce_range"} and records[0]["cpu"]["reasons"]
     for record in records:
         for key in ("system", "dtype", "load_s", "load_peak_rss_bytes", "encoder_s_per_window", "prefill_s", "decode_ms_per_token",
-                    "rtf_30s_100tok", "bandwidth_gbs", "matmul_gflops", "decode_vs_limit", "encoder_vs_limit", "tokens_equal_fraction"):
+                    "rtf_30s_100tok", "bandwidth_gbs", "encoder_limit_s", "decode_vs_limit", "encoder_vs_limit", "tokens_equal_fraction"):
             assert key in record and record[key] is not None, (record["system"], record["dtype"], key)
     assert "decode ms/tok" in done.stdout and f"class {cpu.features().cpu_class}" in done.stdout
+    assert records[2]["encoder_arithmetic"] == {"products": "int8", "attention": "fp32", "convolutions": "fp32"}
 
 
 
@@ -84,3 +85,14 @@ def test_a_failure_is_reported_by_its_error_line_not_a_warning_before_it(tmp_pat
     line = bench.failure_line(stderr, tmp_path / "logs" / "export.log")
     assert line.startswith("MemoryError: out of memory") and str(tmp_path / "logs" / "export.log") in line
     assert (tmp_path / "logs" / "export.log").read_text() == stderr
+
+
+def test_the_audio_limit_counts_each_part_at_its_own_rate():
+    """int8 audio: the linear layers at the int8 rate, attention and the convolutions at the fp32 rate."""
+    bench = _bench_module()
+    limits = {"matmul_gops_int8": 400.0, "matmul_gflops_fp32": 100.0, "matmul_gflops_bf16": 200.0}
+    flops = {"products": 4e9, "attention": 1e9, "convolutions": 2e8}
+    assert bench.audio_limit_s(flops, bench.AUDIO_ARITHMETIC["int8+int8audio"], limits) == pytest.approx(0.01 + 0.01 + 0.002)
+    assert bench.audio_limit_s(flops, bench.AUDIO_ARITHMETIC["bf16"], limits) == pytest.approx(5.2e9 / 200e9)
+    full = bench.model_costs("full", 0)["encoder_flops_per_window"]
+    assert 0.1 < full["attention"] / sum(full.values()) < 0.25  # a sixth of the full encoder's work: 1500 frames, 1280 wide

@@ -123,6 +123,22 @@ def test_bf16_gemms_convolutions_and_attention_are_widened_to_fp32_and_rounded_o
         assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True).bfloat16())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_single_query_attends_as_sdpa_does(dtype):
+    """Decode steps: one query on a GQA cache, some keys masked out (left padding), in either dtype."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 1, 16).to(dtype), torch.randn(2, 2, 9, 16).to(dtype), torch.randn(2, 2, 9, 16).to(dtype)
+    mask = torch.ones(2, 1, 1, 9, dtype=torch.bool)
+    mask[1, ..., :3] = False
+    out = kernels.Attention()(q, k, v, mask)
+    assert torch.equal(out, kernels.single_query_attention(q, k, v, mask)) and out.dtype == dtype
+    # The reference point: PyTorch's SDPA on the same values in fp32 (bf16 values are exact there), rounded once.
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=True)
+    tolerance = 1e-6 if dtype == torch.float32 else 4e-3  # bf16: one rounding of the result (2^-8 relative)
+    assert float((out.float() - expected).abs().max()) <= tolerance * float(expected.abs().max())
+    assert kernels.Attention()(q[:, :, :1].expand(2, 8, 2, 16), k, v).shape == (2, 8, 2, 16)  # two queries: SDPA
+
+
 def test_native_bf16_keeps_pytorchs_kernels(monkeypatch):
     calls = []
     monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))

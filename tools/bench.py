@@ -329,20 +329,39 @@ def int8_gemm_rates() -> dict:
 
 
 def model_costs(preset: str, prompt_tokens: int) -> dict:
-    """Bytes read per decoded token (every decoder weight and the LM head once) and encoder FLOPs per window."""
+    """Bytes read per decoded token (every decoder weight and the LM head once) and the FLOPs of one audio window,
+    by kind: the linear layers (encoder and projector), attention over the window's 1500 frames, the convolutions."""
     from glm_asr.transcription.presets import PRESETS
 
     c = PRESETS[preset]
     a, t = c.audio_config, c.text_config
     frames = 1500
     layer = 4 * a.hidden_size * a.hidden_size + 2 * a.hidden_size * a.intermediate_size  # q k v o, fc1 fc2
-    encoder_flops = 2 * frames * a.num_hidden_layers * layer + 2 * a.num_hidden_layers * 2 * frames * frames * a.hidden_size
-    encoder_flops += 2 * 3000 * 3 * a.num_mel_bins * a.hidden_size + 2 * frames * 3 * a.hidden_size**2  # convs
-    encoder_flops += 2 * 375 * (a.intermediate_size * 2 * t.hidden_size + 2 * t.hidden_size * t.hidden_size)  # projector
+    products = 2 * frames * a.num_hidden_layers * layer
+    products += 2 * 375 * (a.intermediate_size * 2 * t.hidden_size + 2 * t.hidden_size * t.hidden_size)  # projector
+    attention = 2 * a.num_hidden_layers * 2 * frames * frames * a.hidden_size  # q kᵀ and p v
+    convolutions = 2 * 3000 * 3 * a.num_mel_bins * a.hidden_size + 2 * frames * 3 * a.hidden_size**2
     kv = t.num_key_value_heads * t.head_dim
     per_layer = t.hidden_size * (t.num_attention_heads * t.head_dim * 2 + 2 * kv) + 3 * t.hidden_size * t.intermediate_size
     decoder_params = t.num_hidden_layers * per_layer + t.vocab_size * t.hidden_size  # + the LM head
-    return {"decoder_params_per_token": decoder_params, "encoder_flops_per_window": encoder_flops}
+    return {"decoder_params_per_token": decoder_params,
+            "encoder_flops_per_window": {"products": products, "attention": attention, "convolutions": convolutions}}
+
+
+# The arithmetic each part of the audio path runs in, per system and dtype: ours int8 keeps an fp32 audio path;
+# with int8 audio only the linear layers are int8 (attention and the convolutions stay fp32), as in onnxruntime's
+# int8 graphs (dynamic quantisation makes int8 only the MatMuls with a weight); bf16 audio runs all three in bf16.
+AUDIO_ARITHMETIC = {
+    "fp32": {"products": "fp32", "attention": "fp32", "convolutions": "fp32"},
+    "bf16": {"products": "bf16", "attention": "bf16", "convolutions": "bf16"},
+    "int8+int8audio": {"products": "int8", "attention": "fp32", "convolutions": "fp32"},
+}
+
+
+def audio_limit_s(flops: dict[str, int], arithmetic: dict[str, str], limits: dict) -> float:
+    """The audio path's limit: each part's FLOPs at the rate this machine reaches in the arithmetic it runs in."""
+    rate = {"int8": limits["matmul_gops_int8"], "fp32": limits["matmul_gflops_fp32"], "bf16": limits["matmul_gflops_bf16"]}
+    return sum(n / (rate[arithmetic[part]] * 1e9) for part, n in flops.items())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -468,15 +487,13 @@ def main() -> int:
         record.update(limits)
         record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
         record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
-        # The audio path's own arithmetic: bf16 or int8 where it runs so, else fp32 (ours int8 keeps an fp32
-        # audio path; onnxruntime's int8 graphs have int8 MatMuls, held to the int8 rate).
-        audio_dtype = {"bf16": "bf16", "int8+bf16audio": "bf16", "int8+int8audio": "int8", "int4+bf16audio": "bf16"}.get(dtype, "fp32")
+        audio = {"bf16": "bf16", "int8+bf16audio": "bf16", "int4+bf16audio": "bf16", "int8+int8audio": "int8+int8audio"}.get(dtype, "fp32")
         if record["system"] == "onnxruntime" and dtype == "int8":
-            audio_dtype = "int8"
-        rate = limits["matmul_gops_int8"] if audio_dtype == "int8" else limits[f"matmul_gflops_{audio_dtype}"]
-        record["encoder_limit_s"] = costs["encoder_flops_per_window"] / (rate * 1e9)
+            audio = "int8+int8audio"
+        arithmetic = AUDIO_ARITHMETIC[audio]
+        record["encoder_arithmetic"] = arithmetic
+        record["encoder_limit_s"] = audio_limit_s(costs["encoder_flops_per_window"], arithmetic, limits)
         record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
-        record["matmul_gflops"] = rate
         records.append(record)
     add_speedups(records)
     # Greedy-token agreement with the first fp32 system run (ours, when it ran; else the first system): fp32

@@ -4,11 +4,12 @@ The rules, which hold on every machine (what they chose on the CPUs measured is 
 
 - **fp32 products of more than one row** run on oneDNN where the PyTorch build has it: its GEMMs beat
   PyTorch's default (MKL) at the model's shapes on every CPU class measured (1.1x on AVX2, 2x on AVX-512).
-- **bf16** is *native* (PyTorch's bf16 kernels) where oneDNN reports bf16 arithmetic, i.e. AVX-512 BF16 or
-  AMX. Elsewhere those kernels fall back to converting every element, 6x slower than fp32, so products of more
-  than one row, convolutions and attention are *widened*: computed in fp32 from the bf16 values (exact) and
-  rounded once (dispatch.py). Single-row bf16 products keep the bf16 kernel either way: they are bound by
-  reading the weights, which bf16 halves.
+- **bf16** is *native* (PyTorch's bf16 kernels) where the CPU has bf16 arithmetic: AVX-512 BF16 or AMX.
+  Elsewhere those kernels convert every element (oneDNN still reports bf16 on plain AVX-512, where it emulates
+  it), 4-6x slower than fp32, so products of more than one row, convolutions and attention are *widened*:
+  computed in fp32 from the bf16 values (exact) and rounded once (dispatch.py). Single-row bf16 products keep
+  the bf16 kernel either way: they are bound by reading the weights, which bf16 halves; they read weights packed
+  into oneDNN's layout wherever oneDNN does bf16, emulated or not.
 - **fp32 single-row products** (the decode steps of batch 1) go to the kernel that reads weights fastest on
   this machine: OpenBLAS (numpy's BLAS, with torch on one thread meanwhile), oneDNN or PyTorch's default. Which
   one wins depends on the CPU and its memory, not on a feature flag, so it is measured: `calibrate()` times
@@ -205,16 +206,25 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
         native_bf16 = bool(force["native_bf16"])
         reasons["native_bf16"] = ("PyTorch's bf16 kernels" if native_bf16 else "bf16 widened to fp32, rounded once") + forced_note
     else:
-        native_bf16 = f.onednn_bf16
-        reasons["native_bf16"] = ("oneDNN reports native bf16 (AVX-512 BF16 or AMX): PyTorch's bf16 kernels" if native_bf16 else
-                                  "no native bf16 (no AVX-512 BF16 or AMX): bf16 GEMMs, convolutions and attention widened to fp32")
+        # oneDNN also reports bf16 on AVX-512 CPUs without AVX-512 BF16, where it emulates it: a 1500-row GEMM
+        # took 4x as long as the same GEMM widened to fp32 there (docs/performance.md), so only the hardware counts.
+        native_bf16 = f.onednn_bf16 and (f.avx512_bf16 or f.amx)
+        if native_bf16:
+            reasons["native_bf16"] = "AVX-512 BF16 or AMX: PyTorch's bf16 kernels"
+        elif f.onednn_bf16:
+            reasons["native_bf16"] = ("oneDNN emulates bf16 here (AVX-512 without AVX-512 BF16 or AMX): bf16 GEMMs, convolutions and "
+                                      "attention widened to fp32")
+        else:
+            reasons["native_bf16"] = "no native bf16 (no AVX-512 BF16 or AMX): bf16 GEMMs, convolutions and attention widened to fp32"
 
     if "bf16_packed" in force:
         bf16_packed, reasons["bf16_packed"] = bool(force["bf16_packed"]), "forced"
     else:
-        bf16_packed = native_bf16 and f.onednn_bf16  # oneDNN packs bf16 only where it does bf16 arithmetic
-        reasons["bf16_packed"] = ("native bf16: decode steps read weights packed once into oneDNN's layout (a second copy)"
-                                  if bf16_packed else "no native bf16: decode steps read the plain bf16 weights")
+        # oneDNN packs bf16 wherever it does bf16 arithmetic, emulated included: a single row is bound by reading
+        # the weights, which its blocked layout reads faster than PyTorch's kernel does.
+        bf16_packed = f.onednn_bf16
+        reasons["bf16_packed"] = ("oneDNN does bf16: decode steps read weights packed once into its layout (a second copy)"
+                                  if bf16_packed else "oneDNN has no bf16 here: decode steps read the plain bf16 weights")
 
     if "matvec" in force:
         matvec, reasons["matvec"] = str(force["matvec"]), "forced"
