@@ -68,6 +68,13 @@ def test_calibration_is_measured_once_and_cached(tmp_path, monkeypatch):
     assert "onednn 12.0" in cpu.decide(SPR).reasons["matvec"]
 
 
+def test_a_matvec_kernel_must_win_by_more_than_the_measurements_noise():
+    assert cpu.fastest_matvec({"openblas": 46.5, "onednn": 44.9, "torch": 30.0}) == "onednn"  # 3.5% apart: a tie
+    assert cpu.fastest_matvec({"openblas": 46.5, "onednn": 40.0, "torch": 44.5}) == "torch"
+    assert cpu.fastest_matvec({"openblas": 46.5, "onednn": 40.0, "torch": 30.0}) == "openblas"
+    assert cpu.fastest_matvec({"openblas": 10.0, "torch": 10.2}) == "torch"  # a build without oneDNN
+
+
 def test_the_matvec_timing_measures_every_kernel():
     rates = cpu.time_matvec_kernels(megabytes=8, rounds=1)
     assert set(rates) <= set(cpu.MATVEC_KERNELS) and {"openblas", "torch"} <= set(rates)
