@@ -33,6 +33,7 @@ def test_bench_smoke(tmp_path):
                     "rtf_30s_100tok", "bandwidth_gbs", "encoder_limit_s", "decode_vs_limit", "encoder_vs_limit", "tokens_equal_fraction"):
             assert key in record and record[key] is not None, (record["system"], record["dtype"], key)
     assert "decode ms/tok" in done.stdout and f"class {cpu.features().cpu_class}" in done.stdout
+    assert all(r["decode_step_ms_8rows"] > 0 for r in records if r["system"] == "ours") and "a decode step of 8 rows" in done.stdout
     assert records[2]["encoder_arithmetic"] == {"products": "int8", "attention": "fp32", "convolutions": "fp32"}
 
 

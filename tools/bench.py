@@ -151,6 +151,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
             tokens[:] = run["generate"](processor([audio]), 100)[1][0].tolist()
 
         e2e_s = median_time(end_to_end, 1)
+        rows = {f"decode_step_ms_{n}rows": run["step_ms"](n, int(batch.input_ids.shape[1])) for n in (1, 8)} if "step_ms" in run else {}
     from glm_asr.runtime import cpu
 
     return {
@@ -166,10 +167,12 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         "decode_ms_per_token": decode_ms,
         "rtf_30s_100tok": e2e_s / 30.0,
         "tokens": tokens,  # the end-to-end run's 100 greedy ids: agreement between systems
+        **rows,
     }
 
 
 from glm_asr import load_model  # noqa: E402
+from glm_asr.model.decoder import KVCache  # noqa: E402
 from glm_asr.transcription.generate import greedy_generate  # noqa: E402
 from glm_asr.runtime.quantize import quantize_audio, quantize_decoder  # noqa: E402
 
@@ -184,6 +187,8 @@ def cpu_record(cpu) -> dict:  # noqa: ANN001
 
 
 def _ours(checkpoint: Path, dtype, quantize: str | None, audio: str | None = None) -> dict:  # noqa: ANN001
+    import torch
+
     # int8 quantises from the stored bf16 (exactly the fp32 model's int8 weights), as glm-asr transcribe does
     model = quantize_decoder(load_model(checkpoint, dtype=None), quantize) if quantize else load_model(checkpoint, dtype=dtype)
     if audio:
@@ -195,7 +200,23 @@ def _ours(checkpoint: Path, dtype, quantize: str | None, audio: str | None = Non
                               max_new_tokens=n, eos_token_id=(NEVER,), on_token=lambda _: stamps.append(time.perf_counter() - start))
         return stamps, ids
 
-    return {"audio": model.embed_audio, "generate": generate}
+    def step_ms(rows: int, context: int, n: int = 8) -> float:
+        """Median ms of one cached decode step of `rows` rows over `context` cached positions: 1 and 8 rows side
+        by side show what batched decoding (serving, corpus work) costs per step against batch 1."""
+        config = model.config.text_config
+        dtype = model.language_model.model.embed_tokens.weight.dtype
+        cache = KVCache.empty(config, rows, context + n, dtype, "cpu")
+        cache.k.normal_(), cache.v.normal_()  # what the keys hold does not change the cost
+        key_valid = torch.ones(rows, context + n, dtype=torch.bool)
+        embeds = model.language_model.model.embed_tokens(torch.arange(rows)[:, None])
+        times = []
+        for s in range(n):
+            start = time.perf_counter()
+            model.decode(embeds, torch.full((rows, 1), context + s), key_valid[:, : context + s + 1], cache, context + s, last_only=True)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:]) * 1e3  # the first step warms up
+
+    return {"audio": model.embed_audio, "generate": generate, "step_ms": step_ms}
 
 
 def _transformers(checkpoint: Path, dtype) -> dict:  # noqa: ANN001
@@ -514,7 +535,8 @@ def main() -> int:
     return 0
 
 
-TIMINGS = ("load_s", "load_peak_rss_bytes", "encoder_s_per_window", "prefill_s", "decode_ms_per_token", "rtf_30s_100tok")
+TIMINGS = ("load_s", "load_peak_rss_bytes", "encoder_s_per_window", "prefill_s", "decode_ms_per_token", "rtf_30s_100tok",
+           "decode_step_ms_1rows", "decode_step_ms_8rows")  # the last two: ours only
 
 
 def merge_rounds(rounds: list[dict]) -> dict:
@@ -522,7 +544,7 @@ def merge_rounds(rounds: list[dict]) -> dict:
     `per_round`; the rest (tokens included) from the first round."""
     record = dict(rounds[0], rounds=len(rounds))
     if len(rounds) > 1:
-        record["per_round"] = {key: [r[key] for r in rounds] for key in TIMINGS}
+        record["per_round"] = {key: [r[key] for r in rounds] for key in TIMINGS if key in rounds[0]}
         record.update({key: statistics.median(values) for key, values in record["per_round"].items()})
     return record
 
@@ -572,6 +594,11 @@ def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str)
             x = r["speedup_vs_transformers"]
             print(f"{r['system']} {r['dtype']} against {r['speedup_vs']}: decode {x['decode']:.2f}x, audio path {x['audio_path']:.2f}x, "
                   f"prefill {x['prefill']:.2f}x, end to end {x['end_to_end']:.2f}x faster")
+    for r in records:
+        if "decode_step_ms_8rows" in r:
+            one, eight = r["decode_step_ms_1rows"], r["decode_step_ms_8rows"]
+            print(f"{r['system']} {r['dtype']}: a decode step of 8 rows {eight:.1f} ms, of 1 row {one:.1f} ms ({eight / one:.2f}x), "
+                  f"over a {r['prompt_tokens']}-token cache")
     if "tokenizer_ratio" in tokenizer:
         print(f"tokenizer, {tokenizer['tokenizer_bytes'] / 1e6:.1f} MB of text: ours {tokenizer['tokenizer_ours_s']:.2f} s, "
               f"tokenizers {tokenizer['tokenizer_reference_s']:.2f} s ({tokenizer['tokenizer_ratio']:.1f}x)")
