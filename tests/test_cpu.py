@@ -25,7 +25,9 @@ def test_each_class_gets_its_rules():
     assert [c.bf16_packed for c in (avx2, zen4, spr)] == [False, True, True]
     skylake = cpu.decide(SKYLAKE, measure=False)
     assert (skylake.native_bf16, skylake.bf16_packed) == (False, True) and "emulates" in skylake.reasons["native_bf16"]
-    assert all(set(c.reasons) == {"onednn_fp32", "native_bf16", "bf16_packed", "matvec", "int8_reduce_range", "int8_gemm_engine", "threads"}
+    # Widening pays for a prompt's rows; with an (emulated) oneDNN bf16 kernel a batched step's few rows keep it.
+    assert [c.bf16_widen_rows for c in (avx2, skylake, zen4)] == [2, 32, 1]
+    assert all(set(c.reasons) == {"onednn_fp32", "native_bf16", "bf16_packed", "bf16_widen_rows", "matvec", "int8_reduce_range", "int8_gemm_engine", "threads"}
                for c in (avx2, zen4, spr))
 
 

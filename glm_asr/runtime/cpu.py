@@ -80,6 +80,7 @@ class Choices:
     onednn_fp32: bool  # fp32 products of more than one row on oneDNN
     native_bf16: bool  # False: bf16 GEMMs, convolutions and attention widened to fp32
     bf16_packed: bool  # bf16 decode steps read weights packed into oneDNN's layout
+    bf16_widen_rows: int  # without native bf16: products of at least this many rows are widened
     matvec: str  # fp32 single-row products: one of MATVEC_KERNELS
     int8_reduce_range: bool  # 7-bit int8 activations
     int8_gemm_engine: str  # quantised engine for the int8 audio encoder's GEMMs
@@ -240,6 +241,15 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
         reasons["bf16_packed"] = ("oneDNN does bf16: decode steps read weights packed once into its layout (a second copy)"
                                   if bf16_packed else "oneDNN has no bf16 here: decode steps read the plain bf16 weights")
 
+    # Widening converts the whole weight to fp32 on every call: worth it for a prompt's hundreds of rows, not for a
+    # batched decode step's few. Where oneDNN does bf16 (emulated), its bf16 kernel was 3-8x faster for 2 to 16 rows
+    # and widening 1.3x faster from 64 (2048 x 6144 weights, docs/performance.md). Without it, PyTorch's bf16 kernel
+    # converts element by element, so more than one row is widened.
+    bf16_widen_rows = 1 if native_bf16 else 32 if f.onednn_bf16 else 2
+    reasons["bf16_widen_rows"] = ("native bf16: nothing is widened" if native_bf16 else
+                                  f"products of {bf16_widen_rows} rows or more widened to fp32" +
+                                  ("; fewer rows keep oneDNN's bf16 kernel" if f.onednn_bf16 else ""))
+
     if "matvec" in force:
         matvec, reasons["matvec"] = str(force["matvec"]), "forced"
     elif not measure:
@@ -260,7 +270,7 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
     threads = torch.get_num_threads()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     reasons["threads"] = f"torch's own count; {usable} logical CPUs usable by this process"
-    return Choices(f.onednn, native_bf16, bf16_packed, matvec, int8_reduce_range, int8_gemm_engine, threads, reasons)
+    return Choices(f.onednn, native_bf16, bf16_packed, bf16_widen_rows, matvec, int8_reduce_range, int8_gemm_engine, threads, reasons)
 
 
 _features: Features | None = None
@@ -324,6 +334,7 @@ def describe(c: Choices | None = None, f: Features | None = None) -> str:
     shown = {"onednn_fp32": "fp32 GEMMs on oneDNN" if c.onednn_fp32 else "fp32 GEMMs on PyTorch's default",
              "native_bf16": "bf16: native" if c.native_bf16 else "bf16: widened to fp32",
              "bf16_packed": f"bf16 decode weights: {'packed' if c.bf16_packed else 'plain'}",
+             "bf16_widen_rows": f"bf16 rows widened: {'none' if c.native_bf16 else f'{c.bf16_widen_rows}+'}",
              "matvec": f"fp32 decode matvec: {c.matvec}",
              "int8_reduce_range": f"int8 activations: {'7' if c.int8_reduce_range else '8'}-bit",
              "int8_gemm_engine": f"int8 encoder GEMMs: {c.int8_gemm_engine} engine",

@@ -11,12 +11,13 @@ checkpoint keys) and is swapped in after loading by prepare.py: the model's own 
   1.7x slower.
 - bf16 where the CPU has no native bf16 (`cpu.native_bf16()` False): a bf16 GEMM multiplies bf16 values
   exactly and sums in fp32, so widening the operands to fp32 (exact) and rounding the result to bf16 once is
-  the same math in another summation order. Products of more than one row, convolutions and attention (where
-  the bf16 kernel also rounds the softmax weights to bf16 on the way; the bf16 goldens show no larger error
-  without that rounding) are computed that way. Single-row products stay bf16: they are bound by reading
-  weights, which bf16 halves. Where the CPU has native bf16, PyTorch's bf16 kernels are kept. Inside
-  `single_row_kernel()`, wherever oneDNN does bf16, single rows read a copy of the weight packed into its layout
-  (`packed_bf16_linear`).
+  the same math in another summation order. Convolutions, attention of more than one query (where the bf16
+  kernel also rounds the softmax weights to bf16 on the way; the bf16 goldens show no larger error without
+  that rounding) and products of at least `cpu.rules().bf16_widen_rows` rows (a prompt's; the few rows of a
+  batched decode step keep the bf16 kernel where oneDNN has one) are computed that way. Single-row products
+  stay bf16: they are bound by reading weights, which bf16 halves. Where the CPU has native bf16, PyTorch's
+  bf16 kernels are kept. Inside `single_row_kernel()`, wherever oneDNN does bf16, single rows read a copy of the
+  weight packed into its layout (`packed_bf16_linear`).
 - attention of a single query (every decode step) as two small matmuls in fp32 (`single_query_attention`),
   in every dtype: PyTorch's CPU flash kernel is built for many queries.
 
@@ -152,7 +153,7 @@ class Linear(nn.Linear):
             if matvec == "torch":
                 return F.linear(x, self.weight, self.bias)
             return onednn_linear(x, self.weight, self.bias)
-        if x.numel() > x.shape[-1] and widen_bf16(x, self.weight):
+        if x.numel() >= cpu.rules().bf16_widen_rows * x.shape[-1] and widen_bf16(x, self.weight):
             return widened_linear(x, self.weight, self.bias)
         if (x.numel() == x.shape[-1] and _single_row.get() and x.dtype == self.weight.dtype == torch.bfloat16
                 and cpu.rules().bf16_packed and _eager_cpu(x, self.weight)):
