@@ -97,3 +97,14 @@ def test_the_audio_limit_counts_each_part_at_its_own_rate():
     assert bench.audio_limit_s(flops, bench.AUDIO_ARITHMETIC["bf16"], limits) == pytest.approx(5.2e9 / 200e9)
     full = bench.model_costs("full", 0)["encoder_flops_per_window"]
     assert 0.1 < full["attention"] / sum(full.values()) < 0.25  # a sixth of the full encoder's work: 1500 frames, 1280 wide
+
+
+def test_kernel_bench_reports_every_row_count_and_form(tmp_path):
+    out = tmp_path / "kernels.json"
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--kernels", "--weights", "1", "--rounds", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(out.read_text())
+    assert [int(r) for r in record["products_ms"]] == [1, 2, 4, 8, 16, 64, 389]
+    assert all({"fp32 oneDNN", "bf16 widened", "int8", "int4"} <= set(forms) for forms in record["products_ms"].values())
+    assert set(record["attention_ms_per_28_layers"]) == {"fp32 SDPA", "fp32 single_query_attention", "bf16 SDPA", "bf16 single_query_attention"}

@@ -5,6 +5,7 @@
     python tools/bench.py --smoke                  # small preset, one repetition: what CI runs
     python tools/bench.py --bulk                   # corpus throughput, one file at a time and batched (tools/bulk_bench.py)
     python tools/bench.py --bulk --vad             # VAD cost per hour, time saved on a half-silent corpus (tools/vad_bench.py)
+    python tools/bench.py --kernels                # single products by row count and form, the cpu.py rules' basis (tools/kernel_bench.py)
 
 One deterministic random full-size checkpoint (release layout, bf16 safetensors, the synthetic GLM-size
 tokenizer) is made once into --cache, and for the onnxruntime systems exported once next to it by
@@ -457,12 +458,17 @@ def main() -> int:
         import vad_bench
 
         return vad_bench.main([a for a in sys.argv[1:] if a not in ("--bulk", "--vad")])
+    if "--kernels" in sys.argv[1:]:  # its own options: tools/kernel_bench.py
+        import kernel_bench
+
+        return kernel_bench.main([a for a in sys.argv[1:] if a != "--kernels"])
     if "--bulk" in sys.argv[1:]:  # its own options: tools/bulk_bench.py
         import bulk_bench
 
         return bulk_bench.main([a for a in sys.argv[1:] if a != "--bulk"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bulk", action="store_true", help="corpus throughput instead; see `bench.py --bulk --help`")
+    parser.add_argument("--kernels", action="store_true", help="single products by row count instead; see `bench.py --kernels --help`")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--dtypes", default="fp32,bf16,int8", help="each system runs those of these it supports")
     parser.add_argument("--reps", type=int, default=3)
