@@ -6,10 +6,11 @@ The rules, which hold on every machine (what they chose on the CPUs measured is 
   PyTorch's default (MKL) at the model's shapes on every CPU class measured (1.1x on AVX2, 2x on AVX-512).
 - **bf16** is *native* (PyTorch's bf16 kernels) where the CPU has bf16 arithmetic: AVX-512 BF16 or AMX.
   Elsewhere those kernels convert every element (oneDNN still reports bf16 on plain AVX-512, where it emulates
-  it), 4-6x slower than fp32, so products of more than one row, convolutions and attention are *widened*:
-  computed in fp32 from the bf16 values (exact) and rounded once (dispatch.py). Single-row bf16 products keep
-  the bf16 kernel either way: they are bound by reading the weights, which bf16 halves; they read weights packed
-  into oneDNN's layout wherever oneDNN does bf16, emulated or not.
+  it), 4-6x slower than fp32 for a prompt, so a prompt's products, convolutions and attention are *widened*:
+  computed in fp32 from the bf16 values (exact) and rounded once (dispatch.py). Products of few rows (a decode
+  step's: one row at batch 1, one per sequence batched) keep the bf16 kernel where oneDNN has one, emulated or
+  not (`bf16_widen_rows`): they are bound by reading the weights, which bf16 halves, while widening converts the
+  whole weight on every call. Single rows read weights packed into oneDNN's layout wherever it does bf16.
 - **fp32 single-row products** (the decode steps of batch 1) go to the kernel that reads weights fastest on
   this machine: OpenBLAS (numpy's BLAS, with torch on one thread meanwhile), oneDNN or PyTorch's default. Which
   one wins depends on the CPU and its memory, not on a feature flag, so it is measured: `calibrate()` times
