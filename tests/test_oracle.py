@@ -9,7 +9,7 @@ import torch
 from conformance.harness import runner
 from conformance.harness.cases import CASES, MODELS, clips
 from conformance.harness.ours import features
-from conformance.harness.weights import make_weights, save_checkpoint
+from conformance.harness.weights import golden_weights, save_checkpoint
 from glm_asr import load_model
 from glm_asr.transcription.generate import greedy_generate
 
@@ -21,7 +21,7 @@ fixture = pytest.importorskip("conformance.tokenizer_fixture", reason="tokenizer
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     tiny = MODELS[request.param]
-    directory = save_checkpoint(tmp_path_factory.mktemp(tiny.name), tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+    directory = save_checkpoint(tmp_path_factory.mktemp(tiny.name), tiny.config, golden_weights(tiny))
     fixture.build_bpe_tokenizer_json(directory / "tokenizer.json", tiny.n_base_tokens)
     return tiny.name, directory
 
