@@ -14,8 +14,8 @@ from glm_asr import load_model
 from glm_asr.transcription.generate import greedy_generate
 
 pytestmark = pytest.mark.oracle
-reference = pytest.importorskip("conformance.reference", reason="transformers is not installed (tox -e oracle)")
-fixture = pytest.importorskip("conformance.tokenizer_fixture", reason="tokenizers is not installed")
+reference = pytest.importorskip("conformance.harness.reference", reason="transformers is not installed (tox -e oracle)")
+fixture = pytest.importorskip("conformance.harness.tokenizer_fixture", reason="tokenizers is not installed")
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
