@@ -14,10 +14,10 @@ SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """tiny_a's golden weights as a release-layout checkpoint directory."""
     from conformance.harness.cases import MODELS
-    from conformance.harness.weights import make_weights, save_checkpoint
+    from conformance.harness.weights import golden_weights, save_checkpoint
 
     tiny = MODELS["tiny_a"]
-    return save_checkpoint(tmp_path / "ckpt", tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+    return save_checkpoint(tmp_path / "ckpt", tiny.config, golden_weights(tiny))
 
 
 def model_folder(directory: Path, name: str = "tiny_b") -> Path:
@@ -27,10 +27,10 @@ def model_folder(directory: Path, name: str = "tiny_b") -> Path:
 
     from conformance.harness import golden
     from conformance.harness.cases import MODELS
-    from conformance.harness.weights import make_weights, save_checkpoint
+    from conformance.harness.weights import golden_weights, save_checkpoint
 
     tiny = MODELS[name]
     directory.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(directory, tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+    save_checkpoint(directory, tiny.config, golden_weights(tiny))
     shutil.copy(golden.ROOT / golden.load_manifest()["models"][name]["tokenizer"]["path"], directory / "tokenizer.json")
     return directory

@@ -112,17 +112,17 @@ def test_a_shape_error_quotes_the_ports_own_shape(kit_dir, good):  # noqa: F811
 
 def test_a_case_ends_in_eos_before_the_limit_and_a_port_that_ignores_the_stop_rule_fails(kit_dir, tmp_path):  # noqa: F811
     made = kit_check.load_kit(kit_dir, verify=False)
-    case_id = "tiny_b/batch_eos/fp32"
+    case_id = "tiny_a/batch_eos/fp32"  # both rows end before the limit: row 1 at its 9th id, row 0 at its 15th
     case = made["cases"][case_id]
     expected = load_file(kit_dir / case["dir"] / "expected.safetensors")["generated_ids"]
-    assert expected.shape == (2, 6) and expected[1, 3:].tolist() == [360, 360, 360]  # row 1 ended at its 3rd id, padded
+    assert expected.shape == (2, 15) and expected[1, 9:].tolist() == [300] * 6  # row 1 padded after its eos id
     model = ours_port.load(kit_dir, case)
     tensors = ours_port.run_case(model, kit_dir, case, made["generate"]["max_new_tokens"], False, False)
     assert kit_check.check_case(kit_dir, case_id, case, tensors).passed
-    ignored = ours_port.run_case(ours_port.load(kit_dir, made["cases"]["tiny_b/batch/fp32"]), kit_dir, case, 24, False, False)
+    ignored = ours_port.run_case(ours_port.load(kit_dir, made["cases"]["tiny_a/batch/fp32"]), kit_dir, case, 24, False, False)
     result = kit_check.check_case(kit_dir, case_id, case, {"generated_ids": ignored["generated_ids"]})  # the config's eos list unread
-    assert result.first_failure == "generated_ids" and result.rows[-1].failures == ("shape (2, 24) != reference (2, 6)",)
+    assert result.first_failure == "generated_ids" and result.rows[-1].failures == ("shape (2, 24) != reference (2, 15)",)
     unpadded = tensors["generated_ids"].clone()
-    unpadded[1, 3:] = unpadded[1, 2]  # a finished row repeating its last id instead of the first eos id
+    unpadded[1, 9:] = unpadded[1, 8]  # a finished row repeating its last id instead of the first eos id
     result = kit_check.check_case(kit_dir, case_id, case, {"generated_ids": unpadded})
-    assert result.first_failure == "generated_ids" and "first at (1, 3): 31 where the reference has 360" in result.rows[-1].failures[0]
+    assert result.first_failure == "generated_ids" and "first at (1, 9): 270 where the reference has 300" in result.rows[-1].failures[0]

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from conformance.harness.cases import MODELS
-from conformance.harness.weights import make_weights, save_checkpoint
+from conformance.harness.weights import golden_weights, save_checkpoint
 from glm_asr import CheckpointError, ConfigError, GlmAsrModel, load_model
 
 TINY = MODELS["tiny_a"]
@@ -14,7 +14,7 @@ TINY = MODELS["tiny_a"]
 
 @pytest.fixture(scope="module")
 def weights() -> dict[str, torch.Tensor]:
-    return make_weights(TINY.config, TINY.seed, TINY.residual_scale)
+    return golden_weights(TINY)
 
 
 def checkpoint(tmp_path: Path, tensors: dict[str, torch.Tensor], config=TINY.config) -> Path:  # noqa: ANN001

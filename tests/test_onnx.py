@@ -25,7 +25,7 @@ from conformance.harness.cases import MODELS, clips  # noqa: E402
 from conformance.harness.metrics import Metrics, failures, measure  # noqa: E402
 from conformance.harness.ours import features  # noqa: E402
 from conformance.harness.tolerances import Tolerance  # noqa: E402
-from conformance.harness.weights import make_weights, save_checkpoint  # noqa: E402
+from conformance.harness.weights import golden_weights, save_checkpoint  # noqa: E402
 from glm_asr_cli import main as cli_main  # noqa: E402
 from glm_asr.model.decoder import KVCache  # noqa: E402
 from glm_asr.transcription.generate import prompt_positions  # noqa: E402
@@ -49,7 +49,7 @@ ONNX_FP32 = Tolerance(
     "softmax, other reduction orders; seen on CPU: max_rel <= 1.3e-6 for audio embeddings, <= 6e-7 for logits "
     "and keys/values, 1 - cos <= 1e-12); ~8x headroom for other CPUs' SIMD paths and CUDA with TF32 off",
 )
-# int8 weights (per tensor) and dynamically quantized activations: seen 1 - cos <= 6.1e-3 on the tiny models' prefill
+# int8 weights (per tensor) and dynamically quantized activations: seen 1 - cos <= 7.3e-3 on the tiny models' prefill
 # logits; 0.98 leaves room for the AVX2 (non-VNNI) int8 kernels, which saturate differently.
 INT8_MIN_COS = 0.98
 
@@ -71,7 +71,7 @@ def export(argv: list[str], capsys) -> tuple[int, str, str]:  # noqa: ANN001
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, tiny in MODELS.items():
-        directory = save_checkpoint(tmp_path_factory.mktemp(name), tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+        directory = save_checkpoint(tmp_path_factory.mktemp(name), tiny.config, golden_weights(tiny))
         shutil.copy(golden.ROOT / MANIFEST["models"][name]["tokenizer"]["path"], directory / "tokenizer.json")
         out[name] = directory
     return out
@@ -211,8 +211,8 @@ def test_greedy_ids_equal_the_golden(exported, device, case_id):
 
 def test_transcribe_api_and_cli(exported, tmp_path, capsys):
     onnx_model, processor = _loaded(exported["tiny_b"], "cpu")
-    expected = [processor.decode(golden.load_case(golden.ROOT, MANIFEST["cases"][f"tiny_b/{c}/fp32"])["generated_ids"][0])
-                for c in ("tone", "chirp")]
+    expected = [processor.decode(golden.load_case(golden.ROOT, MANIFEST["cases"][f"tiny_b/{c}/fp32"])["generated_ids"][0]).strip()
+                for c in ("tone", "chirp")]  # transcribe() strips the text
     assert transcribe(onnx_model, processor, [clips("tone")[0], clips("chirp")[0]], max_new_tokens=MAX_NEW) == expected
     wav = tmp_path / "tone.wav"
     scipy.io.wavfile.write(wav, 16000, clips("tone")[0])
@@ -273,7 +273,10 @@ def test_int8_agrees_with_fp32(exported, tmp_path):
                      f"{same}/{total} ({100 * same / total:.1f}%)")
         assert cos >= INT8_MIN_COS, lines[-1]
     print("\n".join(lines))
-    assert min(rates) >= 0.5, lines  # random tiny weights: near-ties flip; a broken int8 graph gives ~1/vocab
+    # Random tiny weights: near-ties flip, and a flipped id changes the rest of its row; a broken int8 graph gives
+    # ~1/vocab. Seen 71% (tiny_a) and 45% (tiny_b); loosened from 0.5 with issue 23's goldens, on which tiny_a's
+    # ids follow the audio instead of repeating one token and tiny_b's decoder has 8 query heads for 2 kv heads.
+    assert min(rates) >= 0.3, lines
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

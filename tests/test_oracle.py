@@ -9,19 +9,19 @@ import torch
 from conformance.harness import runner
 from conformance.harness.cases import CASES, MODELS, clips
 from conformance.harness.ours import features
-from conformance.harness.weights import make_weights, save_checkpoint
+from conformance.harness.weights import golden_weights, save_checkpoint
 from glm_asr import load_model
 from glm_asr.transcription.generate import greedy_generate
 
 pytestmark = pytest.mark.oracle
-reference = pytest.importorskip("conformance.reference", reason="transformers is not installed (tox -e oracle)")
-fixture = pytest.importorskip("conformance.tokenizer_fixture", reason="tokenizers is not installed")
+reference = pytest.importorskip("conformance.harness.reference", reason="transformers is not installed (tox -e oracle)")
+fixture = pytest.importorskip("conformance.harness.tokenizer_fixture", reason="tokenizers is not installed")
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def checkpoint(request, tmp_path_factory) -> tuple[str, Path]:
     tiny = MODELS[request.param]
-    directory = save_checkpoint(tmp_path_factory.mktemp(tiny.name), tiny.config, make_weights(tiny.config, tiny.seed, tiny.residual_scale))
+    directory = save_checkpoint(tmp_path_factory.mktemp(tiny.name), tiny.config, golden_weights(tiny))
     fixture.build_bpe_tokenizer_json(directory / "tokenizer.json", tiny.n_base_tokens)
     return tiny.name, directory
 

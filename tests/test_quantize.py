@@ -13,7 +13,7 @@ from conformance.harness import runner
 from conformance.harness.cases import MODELS, clips
 from conformance.harness.metrics import measure
 from conformance.harness.ours import features
-from conformance.harness.weights import make_weights, save_checkpoint
+from conformance.harness.weights import golden_weights, save_checkpoint
 from glm_asr import capture, load_model
 from glm_asr.runtime import cpu
 from glm_asr_cli import main as cli_main
@@ -25,12 +25,16 @@ MANIFEST = golden.load_manifest()
 FP32_CASES = sorted(c for c in MANIFEST["cases"] if c.endswith("/fp32"))
 MAX_NEW = MANIFEST["generate"]["max_new_tokens"]
 # Int8 weights per row and dynamic activations per tensor. Seen on the tiny models' prompt logits: min cosine
-# 0.9980 (tiny_b) to 0.9989 (tiny_a) with 7-bit activations, 0.9993 to 0.9998 with 8-bit. A scale on the wrong
+# 0.9903 (tiny_a) and 0.9961 (tiny_b) with 7-bit activations, 0.9968 and 0.9987 with 8-bit. A scale on the wrong
+# axis or a transposed weight gives < 0.5. Loosened from 0.99 with issue 23's goldens (tiny_a's 0.9989 was its
+# echoed embedding row, see MIN_INT4_LOGIT_COS): 0.9903 left no room for another CPU's rounding.
+MIN_LOGIT_COS = 0.98
+# The audio path in int8 (seen, every stage from encoder.norm to the logits: >= 0.9923 with 7-bit activations,
+# >= 0.9992 with 8-bit) or bf16 (>= 0.99965). Loosened from 0.995 with issue 23's goldens: tiny_a's logits
+# were its last token's own embedding row echoed (ids one token repeated), which no audio error could move;
+# they now follow the audio, and 7-bit activations move them to 0.9923 (encoder.norm 0.9969). A wrong scale
 # axis or a transposed weight gives < 0.5.
-MIN_LOGIT_COS = 0.99
-# The audio path in int8 (seen, every stage from encoder.norm to the logits: >= 0.9975 with 7-bit activations,
-# >= 0.9992 with 8-bit) or bf16 (>= 0.99991).
-MIN_AUDIO_COS = {"int8": 0.995, "bf16": 0.9995}
+MIN_AUDIO_COS = {"int8": 0.99, "bf16": 0.9995}
 # Which width is chosen is cpu.py's rule, tested with VNNI forced either way on any CPU. The accuracy of 8-bit
 # activations is the kernel's: right only where the hardware sums int8 products in int32 (VNNI); elsewhere
 # fbgemm's int16 pair sums can saturate and nothing can emulate VNNI, so those measurements run only there.
@@ -98,7 +102,7 @@ def test_only_the_decoder_is_quantized():
 def test_a_bf16_checkpoint_quantized_as_stored_is_its_fp32_load_quantized(tmp_path):
     # What transcribe(quantize="int8") does to keep the load peak near the stored size (quantize_decoder).
     spec = MODELS["tiny_b"]
-    directory = save_checkpoint(tmp_path, spec.config, make_weights(spec.config, spec.seed, spec.residual_scale), dtype=torch.bfloat16)
+    directory = save_checkpoint(tmp_path, spec.config, golden_weights(spec), dtype=torch.bfloat16)
     as_stored = quantize_decoder(load_model(directory, dtype=None))
     from_fp32 = quantize_decoder(load_model(directory, dtype=torch.float32))
     assert {p.dtype for p in as_stored.parameters()} == {torch.float32}
@@ -215,11 +219,15 @@ def test_int4_layer_computes_its_own_dequantised_weights(shape):
     assert q.packed.dtype == torch.uint8 and q.packed.numel() == (N + -N % 16) * (K + q.k_pad) // 2  # half a byte a weight
 
 
-# Weight-only int4 in groups of 128 (64 or 32 on the tiny models' narrow layers), bf16 activations. Seen on the
-# prompt logits: min cosine 0.9905 (tiny_a, greedy tokens equal to the golden 240/240) and 0.961 (tiny_b, 76/240:
-# its near-tied random logits flip under 4-bit rounding). A broken layer gives a cosine near 0 and ~1/vocab ids.
-MIN_INT4_LOGIT_COS = 0.95
-MIN_INT4_SAME_IDS = 0.2
+# Weight-only int4 in groups of 128 (64 or 32 on the tiny models' narrow layers), bf16 activations. A broken
+# layer gives a cosine near 0 and ~1/vocab ids (0.3%). Loosened from 0.95 and 0.2 with issue 23's goldens: on the
+# earlier ones tiny_a's logits were its last token's embedding row echoed (0.9905, 240/240 ids: one token
+# repeated), which 4-bit weights could not move. Now both models' logits follow the audio through every decoder
+# layer, 40 and 48 wide: min cosine over all prompt positions 0.803 (tiny_a, one text position; median 0.98)
+# and 0.930 (tiny_b), greedy ids equal to the golden 100/240 and 37/240 (near-tied random logits flip, and a
+# flipped id changes the rest of its row).
+MIN_INT4_LOGIT_COS = 0.7
+MIN_INT4_SAME_IDS = 0.1
 
 
 @pytest.mark.parametrize("model_name", sorted(MANIFEST["models"]))

@@ -14,7 +14,7 @@ from glm_asr import GlmAsrConfig, load_model
 from glm_asr.transcription.presets import synthetic_tokenizer_json
 
 pytestmark = pytest.mark.slow
-reference = pytest.importorskip("conformance.reference", reason="transformers is not installed (tox -e slow)")
+reference = pytest.importorskip("conformance.harness.reference", reason="transformers is not installed (tox -e slow)")
 
 
 def test_full_size_every_stage_against_transformers(tmp_path):

@@ -1,7 +1,7 @@
 """Proves the kit names the bugs it knows: applies each text edit of conformance/harness/mutations.py to a copy of the
-checkout, runs tools/ports/ours_port.py there (the mutated model as a port), and checks the results with this
-checkout's (unmutated) kit checker. Each bug must fail the kit at the stage conformance/kit/bugs.py says it first
-shows, with a diagnosis naming it and, from the port's sub-stage tensors, the operation inside that stage ("its
+checkout, runs tools/ports/ours_port.py there (the mutated model as a port) on the case of EACH tiny model that
+conformance/kit/bugs.py names (`shown_on`), and checks the results with this checkout's (unmutated) kit checker.
+On both models, each bug must fail the kit at the stage bugs.py says it first shows, with a diagnosis naming it and, from the port's sub-stage tensors, the operation inside that stage ("its
 input is right, its output is wrong"); a bug the cases cannot see must pass, as bugs.py says. NEW_BUGS below are
 one-line bugs outside the catalogue: no diagnosis names them, the operation line must. Each failing case is also
 checked with its sub-stage tensors removed, as from a port that gives stages only, and that line printed.
@@ -32,11 +32,12 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from conformance.kit import export as kit  # noqa: E402
 from conformance.kit import check as kit_check
-from conformance.kit.bugs import BUGS  # noqa: E402
+from conformance.harness.cases import MODELS  # noqa: E402
+from conformance.kit.bugs import BUGS, shown_on  # noqa: E402
 from conformance.harness.mutations import MUTATIONS, Mutation  # noqa: E402
 from conformance.kit.ops import sub_stage_names  # noqa: E402
 
-DEFAULT_CASE = "tiny_a/speech_like/fp32"  # for k_bias, which has no entry in BUGS
+DEFAULT_CASE = "speech_like/fp32"  # of each tiny model, for k_bias, which has no entry in BUGS
 FULL_CASE = "full/speech_like/fp32"
 # One-line bugs outside the catalogue (no entry in conformance/kit/bugs.py, so no diagnosis can name them): the
 # kit must still name the operation, in these words, from the sub-stages. name -> (edit, case, stage, operation)
@@ -81,32 +82,59 @@ def copy_checkout(dest: Path) -> None:
             shutil.copy2(ROOT / rel, dest / rel)
 
 
-def run(name: str, kit_dir: Path, work: Path, full: bool = False) -> tuple[bool, str]:
+def case_ids(name: str, full: bool) -> list[str]:
+    """The cases a bug is run on: the catalogue's case of EACH tiny model, so no bug can hide in one of them."""
+    if full:
+        return [FULL_CASE]
+    if name in NEW_BUGS:
+        return [NEW_BUGS[name][1]]
+    return shown_on(BUGS[name]) if name in BUGS else [f"{model}/{DEFAULT_CASE}" for model in MODELS]
+
+
+def run_port(copy: Path, kit_dir: Path, results: Path, cases: list[str], front: list[str], env: dict) -> subprocess.CompletedProcess:
+    """tools/ports/ours_port.py of the mutated copy on `cases`: in one run where one --case text selects them all."""
+    in_kit = kit.load_kit(kit_dir, verify=False)["cases"]
+    common = "/" + cases[0].split("/", 1)[1]
+    selections = [common] if sorted(c for c in in_kit if common in c) == sorted(cases) else cases
+    for selection in selections:
+        port = subprocess.run([sys.executable, str(copy / "tools/ports/ours_port.py"), str(kit_dir), str(results), "--case", selection, *front],
+                              cwd=copy, capture_output=True, text=True, env=env)
+        if port.returncode:
+            break
+    return port
+
+
+def run(name: str, kit_dir: Path, work: Path, full: bool = False) -> list[tuple[str, bool, str]]:
+    """(case, as expected, what the kit said) for each case the mutated port runs."""
     m = MUTATIONS[name] if name in MUTATIONS else NEW_BUGS[name][0]
+    cases = case_ids(name, full)
     copy = work / name / "repo"
     copy_checkout(copy)
     source = (copy / m.path).read_text()
     if source.count(m.old) != 1:
-        return False, f"the text to replace is not in {m.path} exactly once"
+        return [(case_id, False, f"the text to replace is not in {m.path} exactly once") for case_id in cases]
     (copy / m.path).write_text(source.replace(m.old, m.new))
-    case_id = FULL_CASE if full else BUGS[name].shown_by if name in BUGS else NEW_BUGS[name][1] if name in NEW_BUGS else DEFAULT_CASE
     results = work / name / "results"
     front = ["--own-front-end"] if name in BUGS and BUGS[name].front_end else []
     env = {**os.environ, "PYTHONPATH": str(copy)}
     probe = "import glm_asr, pathlib, sys; sys.exit(0 if pathlib.Path(glm_asr.__file__).is_relative_to(pathlib.Path.cwd()) else 1)"
     if subprocess.run([sys.executable, "-c", probe], cwd=copy, env=env).returncode:
         raise SystemExit("the copy does not import its own glm_asr; run from an editable install or a plain checkout")
-    port = subprocess.run([sys.executable, str(copy / "tools/ports/ours_port.py"), str(kit_dir), str(results), "--case", case_id, *front],
-                          cwd=copy, capture_output=True, text=True, env=env)
-    want_stage, want_bug = expected(name) if name not in NEW_BUGS else (NEW_BUGS[name][2], None)
+    port = run_port(copy, kit_dir, results, cases, front, env)
+    want_stage = expected(name)[0] if name not in NEW_BUGS else NEW_BUGS[name][2]
     if port.returncode:
         got = "port failed: " + (port.stderr.strip().splitlines() or ["?"])[-1][:120]
-        return want_stage == "load", got
+        return [(case_id, want_stage == "load", got) for case_id in cases]
+    return [(case_id, *verdict(name, kit_dir, work / name, results, case_id, full)) for case_id in cases]
+
+
+def verdict(name: str, kit_dir: Path, work: Path, results: Path, case_id: str, full: bool) -> tuple[bool, str]:
+    want_stage, want_bug = expected(name) if name not in NEW_BUGS else (NEW_BUGS[name][2], None)
     (result,) = kit_check.check(kit_dir, results, case_id)
     got = f"{result.first_failure or 'pass'}: {result.diagnosis or ''}\n    operation (with the sub-stages the port gave): {result.operation}"
     if result.first_failure and not full and result.first_failure not in ("input_ids", "input_features_mask", "mel"):
         # The same port as one that gives its stages only: the recomputation from its own stage inputs.
-        bare = work / name / "stages-only"
+        bare = work / ("stages-only-" + case_id.replace("/", "."))
         bare.mkdir()
         subs = set(sub_stage_names(kit_check.case_config(kit_dir, kit.load_kit(kit_dir, verify=False)["cases"][case_id])))
         path = results / kit.case_dir(case_id + ".safetensors")
@@ -136,13 +164,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         kit_dir = args.kit or kit.export(Path(tmp) / "kit") and Path(tmp) / "kit"
         for name in args.names or [*MUTATIONS, *([] if args.full else NEW_BUGS)]:
-            ok, got = run(name, kit_dir, Path(tmp), args.full)
             stage, bug = expected(name) if name not in NEW_BUGS else (NEW_BUGS[name][2], None)
             bug = None if args.full else bug
             want = "pass (invisible: " + BUGS[name].visible + ")" if stage is None else f"{stage}" + (f", `{bug}`" if bug else "")
             want += f", operation: {NEW_BUGS[name][3]} (not in the catalogue)" if name in NEW_BUGS else ""
-            wrong += not ok
-            print(f"{name:26} {'ok   ' if ok else 'WRONG'} expected {want}; got {got}", flush=True)
+            for case_id, ok, got in run(name, kit_dir, Path(tmp), args.full):
+                wrong += not ok
+                print(f"{name:26} {case_id:30} {'ok   ' if ok else 'WRONG'} expected {want}; got {got}", flush=True)
     return 1 if wrong else 0
 
 

@@ -37,7 +37,7 @@ from conformance.harness import reference
 from conformance.harness.cases import BF16_CASES, CASES, FULL, FULL_BF16_CASES, FULL_CASES, MODELS, clips  # noqa: E402
 from conformance.harness.tokenizer_fixture import build_bpe_tokenizer_json  # noqa: E402
 from conformance.harness.tolerances import TABLE  # noqa: E402
-from conformance.harness.weights import make_weights, save_checkpoint, weights_digest  # noqa: E402
+from conformance.harness.weights import golden_weights, save_checkpoint, weights_digest  # noqa: E402
 from glm_asr.runtime import cpu  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -60,6 +60,16 @@ def provenance() -> dict:
     }
 
 
+def early_stop_id(generated: torch.Tensor) -> int:
+    """The first id row 1 says for the first time at its third step or later, where row 0 has not said it yet:
+    as an eos id it ends row 1 there and row 0 later or never (a token both say at once would end both)."""
+    first, second = generated[0].tolist(), generated[1].tolist()
+    for i, token in enumerate(second):
+        if i >= 2 and second.index(token) == i and token not in first[: i + 1]:
+            return token
+    raise SystemExit(f"no id of row 1 ({second}) can end it alone before row 0 ({first}); change the batch case")
+
+
 def build(work: Path) -> dict[str, bytes]:
     """Every golden file, as relative path -> bytes."""
     files: dict[str, bytes] = {}
@@ -75,7 +85,7 @@ def build(work: Path) -> dict[str, bytes]:
     }
     for name, tiny in MODELS.items():
         checkpoint = work / name
-        weights = make_weights(tiny.config, tiny.seed, tiny.residual_scale)
+        weights = golden_weights(tiny)
         save_checkpoint(checkpoint, tiny.config, weights)
         build_bpe_tokenizer_json(checkpoint / "tokenizer.json", tiny.n_base_tokens)
         tokenizer_bytes = (checkpoint / "tokenizer.json").read_bytes()
@@ -84,6 +94,8 @@ def build(work: Path) -> dict[str, bytes]:
             "config": tiny.config.to_dict(),
             "seed": tiny.seed,
             "residual_scale": tiny.residual_scale,
+            "embed_scale": tiny.embed_scale,
+            "decoder_scale": tiny.decoder_scale,
             "n_base_tokens": tiny.n_base_tokens,
             "weights_sha256": weights_digest(weights),
             "tokenizer": {"path": f"{name}/tokenizer.json", "sha256": golden.sha256(tokenizer_bytes)},
@@ -99,9 +111,9 @@ def build(work: Path) -> dict[str, bytes]:
                     generated = reference.generate(model, inputs, GENERATE_TOKENS)
                     tensors["generated_ids"] = generated
                     if generated.shape[0] > 1:
-                        # One row stops early (a token it says third made an eos id) while the other goes on:
-                        # the finished row must be padded, as random weights never say eos by themselves.
-                        eos = torch.tensor([*tiny.config.text_config.eos_token_id, int(generated[1, 2])])
+                        # Random weights never say eos by themselves: one more eos id ends row 1 early while row 0
+                        # goes on, so the finished row must be padded.
+                        eos = torch.tensor([*tiny.config.text_config.eos_token_id, early_stop_id(generated)])
                         tensors["early_stop.eos_token_id"] = eos
                         tensors["early_stop.generated_ids"] = reference.generate(model, inputs, GENERATE_TOKENS, eos.tolist())
                 data = save(tensors)
@@ -119,7 +131,7 @@ def build(work: Path) -> dict[str, bytes]:
 def build_full(work: Path) -> dict[str, bytes]:
     """Every file of golden/full/ (paths relative to it): slices of each stage of the released shape."""
     config, dtype = FULL.config, getattr(torch, FULL.checkpoint_dtype)
-    weights = make_weights(config, FULL.seed, FULL.residual_scale, dtype, FULL.embed_scale)
+    weights = golden_weights(FULL, dtype)
     digest = weights_digest(weights)
     save_checkpoint(work, config, weights, dtype)
     del weights

@@ -1,9 +1,20 @@
 """The golden cases: two tiny configs x nine audio inputs, all made by deterministic code of our own.
 
-The configs differ in every dimension code could hard-code (widths, heads, kv-head ratio 1 and 2, head_dim
-not equal to hidden/heads, layer counts, mel bins, vocab, RoPE theta, eps, tied and untied LM head).
-Config `tiny_a` runs with small activations (residual scale 3e-3, so LayerNorm/RMSNorm variances are near
-eps): a wrong eps then moves every stage far past tolerance instead of hiding in the last digits.
+The configs differ in every dimension code could hard-code (widths, heads, kv-head ratio 2 and 4, head_dim
+not equal to hidden/heads, layer counts, mel bins, vocab, RoPE theta, eps, tied and untied LM head), and none
+uses a released value a port could hard-code by mistake and still pass (RoPE theta 10000, rms_norm_eps 1e-6).
+
+Each is scaled so that every variant of the catalogue (conformance/kit/bugs.py) a case can see at all moves
+its first stage past the fp32 tolerance on BOTH models, and so that greedy ids follow the audio:
+- the encoder's LayerNorm eps is not in config.json (1e-5 in the reference), so both encoders run small: their
+  residual writers at 1e-2 (tiny_a) and 3e-2 (tiny_b) keep the stream's variance near eps, where eps 1e-6
+  moves encoder layer 0 by 18% (max_rel) or more (at unit scale, tiny_b's silence case moved by 2e-5 only);
+- the decoder's eps is the config's: tiny_a feeds its first RMSNorm embeddings of 1e-2 (variance 1e-4 against
+  eps 1e-5), tiny_b runs at unit scale with rms_norm_eps 1e-2; a hard-coded 1e-6 or an eps outside the square
+  root then moves decoder layer 0 by 0.6% (max_rel) or more;
+- the decoder's layers write at unit scale, far above tiny_a's embeddings: its LM head is tied, and with
+  embeddings at the layers' scale the last token's own row won every step (one token repeated, every clip).
+tools/kit_mutation_check.py shows each bug failing on both models; tests/test_cases.py checks the greedy ids.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ class GoldenModel:
     seed: int
     checkpoint_dtype: str = "float32"  # as model.safetensors stores the weights
     embed_scale: float | None = None  # token embeddings' scale, when not residual_scale
+    decoder_scale: float | None = None  # gain of the decoder's residual writers, when not residual_scale
 
 
 def _special(base: int, name: str) -> int:
@@ -47,25 +59,25 @@ MODELS = {
             "tiny_a",
             GlmAsrConfig(
                 AudioConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=4, num_mel_bins=128, rope_theta=10000.0, partial_rotary_factor=0.5),
+                            num_key_value_heads=4, num_mel_bins=128, rope_theta=2000.0, partial_rotary_factor=0.5),
                 TextConfig(vocab_size=320, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, head_dim=12, rms_norm_eps=1e-5, rope_theta=10000.0, eos_token_id=_eos(300)),
+                           num_key_value_heads=2, head_dim=12, rms_norm_eps=1e-5, rope_theta=500000.0, eos_token_id=_eos(300)),
                 audio_token_id=_special(300, "<|pad|>"),
                 tie_word_embeddings=True,
             ),
-            n_base_tokens=300, residual_scale=3e-3, seed=1,
+            n_base_tokens=300, residual_scale=1e-2, seed=1, embed_scale=1e-2, decoder_scale=1.0,
         ),
         GoldenModel(
             "tiny_b",
             GlmAsrConfig(
                 AudioConfig(hidden_size=24, intermediate_size=96, num_hidden_layers=3, num_attention_heads=2,
                             num_key_value_heads=2, num_mel_bins=80, rope_theta=5000.0, partial_rotary_factor=0.5),
-                TextConfig(vocab_size=384, hidden_size=40, intermediate_size=112, num_hidden_layers=3, num_attention_heads=4,
-                           num_key_value_heads=4, head_dim=16, rms_norm_eps=1e-6, rope_theta=50000.0, eos_token_id=_eos(360)),
+                TextConfig(vocab_size=384, hidden_size=40, intermediate_size=112, num_hidden_layers=3, num_attention_heads=8,
+                           num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-2, rope_theta=50000.0, eos_token_id=_eos(360)),
                 audio_token_id=_special(360, "<|pad|>"),
                 tie_word_embeddings=False,
             ),
-            n_base_tokens=360, residual_scale=1.0, seed=2,
+            n_base_tokens=360, residual_scale=3e-2, seed=2, embed_scale=1.0, decoder_scale=1.0,
         ),
     ]
 }

@@ -18,7 +18,7 @@ from conformance.harness.metrics import Metrics, failures, measure
 from conformance.harness.ours import run_chained, run_isolated
 from conformance.harness.stages import select, stages
 from conformance.harness.tolerances import Tolerance, tolerance
-from conformance.harness.weights import make_weights, save_checkpoint, weights_digest
+from conformance.harness.weights import golden_weights, save_checkpoint, weights_digest
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("chained", "isolated")
@@ -43,7 +43,7 @@ class Row:
 def tiny_model(name: str, dtype: str, device: str, weights_sha256: str) -> GlmAsrModel:
     """Our model with the golden's weights, through the real loader (config.json + safetensors)."""
     tiny = MODELS[name]
-    weights = make_weights(tiny.config, tiny.seed, tiny.residual_scale)
+    weights = golden_weights(tiny)
     if weights_digest(weights) != weights_sha256:
         raise golden.GoldenError(
             f"weights for {name} made here differ from those golden/ was made with (sha256 mismatch): "

@@ -31,6 +31,7 @@ from glm_asr.model.attention import ScaledDotProductAttention
 from glm_asr.model.glm_asr import GlmAsrModel
 
 from conformance.harness import ours
+from conformance.harness.cases import MODELS
 from conformance.harness.rope_variants import apply_rope_interleaved
 
 
@@ -42,7 +43,12 @@ class Bug:
     inputs: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
     front_end: bool = False  # shows only in a port's own features or prompt (tools/ports/ours_port.py --own-front-end)
     visible: str = ""  # when not every case shows it: which do, and why
-    shown_by: str = "tiny_a/speech_like/fp32"  # the golden case the kit's own checks run it on
+    shown_by: str = "speech_like/fp32"  # the case (audio/dtype) of EVERY tiny model the kit's own checks run it on
+
+
+def shown_on(bug: Bug) -> list[str]:
+    """The golden cases that show a bug: its `shown_by` case of each tiny model (no bug may hide in one model)."""
+    return [f"{model}/{bug.shown_by}" for model in MODELS]
 
 
 @contextlib.contextmanager
@@ -267,7 +273,7 @@ BUGS: dict[str, Bug] = {
     "extra_valid_frame": Bug("input_features_mask", "n // 160 + 1 valid frames instead of ceil(n / 160): one more for clips "
                              "of a multiple of 160 samples", lambda m: mock.patch.object(glm_asr.model.front_end, "valid_frames", _one_more_frame),
                              front_end=True, visible="clips of a multiple of 160 samples: every case but odd_length and "
-                             "frames_8k_minus_1", shown_by="tiny_a/tone/fp32"),
+                             "frames_8k_minus_1", shown_by="tone/fp32"),
     "prompt_one_user": Bug("input_ids", "the prompt without its second <|user|>",
                            _prompt("<|user|>\n<|begin_of_audio|>{pads}<|end_of_audio|>\n{instruction}<|assistant|>\n"), front_end=True),
     "prompt_no_final_newline": Bug("input_ids", "the prompt without the newline after <|assistant|>",
@@ -276,41 +282,35 @@ BUGS: dict[str, Bug] = {
     "conv_length_floor": Bug("input_ids", "one <|pad|> short: the audio token count from floor(L / 2) frames after conv2 "
                              "instead of ceil(L / 2)", _floored_token_counts, front_end=True,
                              visible="frames_8k_minus_1 cases only: floor and ceil differ by a token only where L = 8k - 1",
-                             shown_by="tiny_a/frames_8k_minus_1/fp32"),
+                             shown_by="frames_8k_minus_1/fp32"),
     "fp16_products": Bug("conv1", "its weights and the inputs of every product with them rounded to fp16 (fp16 weights in ggml, "
                          "which converts a product's input to fp16 too)", _fp16_products,
                          visible="fp32 cases: within the bf16 tolerance"),
     "full_rotary": Bug("encoder.layers.", "RoPE on all head dims of the encoder instead of the first half", _full_rotary),
     "interleaved_rope": Bug("encoder.layers.", "interleaved RoPE pairs (2i, 2i+1) in the encoder instead of rotate-half (i, i + R/2)",
                             lambda m: mock.patch.object(glm_asr.model.encoder, "apply_rope", apply_rope_interleaved)),
-    # tiny_b: tiny_a's small activations keep the error within tolerance in its first layer (named at the second).
-    "tanh_gelu": Bug("encoder.layers.", "tanh-approximated GELU in the encoder MLP", _encoder_mlp_tanh, shown_by="tiny_b/speech_like/fp32"),
+    "tanh_gelu": Bug("encoder.layers.", "tanh-approximated GELU in the encoder MLP", _encoder_mlp_tanh),
     "layer_norm_eps_1e-6": Bug("encoder.layers.", "encoder LayerNorm eps 1e-6 instead of 1e-5",
-                               lambda m: _set(_layer_norms(m), "eps", 1e-6),
-                               visible="tiny_a only: its small activations make the eps matter; tiny_b's unit-scale ones hide it"),
-    "rope_theta_10000": Bug("encoder.layers.", "RoPE theta 10000 instead of the config's rope_theta", _rope_theta_10000,
-                            visible="tiny_b only (encoder 5000, decoder 50000): tiny_a and the release use 10000",
-                            shown_by="tiny_b/speech_like/fp32"),
+                               lambda m: _set(_layer_norms(m), "eps", 1e-6)),
+    "rope_theta_10000": Bug("encoder.layers.", "RoPE theta 10000 instead of the config's rope_theta", _rope_theta_10000),
     "merge_order": Bug("merged", "the 4 merged frames interleaved channel by channel instead of concatenated", _patch_merge),
     "decoder_interleaved_rope": Bug("decoder.layers.", "interleaved RoPE pairs (2i, 2i+1) in the decoder instead of rotate-half",
                                     lambda m: mock.patch.object(glm_asr.model.decoder, "apply_rope", apply_rope_interleaved)),
     "gqa_tiled": Bug("decoder.layers.", "query head h reading kv head h mod Hkv instead of h // (H / Hkv)",
-                     lambda m: mock.patch.object(ScaledDotProductAttention, "forward", _tiled_gqa),
-                     visible="tiny_a only: tiny_b has as many kv heads as query heads"),
+                     lambda m: mock.patch.object(ScaledDotProductAttention, "forward", _tiled_gqa)),
     "positions_from_zero": Bug("decoder.layers.", "position ids 0..T-1 on left-padded rows instead of counting from the first real token",
                                inputs=_positions_from_zero,
                                visible="none: RoPE depends only on position differences, so shifting a row's positions changes "
-                               "nothing but rounding (seen in the batch cases: within the fp32 tolerance)", shown_by="tiny_a/batch/fp32"),
+                               "nothing but rounding (seen in the batch cases: within the fp32 tolerance)", shown_by="batch/fp32"),
     "no_padding_mask": Bug("decoder.layers.", "left-padding tokens attended to (their keys not masked)",
                            lambda m: mock.patch.object(glm_asr.model.decoder, "attention_mask", _causal_only),
-                           visible="batch cases only: nothing else is left-padded", shown_by="tiny_a/batch/fp32"),
+                           visible="batch cases only: nothing else is left-padded", shown_by="batch/fp32"),
     "rms_norm_scale_before_cast": Bug("decoder.layers.", "RMSNorm multiplying by its weight before the cast back to bf16",
                                       lambda m: mock.patch.object(glm_asr.model.decoder.RMSNorm, "forward", _rms_scale_before_cast),
                                       visible="none: only bf16 shows it (nmse 8e-6), far inside the chained bf16 tolerance",
-                                      shown_by="tiny_a/speech_like/bf16"),
+                                      shown_by="speech_like/bf16"),
     "rms_eps_outside_sqrt": Bug("decoder.layers.", "RMSNorm eps added after the square root instead of under it",
-                                lambda m: mock.patch.object(glm_asr.model.decoder.RMSNorm, "forward", _rms_eps_outside_sqrt),
-                                visible="tiny_a only: its small activations make the eps matter"),
+                                lambda m: mock.patch.object(glm_asr.model.decoder.RMSNorm, "forward", _rms_eps_outside_sqrt)),
 }
 BUGS.update({
     # Classic one-line bugs, each an op the kit's recomputation names on its own too (conformance/kit/ops.py).
@@ -319,8 +319,7 @@ BUGS.update({
     "gate_up_swapped": Bug("decoder.layers.", "SiLU(up) * gate: gate_proj and up_proj swapped in the decoder MLP",
                            _decoder_mlp(lambda g, u: F.silu(u) * g)),
     "rms_norm_eps_1e-6": Bug("decoder.layers.", "RMSNorm eps 1e-6 instead of the config's rms_norm_eps",
-                             lambda m: _set(_rms_norms(m), "eps", 1e-6),
-                             visible="tiny_a only (rms_norm_eps 1e-5, small activations); tiny_b's config has 1e-6"),
+                             lambda m: _set(_rms_norms(m), "eps", 1e-6)),
     "encoder_attention_scale": Bug("encoder.layers.", "softmax scale 1/head_dim instead of 1/sqrt(head_dim) in the encoder attention",
                                    _scaled_attention(lambda m: m.audio_tower.layers)),
     "decoder_attention_scale": Bug("decoder.layers.", "softmax scale 1/head_dim instead of 1/sqrt(head_dim) in the decoder attention",

@@ -33,14 +33,14 @@ from glm_asr.io.atomic import replace_directory
 
 from conformance.harness import golden
 from conformance.harness.cases import FULL, MODELS, SR, GoldenModel, clips
-from conformance.kit.bugs import BUGS
+from conformance.kit.bugs import BUGS, shown_on
 from conformance.kit.ops import sub_stage_names
 from conformance.kit.readme import readme
 from conformance.harness.ours import features
 from conformance.harness.stages import Stage, kept_length, row_axis, stages
 from conformance.harness.tokenizer_fixture import build_bpe_tokenizer_json
 from conformance.harness.tolerances import TABLE, group
-from conformance.harness.weights import make_weights, save_checkpoint, weights_digest
+from conformance.harness.weights import golden_weights, save_checkpoint, weights_digest
 
 FORMAT_VERSION = 1
 KIT_JSON = "kit.json"
@@ -187,7 +187,7 @@ def _checkpoint(directory: Path, model: GoldenModel, golden_model: dict, manifes
     weights_sha256 = golden_model["weights_sha256"]
     tokenizer_sha256 = golden_model["tokenizer"]["sha256"] if "tokenizer" in golden_model else golden_model["tokenizer_sha256"]
     dtype = getattr(torch, model.checkpoint_dtype)
-    weights = make_weights(model.config, model.seed, model.residual_scale, dtype, model.embed_scale)
+    weights = golden_weights(model, dtype)
     if weights_digest(weights) != weights_sha256:
         raise KitError(f"{manifest_path}: weights for {model.name} made here differ from the golden's; regenerate golden/")
     save_checkpoint(directory, model.config, weights, dtype)
@@ -208,7 +208,7 @@ def _write(out: Path, root: Path, manifest: dict, full_manifest: dict | None) ->
         "reference": manifest["provenance"], "generate": manifest["generate"], "sampling_rate": SR,
         "tolerances": {"/".join(k): v.as_dict() for k, v in sorted(TABLE.items()) if k[0] == MODE},
         "exact": {"reason": EXACT_REASON, "stages": EXACT}, "cases": {}, "files": {},
-        "catalogue": {name: {"stage": b.stage + "<i>" if b.stage.endswith(".") else b.stage, "says": b.says, "shown_by": b.shown_by,
+        "catalogue": {name: {"stage": b.stage + "<i>" if b.stage.endswith(".") else b.stage, "says": b.says, "shown_by": shown_on(b),
                              "visible": b.visible or "every case", "front_end": b.front_end} for name, b in BUGS.items()},
     }
     made: dict[str, Path] = {}  # each tiny model is made and checked once, then copied into its other cases

@@ -33,7 +33,7 @@ def readme(kit: dict) -> str:
         f"{'exact' if s.get('exact') else s['tolerance']} |"
         for s in first["stages"]
     )
-    bug_rows = "\n".join(f"| `{n}` | `{b['stage']}` | {b['says']} | `{b['shown_by']}` | {b['visible']} |"
+    bug_rows = "\n".join(f"| `{n}` | `{b['stage']}` | {b['says']} | {', '.join(f'`{c}`' for c in b['shown_by'])} | {b['visible']} |"
                          for n, b in kit.get("catalogue", {}).items())
     tol_rows = "\n".join(f"| `{k}` | {_limits(t)} | {t['reason']} |" for k, t in kit["tolerances"].items())
     max_new = kit["generate"]["max_new_tokens"]
@@ -271,8 +271,9 @@ Ids and masks compare exactly: {kit['exact']['reason']}.
 ## The catalogue of known porting bugs
 
 When the first diverging stage equals the reference's under one of these (recomputed with the bug, fed the
-reference's input to the bug's first stage), the diagnosis names it. "Shown by" is the case the kit's own
-tests run it on; "visible" says which cases can see it at all.
+reference's input to the bug's first stage), the diagnosis names it. "Shown by" are the cases the kit's own
+tests run it on, one of each tiny model (every bug a case can see fails both models); "visible" says which
+cases can see it at all.
 
 | bug | first stage | the stage equals the reference with ... | shown by | visible |
 |---|---|---|---|---|
