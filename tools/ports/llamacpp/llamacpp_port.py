@@ -62,7 +62,9 @@ def convert(build: dict, kit: Path, case: dict, files: dict, outtype: str, cache
         if case["dtype"] == "bf16":  # the case's weights as the reference held them
             weights = load_file(staged / "model.safetensors")
             save_file({k: bf16_round(v) for k, v in weights.items()}, staged / "model.safetensors")
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        # glm_asr_converter.patch: the kit's tiny tokenizers hash to no model the converter knows; they use
+        # GLM-4's pre-tokenizer regex. (The driver feeds token ids, so llama.cpp's tokenizer never runs.)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LLAMACPP_KIT_TOKENIZER_PRE="glm4")
         for out, extra in ((text, []), (mmproj, ["--mmproj"])):
             cmd = [build["converter_python"], build["converter"], str(staged), "--outtype", outtype,
                    "--outfile", f"{out}.tmp", *extra]
