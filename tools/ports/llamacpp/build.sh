@@ -53,7 +53,7 @@ lib="$build/cmake"
 libs=("$lib/tools/mtmd/libmtmd.a" "$lib/src/libllama.a")
 libs+=($(find "$lib/ggml/src" -name 'libggml*.a' | sort -r))   # libggml.a before libggml-cpu.a before libggml-base.a
 libs+=($(find "$lib/vendor" -name '*.a' 2>/dev/null))
-nice -n 10 g++ -O2 -std=c++17 -Wall -o "$build/llamacpp_kit_driver" "$here/llamacpp_kit_driver.cpp" \
+nice -n 10 g++ -O2 -std=c++17 -Wall -Wno-unused-function -o "$build/llamacpp_kit_driver" "$here/llamacpp_kit_driver.cpp" \
     -I"$build/llama.cpp/tools/mtmd" -I"$build/llama.cpp/include" -I"$build/llama.cpp/ggml/include" \
     "${libs[@]}" "${libs[@]}" -fopenmp -lpthread -ldl
 

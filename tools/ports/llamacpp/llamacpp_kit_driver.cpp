@@ -9,7 +9,7 @@
 // input_ids, attention_mask (B, T) I64 (written by llamacpp_port.py).
 //
 // Encoder: each window of the kit's features is one clip_image_f32 (nx = frames, ny = mel bins, mel-major:
-// the layout mtmd's own preprocessor produces) through clip_image_encode, as mtmd_encode does for an audio
+// the layout mtmd's own preprocessor produces) through clip_image_batch_encode, as mtmd_encode does for an audio
 // chunk. Stages are read through the eval callback clip_context_params and llama_context_params expose
 // (the names are the graphs' own, plus three that glm_asr_taps.patch gives to unnamed tensors).
 //
@@ -345,11 +345,14 @@ int run(const Args& args) {
         const int n_rows = clip_n_output_tokens(ca, &img);
         D = clip_n_mmproj_embd(ca);
         enc_taps.got.clear();
-        std::vector<float> e;
-        if (!clip_image_encode(ca, args.threads, &img, e))
-            throw std::runtime_error("clip_image_encode failed on window " + std::to_string(w));
+        std::vector<float> e((size_t)(n_rows * D));  // sized by the caller, as mtmd_encode_chunk does
+        clip_image_f32_batch batch;  // as mtmd_encode: an audio batch of one mel (clip_image_encode would take it for an image)
+        batch.is_audio = true;
+        batch.entries.push_back(std::move(img));
+        if (!clip_image_batch_encode(ca, args.threads, &batch, e))
+            throw std::runtime_error("clip_image_batch_encode failed on window " + std::to_string(w));
         if ((int64_t)e.size() != n_rows * D)
-            throw std::runtime_error("clip_image_encode returned " + std::to_string(e.size()) + " floats");
+            throw std::runtime_error("clip_image_batch_encode returned " + std::to_string(e.size()) + " floats");
         // GLMA: row 0 is the learned boi, the last row the eoi (whisper-enc.cpp's ggml_concat).
         boi.assign(e.begin(), e.begin() + D);
         eoi.assign(e.end() - D, e.end());
