@@ -4,6 +4,7 @@
 //
 //   llamacpp_kit_driver TEXT.gguf MMPROJ.gguf INPUTS.safetensors OUT.safetensors --audio-token-id ID
 //                       --boa ID --eoa ID --eos A,B,C [--max-new-tokens 24] [--threads 2] [--kv f16|f32]
+//                       [--clip-flash-attn auto|off]
 //
 // INPUTS holds the kit case's input_features (W, M, 3000) F32, input_features_mask (W, 3000) I32 and
 // input_ids, attention_mask (B, T) I64 (written by llamacpp_port.py).
@@ -261,7 +262,7 @@ int argmax(const float* x, int n) {  // first maximum, as torch.argmax
 }
 
 struct Args {
-    std::string text, mmproj, inputs, out, kv = "f16";
+    std::string text, mmproj, inputs, out, kv = "f16", clip_fa = "auto";
     int audio_token_id = -1, boa = -1, eoa = -1, max_new_tokens = 24, threads = 2;
     std::vector<int> eos;
 };
@@ -281,6 +282,7 @@ Args parse_args(int argc, char** argv) {
         else if (s == "--max-new-tokens") a.max_new_tokens = std::stoi(next());
         else if (s == "--threads") a.threads = std::stoi(next());
         else if (s == "--kv") a.kv = next();
+        else if (s == "--clip-flash-attn") a.clip_fa = next();
         else if (s == "--eos") {
             std::stringstream ss(next());
             for (std::string x; std::getline(ss, x, ',');) a.eos.push_back(std::stoi(x));
@@ -288,10 +290,10 @@ Args parse_args(int argc, char** argv) {
         else pos.push_back(s);
     }
     if (pos.size() != 4 || a.audio_token_id < 0 || a.boa < 0 || a.eoa < 0 || a.eos.empty() ||
-        (a.kv != "f16" && a.kv != "f32"))
+        (a.kv != "f16" && a.kv != "f32") || (a.clip_fa != "auto" && a.clip_fa != "off"))
         throw std::runtime_error("usage: llamacpp_kit_driver TEXT.gguf MMPROJ.gguf INPUTS.safetensors OUT.safetensors "
                                  "--audio-token-id ID --boa ID --eoa ID --eos A,B,C "
-                                 "[--max-new-tokens N] [--threads N] [--kv f16|f32]");
+                                 "[--max-new-tokens N] [--threads N] [--kv f16|f32] [--clip-flash-attn auto|off]");
     a.text = pos[0]; a.mmproj = pos[1]; a.inputs = pos[2]; a.out = pos[3];
     return a;
 }
@@ -315,10 +317,13 @@ int run(const Args& args) {
     clip_context_params cp{};
     cp.use_gpu = false;
     cp.device = nullptr;
-    cp.flash_attn_type = CLIP_FLASH_ATTN_TYPE_AUTO;  // mtmd's default
+    // mtmd's defaults (mtmd_context_params_default): flash attention AUTO with a warmup, which resolves AUTO to
+    // ENABLED where the backend supports it (the CPU does), and then build_attn casts K and V to fp16.
+    // "off": DISABLED, the encoder's attention in fp32.
+    cp.flash_attn_type = args.clip_fa == "auto" ? CLIP_FLASH_ATTN_TYPE_AUTO : CLIP_FLASH_ATTN_TYPE_DISABLED;
     cp.image_min_tokens = -1;
     cp.image_max_tokens = -1;
-    cp.warmup = false;
+    cp.warmup = true;
     cp.cb_eval = tap_callback;
     cp.cb_eval_user_data = &enc_taps;
     cp.no_alloc = false;

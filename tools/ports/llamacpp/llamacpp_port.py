@@ -47,10 +47,12 @@ def checkpoint_dir(kit: Path, case: dict) -> Path:
 
 
 def convert(build: dict, kit: Path, case: dict, files: dict, outtype: str, cache: Path) -> tuple[Path, Path]:
-    """(text GGUF, mmproj GGUF) of the case's checkpoint, converted once per (weights, dtype, outtype)."""
+    """(text GGUF, mmproj GGUF) of the case's checkpoint, converted once per (weights, dtype, outtype, patches:
+    a probe may change the converter)."""
     ckpt = checkpoint_dir(kit, case)
     rel = ckpt.relative_to(kit).as_posix()
-    digest = hashlib.sha256((files[f"{rel}/model.safetensors"] + files[f"{rel}/config.json"]).encode()).hexdigest()[:16]
+    key = files[f"{rel}/model.safetensors"] + files[f"{rel}/config.json"] + build.get("patches", "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     stem = cache / f"{case['model']}.{case['dtype']}.{outtype}.{digest}"
     text, mmproj = Path(f"{stem}.text.gguf"), Path(f"{stem}.mmproj.gguf")
     if text.exists() and mmproj.exists():
@@ -103,7 +105,8 @@ def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, arg
         cmd = [build["driver"], str(text), str(mmproj), str(inputs), str(out),
                "--audio-token-id", str(config["audio_token_id"]), "--boa", str(ids[BEGIN_OF_AUDIO]),
                "--eoa", str(ids[END_OF_AUDIO]), "--eos", ",".join(map(str, eos)),
-               "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--kv", args.kv]
+               "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--kv", args.kv,
+               "--clip-flash-attn", args.clip_flash_attn]
         # GGML_NO_BACKTRACE: an abort prints its assert, not a gdb trace
         run = subprocess.run(cmd, env=dict(os.environ, GGML_NO_BACKTRACE="1"), capture_output=True, text=True)
     if run.returncode != 0:
@@ -129,6 +132,8 @@ def main() -> int:
                         help="weight matrices in the GGUFs (f16: the converter's usual output)")
     parser.add_argument("--kv", choices=["f16", "f32"], default="f16",
                         help="KV cache type (f16: libllama's default)")
+    parser.add_argument("--clip-flash-attn", choices=["auto", "off"], default="auto",
+                        help="the audio encoder's flash attention (auto: mtmd's default, on for the CPU, K and V in fp16)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     paths = args.build / "paths.json"
