@@ -4,7 +4,7 @@
 //
 //   llamacpp_kit_driver TEXT.gguf MMPROJ.gguf INPUTS.safetensors OUT.safetensors --audio-token-id ID
 //                       --boa ID --eoa ID --eos A,B,C [--max-new-tokens 24] [--threads 2] [--kv f16|f32]
-//                       [--clip-flash-attn auto|off]
+//                       [--clip-flash-attn auto|off] [--llama-flash-attn auto|off]
 //
 // INPUTS holds the kit case's input_features (W, M, 3000) F32, input_features_mask (W, 3000) I32 and
 // input_ids, attention_mask (B, T) I64 (written by llamacpp_port.py).
@@ -262,7 +262,7 @@ int argmax(const float* x, int n) {  // first maximum, as torch.argmax
 }
 
 struct Args {
-    std::string text, mmproj, inputs, out, kv = "f16", clip_fa = "auto";
+    std::string text, mmproj, inputs, out, kv = "f16", clip_fa = "auto", llama_fa = "auto";
     int audio_token_id = -1, boa = -1, eoa = -1, max_new_tokens = 24, threads = 2;
     std::vector<int> eos;
 };
@@ -283,6 +283,7 @@ Args parse_args(int argc, char** argv) {
         else if (s == "--threads") a.threads = std::stoi(next());
         else if (s == "--kv") a.kv = next();
         else if (s == "--clip-flash-attn") a.clip_fa = next();
+        else if (s == "--llama-flash-attn") a.llama_fa = next();
         else if (s == "--eos") {
             std::stringstream ss(next());
             for (std::string x; std::getline(ss, x, ',');) a.eos.push_back(std::stoi(x));
@@ -290,10 +291,11 @@ Args parse_args(int argc, char** argv) {
         else pos.push_back(s);
     }
     if (pos.size() != 4 || a.audio_token_id < 0 || a.boa < 0 || a.eoa < 0 || a.eos.empty() ||
-        (a.kv != "f16" && a.kv != "f32") || (a.clip_fa != "auto" && a.clip_fa != "off"))
+        (a.kv != "f16" && a.kv != "f32") || (a.clip_fa != "auto" && a.clip_fa != "off") ||
+        (a.llama_fa != "auto" && a.llama_fa != "off"))
         throw std::runtime_error("usage: llamacpp_kit_driver TEXT.gguf MMPROJ.gguf INPUTS.safetensors OUT.safetensors "
                                  "--audio-token-id ID --boa ID --eoa ID --eos A,B,C "
-                                 "[--max-new-tokens N] [--threads N] [--kv f16|f32] [--clip-flash-attn auto|off]");
+                                 "[--max-new-tokens N] [--threads N] [--kv f16|f32] [--clip-flash-attn auto|off] [--llama-flash-attn auto|off]");
     a.text = pos[0]; a.mmproj = pos[1]; a.inputs = pos[2]; a.out = pos[3];
     return a;
 }
@@ -411,6 +413,8 @@ int run(const Args& args) {
     lp.n_seq_max = 1;
     lp.n_threads = lp.n_threads_batch = args.threads;
     lp.type_k = lp.type_v = args.kv == "f32" ? GGML_TYPE_F32 : GGML_TYPE_F16;
+    // auto: libllama's default, which turns flash attention on where the backend supports it (the CPU does)
+    lp.flash_attn_type = args.llama_fa == "auto" ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     lp.cb_eval = tap_callback;
     lp.cb_eval_user_data = &dec_taps;
     llama_context* lctx = llama_init_from_model(model, lp);

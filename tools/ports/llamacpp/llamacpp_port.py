@@ -106,7 +106,7 @@ def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, arg
                "--audio-token-id", str(config["audio_token_id"]), "--boa", str(ids[BEGIN_OF_AUDIO]),
                "--eoa", str(ids[END_OF_AUDIO]), "--eos", ",".join(map(str, eos)),
                "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--kv", args.kv,
-               "--clip-flash-attn", args.clip_flash_attn]
+               "--clip-flash-attn", args.clip_flash_attn, "--llama-flash-attn", args.llama_flash_attn]
         # GGML_NO_BACKTRACE: an abort prints its assert, not a gdb trace
         run = subprocess.run(cmd, env=dict(os.environ, GGML_NO_BACKTRACE="1"), capture_output=True, text=True)
     if run.returncode != 0:
@@ -134,6 +134,8 @@ def main() -> int:
                         help="KV cache type (f16: libllama's default)")
     parser.add_argument("--clip-flash-attn", choices=["auto", "off"], default="auto",
                         help="the audio encoder's flash attention (auto: mtmd's default, on for the CPU, K and V in fp16)")
+    parser.add_argument("--llama-flash-attn", choices=["auto", "off"], default="auto",
+                        help="the decoder's flash attention (auto: libllama's default, on for the CPU)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     paths = args.build / "paths.json"
