@@ -4,10 +4,12 @@
 //
 //   llamacpp_kit_driver TEXT.gguf MMPROJ.gguf INPUTS.safetensors OUT.safetensors --audio-token-id ID
 //                       --boa ID --eoa ID --eos A,B,C [--max-new-tokens 24] [--threads 2] [--kv f16|f32]
-//                       [--clip-flash-attn auto|off] [--llama-flash-attn auto|off]
+//                       [--clip-flash-attn auto|off] [--llama-flash-attn auto|off] [--own-front-end]
 //
 // INPUTS holds the kit case's input_features (W, M, 3000) F32, input_features_mask (W, 3000) I32 and
-// input_ids, attention_mask (B, T) I64 (written by llamacpp_port.py).
+// input_ids, attention_mask (B, T) I64, and audio_<i> (samples) F32 for every clip (written by llamacpp_port.py).
+// --own-front-end: mtmd's own log-mel of audio_<i> instead of the kit's features; dumps mel,
+// input_features_mask and the encoder's stages, and stops there.
 //
 // Encoder: each window of the kit's features is one clip_image_f32 (nx = frames, ny = mel bins, mel-major:
 // the layout mtmd's own preprocessor produces) through clip_image_batch_encode, as mtmd_encode does for an audio
@@ -24,6 +26,7 @@
 
 #include "clip-impl.h"
 #include "clip.h"
+#include "mtmd-audio.h"
 #include "ggml-backend.h"
 #include "ggml.h"
 #include "gguf.h"
@@ -264,6 +267,7 @@ int argmax(const float* x, int n) {  // first maximum, as torch.argmax
 struct Args {
     std::string text, mmproj, inputs, out, kv = "f16", clip_fa = "auto", llama_fa = "auto";
     int audio_token_id = -1, boa = -1, eoa = -1, max_new_tokens = 24, threads = 2;
+    bool own_front_end = false;
     std::vector<int> eos;
 };
 
@@ -284,6 +288,7 @@ Args parse_args(int argc, char** argv) {
         else if (s == "--kv") a.kv = next();
         else if (s == "--clip-flash-attn") a.clip_fa = next();
         else if (s == "--llama-flash-attn") a.llama_fa = next();
+        else if (s == "--own-front-end") a.own_front_end = true;
         else if (s == "--eos") {
             std::stringstream ss(next());
             for (std::string x; std::getline(ss, x, ',');) a.eos.push_back(std::stoi(x));
@@ -295,7 +300,7 @@ Args parse_args(int argc, char** argv) {
         (a.llama_fa != "auto" && a.llama_fa != "off"))
         throw std::runtime_error("usage: llamacpp_kit_driver TEXT.gguf MMPROJ.gguf INPUTS.safetensors OUT.safetensors "
                                  "--audio-token-id ID --boa ID --eoa ID --eos A,B,C "
-                                 "[--max-new-tokens N] [--threads N] [--kv f16|f32] [--clip-flash-attn auto|off] [--llama-flash-attn auto|off]");
+                                 "[--max-new-tokens N] [--threads N] [--kv f16|f32] [--clip-flash-attn auto|off] [--llama-flash-attn auto|off] [--own-front-end]");
     a.text = pos[0]; a.mmproj = pos[1]; a.inputs = pos[2]; a.out = pos[3];
     return a;
 }
@@ -311,10 +316,6 @@ int run(const Args& args) {
     llama_backend_init();
 
     // ---- encoder + projector (libmtmd's clip), one window at a time
-    const Tensor& feats = need(in, "input_features", "F32");
-    const Tensor& fmask = need(in, "input_features_mask", "I32");
-    const int64_t W = feats.shape.at(0), M = feats.shape.at(1), F = feats.shape.at(2);
-
     Taps enc_taps;
     clip_context_params cp{};
     cp.use_gpu = false;
@@ -333,6 +334,38 @@ int run(const Args& args) {
     if (!cr.ctx_a) throw std::runtime_error(args.mmproj + ": clip_init gave no audio encoder");
     clip_ctx* ca = cr.ctx_a;
 
+    // The windows the encoder sees: the kit's features, or mtmd's own log-mel of the clips' samples
+    // (mtmd_audio_preprocessor_whisper, what mtmd_tokenize runs on an audio bitmap: 3000-frame chunks).
+    std::vector<std::vector<float>> windows;  // (M, F) each
+    int64_t M = 0, F = 3000;
+    if (!args.own_front_end) {
+        const Tensor& feats = need(in, "input_features", "F32");
+        M = feats.shape.at(1);
+        F = feats.shape.at(2);
+        for (int64_t w = 0; w < feats.shape.at(0); w++)
+            windows.emplace_back(feats.as<float>() + w * M * F, feats.as<float>() + (w + 1) * M * F);
+    } else {
+        mtmd_audio_preprocessor_whisper pre(ca);
+        pre.initialize();
+        for (int c = 0; in.count("audio_" + std::to_string(c)); c++) {
+            const Tensor& audio = need(in, "audio_" + std::to_string(c), "F32");
+            std::vector<mtmd_audio_mel> mels;
+            if (!pre.preprocess(audio.as<float>(), audio.data.size() / sizeof(float), mels))
+                throw std::runtime_error("mtmd's whisper preprocessor failed on audio_" + std::to_string(c));
+            for (auto& mel : mels) {
+                M = mel.n_mel;
+                if (mel.n_len != F) throw std::runtime_error("mtmd gave a chunk of " + std::to_string(mel.n_len) + " frames");
+                windows.push_back(mel.data);
+            }
+        }
+        std::vector<float> all;
+        for (auto& w : windows) all.insert(all.end(), w.begin(), w.end());
+        out["mel"] = make("F32", {(int64_t)windows.size(), M, F}, all);
+        // mtmd has no valid-frame mask: every chunk's 3000 frames become audio tokens (n_len / 2 / 4 of them).
+        out["input_features_mask"] = make("I32", {(int64_t)windows.size(), F}, std::vector<int32_t>(windows.size() * F, 1));
+    }
+    const int64_t W = (int64_t)windows.size();
+
     // Names: the graph's own (whisper-enc.cpp, build_vit) and glm_asr_taps.patch's tap.*.
     std::map<std::string, std::string> enc_names = {
         {"tap.conv1", "conv1"}, {"after_conv1d", "conv2"}, {"tap.encoder_norm", "encoder.norm"},
@@ -348,7 +381,7 @@ int run(const Args& args) {
     for (int64_t w = 0; w < W; w++) {
         clip_image_f32 img;
         img.set_size({(int)F, (int)M}, /*is_placeholder*/ false, /*is_audio*/ true);
-        img.cpy_buf(std::vector<float>(feats.as<float>() + w * M * F, feats.as<float>() + (w + 1) * M * F));
+        img.cpy_buf(windows[w]);
         const int n_rows = clip_n_output_tokens(ca, &img);
         D = clip_n_mmproj_embd(ca);
         enc_taps.got.clear();
@@ -376,6 +409,11 @@ int run(const Args& args) {
         out[enc_names.at(name)] = make("F32", st.shape, st.v);
     // Written now too, so the encoder's stages survive a decoder that aborts (a GGML_ASSERT).
     write_safetensors(args.out, out);
+    if (args.own_front_end) {  // mtmd's prompt comes from its tokenizer and chat template: the decoder is not run
+        clip_free(ca);
+        return 0;
+    }
+    const Tensor& fmask = need(in, "input_features_mask", "I32");
 
     // The kit's kept audio rows of every window, in order: floor((L + 1) / 8) for L valid frames.
     std::vector<const float*> kept;

@@ -14,7 +14,7 @@ BUILD/llamacpp_kit_driver feeds the kit's inputs.safetensors to the libraries an
 f32 for both isolates its arithmetic from its storage precision (the converter keeps the conv kernels in
 f16 whatever --outtype says; see f32_conv_probe.patch).
 
-Needs numpy and safetensors (the glm-asr environment has them); nothing of glm_asr is imported.
+Needs numpy, safetensors and scipy (the glm-asr environment has them); nothing of glm_asr is imported.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from scipy.io import wavfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from original_layout import BEGIN_OF_AUDIO, END_OF_AUDIO, special_ids, write_original  # noqa: E402
@@ -79,15 +80,22 @@ def convert(build: dict, kit: Path, case: dict, files: dict, outtype: str, cache
 
 
 def driver_inputs(kit: Path, case: dict, path: Path) -> None:
-    """The kit's inputs (features bf16-rounded in bf16 cases) in the dtypes the driver reads."""
-    inputs = load_file(kit / case["dir"] / "inputs.safetensors")
+    """The kit's inputs (features bf16-rounded in bf16 cases) and the clips' samples, in the dtypes the driver reads."""
+    folder = kit / case["dir"]
+    inputs = load_file(folder / "inputs.safetensors")
     feats = inputs["input_features"].astype(np.float32)
-    save_file({
+    tensors = {
         "input_features": bf16_round(feats) if case["dtype"] == "bf16" else feats,
         "input_features_mask": inputs["input_features_mask"].astype(np.int32),
         "input_ids": inputs["input_ids"].astype(np.int64),
         "attention_mask": inputs["attention_mask"].astype(np.int64),
-    }, path)
+    }
+    for i, clip in enumerate(case["clips"]):
+        rate, samples = wavfile.read(folder / clip["file"])
+        if rate != 16000 or samples.dtype != np.float32 or samples.ndim != 1:
+            sys.exit(f"{folder / clip['file']}: expected 16 kHz mono float32, got {rate} Hz {samples.dtype} {samples.shape}")
+        tensors[f"audio_{i}"] = samples
+    save_file(tensors, path)
 
 
 def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, args: argparse.Namespace,
@@ -107,8 +115,14 @@ def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, arg
                "--eoa", str(ids[END_OF_AUDIO]), "--eos", ",".join(map(str, eos)),
                "--max-new-tokens", str(max_new_tokens), "--threads", str(args.threads), "--kv", args.kv,
                "--clip-flash-attn", args.clip_flash_attn, "--llama-flash-attn", args.llama_flash_attn]
+        if args.own_front_end:
+            cmd.append("--own-front-end")
         # GGML_NO_BACKTRACE: an abort prints its assert, not a gdb trace
-        run = subprocess.run(cmd, env=dict(os.environ, GGML_NO_BACKTRACE="1"), capture_output=True, text=True)
+        # rope_probe.patch reads the encoder's RoPE theta from here (its GGUF has no key for it); as shipped,
+        # llama.cpp reads nothing.
+        theta = (config["audio_config"].get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        env = dict(os.environ, GGML_NO_BACKTRACE="1", LLAMACPP_PROBE_ROPE_THETA=str(theta))
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if run.returncode != 0:
         lines = run.stderr.strip().splitlines() or ["(no output)"]
         tail = next((line for line in lines if "GGML_ASSERT" in line), lines[-1])
@@ -137,6 +151,8 @@ def main() -> int:
     parser.add_argument("--llama-flash-attn", choices=["auto", "off"], default="auto",
                         help="the decoder's flash attention (auto: libllama's default, on for the CPU)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--own-front-end", action="store_true",
+                        help="mtmd's own log-mel of the WAVs (dumps mel, input_features_mask, encoder stages)")
     args = parser.parse_args()
     paths = args.build / "paths.json"
     if not paths.exists():
