@@ -62,6 +62,7 @@ def test_original_layout_round_trips_through_the_loader(tmp_path: Path, name: st
 
 def test_original_layout_rejects_an_unknown_key(tmp_path: Path) -> None:
     port = _port()
-    weights = {"audio_tower.conv1.weight": np.zeros((2, 2, 3), np.float32), "audio_tower.bogus": np.zeros(1, np.float32)}
+    weights = {"audio_tower.conv1.weight": np.zeros((2, 2, 3), np.float32),
+               "audio_tower.bogus": np.zeros(1, np.float32)}
     with pytest.raises(ValueError, match="audio_tower.bogus"):
         port.original_weights(weights, {"audio_config": {"hidden_size": 8, "num_attention_heads": 2}}, {})

@@ -33,7 +33,7 @@ from safetensors.numpy import load_file, save_file
 from scipy.io import wavfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from original_layout import BEGIN_OF_AUDIO, END_OF_AUDIO, special_ids, write_original  # noqa: E402
+from original_layout import BEGIN_OF_AUDIO, END_OF_AUDIO, special_ids, write_original
 
 
 def bf16_round(x: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ def convert(build: dict, kit: Path, case: dict, files: dict, outtype: str, cache
         for out, extra in ((text, []), (mmproj, ["--mmproj"])):
             cmd = [build["converter_python"], build["converter"], str(staged), "--outtype", outtype,
                    "--outfile", f"{out}.tmp", *extra]
-            run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            run = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if run.returncode != 0:
                 sys.exit(f"converter failed on {ckpt} ({' '.join(extra) or 'text model'}):\n"
                          f"{run.stdout[-2000:]}{run.stderr[-4000:]}")
@@ -120,9 +120,9 @@ def run_case(build: dict, kit: Path, case: dict, files: dict, results: Path, arg
         # GGML_NO_BACKTRACE: an abort prints its assert, not a gdb trace
         # rope_probe.patch reads the encoder's RoPE theta from here (its GGUF has no key for it); as shipped,
         # llama.cpp reads nothing.
-        theta = (config["audio_config"].get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        theta = args.probe_rope_theta or (config["audio_config"].get("rope_parameters") or {}).get("rope_theta", 10000.0)
         env = dict(os.environ, GGML_NO_BACKTRACE="1", LLAMACPP_PROBE_ROPE_THETA=str(theta))
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if run.returncode != 0:
         lines = run.stderr.strip().splitlines() or ["(no output)"]
         tail = next((line for line in lines if "GGML_ASSERT" in line), lines[-1])
@@ -150,6 +150,8 @@ def main() -> int:
                         help="the audio encoder's flash attention (auto: mtmd's default, on for the CPU, K and V in fp16)")
     parser.add_argument("--llama-flash-attn", choices=["auto", "off"], default="auto",
                         help="the decoder's flash attention (auto: libllama's default, on for the CPU)")
+    parser.add_argument("--probe-rope-theta", type=float, default=None,
+                        help="rope_probe.patch only: the encoder's RoPE theta (default: the case's config)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--own-front-end", action="store_true",
                         help="mtmd's own log-mel of the WAVs (dumps mel, input_features_mask, encoder stages)")
