@@ -15,6 +15,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -ge 2 ] || { echo "usage: $0 LLAMA_CPP_SRC BUILD [EXTRA.patch ...]" >&2; exit 2; }
+[ -d "$1" ] || { echo "$1: not a folder; expected a llama.cpp source tree (see README.md: Sources used)" >&2; exit 2; }
 src="$(cd "$1" && pwd)"; mkdir -p "$2"; build="$(cd "$2" && pwd)"; shift 2
 patches=("$here/glm_asr_taps.patch" "$here/glm_asr_converter.patch")
 for p in "$@"; do patches+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")"); done
