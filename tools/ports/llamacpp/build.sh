@@ -16,15 +16,18 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 [ $# -ge 2 ] || { echo "usage: $0 LLAMA_CPP_SRC BUILD [EXTRA.patch ...]" >&2; exit 2; }
 [ -d "$1" ] || { echo "$1: not a folder; expected a llama.cpp source tree (see README.md: Sources used)" >&2; exit 2; }
-src="$(cd "$1" && pwd)"; mkdir -p "$2"; build="$(cd "$2" && pwd)"; shift 2
-patches=("$here/glm_asr_taps.patch" "$here/glm_asr_converter.patch")
-for p in "$@"; do patches+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")"); done
-jobs="${JOBS:-2}"
-
+src="$(cd "$1" && pwd)"
 [ -f "$src/tools/mtmd/models/whisper-enc.cpp" ] && [ -f "$src/conversion/ultravox.py" ] || {
     echo "$src: no tools/mtmd/models/whisper-enc.cpp or conversion/ultravox.py; expected a llama.cpp tree with GLM-ASR support (PR 17901)" >&2
     exit 2
 }
+for p in "${@:3}"; do
+    [ -f "$p" ] || { echo "$p: no such patch; the probes are in $here" >&2; exit 2; }
+done
+mkdir -p "$2"; build="$(cd "$2" && pwd)"; shift 2
+patches=("$here/glm_asr_taps.patch" "$here/glm_asr_converter.patch")
+for p in "$@"; do patches+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")"); done
+jobs="${JOBS:-2}"
 
 # 1. A fresh copy of the sources (mtimes kept), the patches applied. Files that this or the previous patch set
 #    touched are marked new, so an incremental build recompiles exactly them.
