@@ -93,10 +93,7 @@ def test_cache_step_logits_equal_full_recomputation():
             embeds = model.language_model.model.embed_tokens(new[:, s : s + 1])
             step_logits.append(model.decode(embeds, positions[:, T + s : T + s + 1], full_attn[:, : T + s + 1].bool(), cache, T + s)[:, -1])
     expected = full[:, T - 1 : -1]
-    # A cached step attends with one query (dispatch.single_query_attention: two matmuls), the full forward with
-    # SDPA: the same math summed in another order. Seen: 1.7e-6 against logits up to 3.3, a few fp32 ulps; a cache
-    # bug moves logits by their own size.
-    torch.testing.assert_close(torch.stack(step_logits, dim=1), expected, rtol=1e-5, atol=2e-6 * float(expected.abs().max()))
+    torch.testing.assert_close(torch.stack(step_logits, dim=1), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_max_new_tokens_must_be_positive():

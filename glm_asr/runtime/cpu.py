@@ -13,8 +13,8 @@ The rules, which hold on every machine (what they chose on the CPUs measured is 
   whole weight on every call. Single rows read weights packed into oneDNN's layout wherever it does bf16.
 - **fp32 single-row products** (the decode steps of batch 1) go to the kernel that reads weights fastest on
   this machine: OpenBLAS (numpy's BLAS, with torch on one thread meanwhile), oneDNN or PyTorch's default. Which
-  one wins depends on the CPU and its memory, not on a feature flag, so it is measured: `calibrate()` times
-  each on 1 GB of weights (larger than the caches; about 2 s in all) and the answer is cached per machine,
+  one wins depends on the CPU, its memory and the weights' shapes, not on a feature flag, so it is measured:
+  `calibrate()` times each on 1 GB of decoder-layer-shaped weights (larger than the caches; about 3 s in all) and the answer is cached per machine,
   torch version and thread count in `$GLM_ASR_CACHE_DIR` (default `~/.cache/glm_asr`).
 - **int8 activations** are 8-bit where the CPU has VNNI (AVX-512 VNNI or AVX-VNNI: products summed in int32)
   and 7-bit elsewhere (`reduce_range`: without VNNI the int8 kernels add pairs of products in int16, which 8-bit
@@ -142,32 +142,41 @@ def _cache_path(features: Features) -> Path:
     return root / f"matvec-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def time_matvec_kernels(megabytes: int = 1024, rounds: int = 3) -> dict[str, float]:
-    """GB/s at which each kernel reads fp32 weights in single-row products (decoder-shaped, 2048 -> 6144),
-    cycling through `megabytes` of weights so that they stream from memory, as in a decode step. The kernels
-    take turns within each round and each keeps its best round, so a machine whose speed drifts while it is
-    measured (a shared VM's does) weighs on every kernel alike."""
-    rows, cols = 6144, 2048
-    weights = [torch.empty(rows, cols).uniform_(-1, 1) for _ in range(max(1, megabytes * 2**20 // (rows * cols * 4)))]
-    x = torch.randn(1, cols)
+# One decoder layer's weights at the released shape, (out, in): q, k, v, o, gate, up, down. A kernel's speed
+# depends on the shape (seen on one machine: PyTorch's kernel read a 6144 x 2048 weight at half the rate of a
+# 2048 x 6144 one), so it is timed on the mix a decode step reads, not on one shape.
+LAYER_SHAPES = ((2048, 2048), (512, 2048), (512, 2048), (2048, 2048), (6144, 2048), (6144, 2048), (2048, 6144))
+
+
+def time_matvec_kernels(megabytes: int = 1024, rounds: int = 2) -> dict[str, float]:
+    """GB/s at which each kernel reads fp32 weights in single-row products, cycling through `megabytes` of
+    decoder layers (LAYER_SHAPES) so that they stream from memory, as in a decode step. Each kernel runs
+    `rounds` timed passes after an untimed one, which absorbs what the kernel before it left behind (OpenBLAS's
+    threads spin on after a call: the kernel timed right after one read at half its rate); the kernels are
+    swept twice, in opposite orders, so a machine whose speed drifts while it is measured (a shared VM's
+    does) weighs on every kernel alike. Each keeps its best pass."""
+    layer_bytes = 4 * sum(n * k for n, k in LAYER_SHAPES)
+    weights = [torch.empty(n, k).uniform_(-1, 1) for _ in range(max(1, megabytes * 2**20 // layer_bytes)) for n, k in LAYER_SHAPES]
+    inputs = {k: torch.randn(1, k) for _, k in LAYER_SHAPES}
     kernels = {"openblas": openblas_linear, "torch": torch.nn.functional.linear}
     if torch.backends.mkldnn.is_available():
         kernels["onednn"] = onednn_linear
     best = dict.fromkeys(kernels, float("inf"))
     threads = torch.get_num_threads()
     with torch.inference_mode():
-        for round_ in range(rounds + 1):  # the first round warms up
-            for name, kernel in kernels.items():
+        for sweep in (list(kernels), list(kernels)[::-1]):
+            for name in sweep:
                 torch.set_num_threads(1 if name == "openblas" else threads)  # as single_row_kernel() runs it
                 try:
-                    started = time.perf_counter()
-                    for w in weights:
-                        kernel(x, w)
-                    if round_:
-                        best[name] = min(best[name], time.perf_counter() - started)
+                    for pass_ in range(rounds + 1):
+                        started = time.perf_counter()
+                        for w in weights:
+                            kernels[name](inputs[w.shape[1]], w)
+                        if pass_:
+                            best[name] = min(best[name], time.perf_counter() - started)
                 finally:
                     torch.set_num_threads(threads)
-    return {name: len(weights) * rows * cols * 4 / t / 1e9 for name, t in best.items()}
+    return {name: sum(w.numel() for w in weights) * 4 / t / 1e9 for name, t in best.items()}
 
 
 # Kernels within MATVEC_MARGIN of the fastest are a tie, settled in this order: oneDNN and PyTorch's kernel keep

@@ -18,8 +18,8 @@ checkpoint keys) and is swapped in after loading by prepare.py: the model's own 
   stay bf16: they are bound by reading weights, which bf16 halves. Where the CPU has native bf16, PyTorch's
   bf16 kernels are kept. Inside `single_row_kernel()`, wherever oneDNN does bf16, single rows read a copy of the
   weight packed into its layout (`packed_bf16_linear`).
-- attention of a single query (every decode step) as two small matmuls in fp32 (`single_query_attention`),
-  in every dtype: PyTorch's CPU flash kernel is built for many queries.
+- attention of a single query (every decode step) in bf16 or fp16 as two small matmuls in fp32
+  (`single_query_attention`): PyTorch's CPU flash kernel is built for many queries, 5x slower there.
 
 Only the summation order differs from the default kernels, which the conformance tolerances cover.
 Everything else takes the plain PyTorch path: other dtypes and devices, autograd, and tracing by
@@ -100,10 +100,11 @@ def packed_bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention of one query position (a decode step) as two batched matmuls in fp32, rounded once to q's dtype.
 
-    PyTorch's CPU SDPA runs its flash kernel here, built for many queries: in bf16 it cost 21.6 ms a step over
-    a 400-token cache (7x the fp32 time) where this costs a few hundred µs. The g = H / Hkv query heads that
-    share a kv head are stacked as rows of one (g, Dh) @ (Dh, S) product, so the cache is never repeated per
-    head. q (B, H, 1, Dh); k, v (B, Hkv, S, Dh); mask (B, 1, 1, S) bool, True where the query may look."""
+    PyTorch's CPU SDPA runs its flash kernel here, built for many queries: in bf16 it took 26.8 ms a step (28
+    layers, a 400-token cache) against 5.3 ms for this, and 4.3 ms in fp32, where SDPA is kept (this took 4.8;
+    `tools/bench.py --kernels`, AVX-512 + VNNI). The g = H / Hkv query heads that share a kv head are stacked as
+    rows of one (g, Dh) @ (Dh, S) product, so the cache is never repeated per head.
+    q (B, H, 1, Dh); k, v (B, Hkv, S, Dh); mask (B, 1, 1, S) bool, True where the query may look."""
     B, H, _, Dh = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     rows = q.reshape(B, Hkv, H // Hkv, Dh).float()  # query head h reads kv head h // (H / Hkv)
@@ -114,11 +115,11 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
 
 
 class Attention(ScaledDotProductAttention):
-    """The model's attention: one query position (decode steps) as `single_query_attention`, and widened to fp32
-    for bf16 on CPUs without native bf16 (module doc)."""
+    """The model's attention: one query position (decode steps) in a reduced precision as
+    `single_query_attention`, and widened to fp32 for bf16 on CPUs without native bf16 (module doc)."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if q.shape[2] == 1 and _eager_cpu(q, k, v):
+        if q.shape[2] == 1 and q.dtype != torch.float32 and _eager_cpu(q, k, v):
             return single_query_attention(q, k, v, mask)
         if widen_bf16(q, k, v):
             return super().forward(q.float(), k.float(), v.float(), mask).to(q.dtype)
@@ -152,6 +153,8 @@ class Linear(nn.Linear):
                 return openblas_linear(x, self.weight, self.bias)
             if matvec == "torch":
                 return F.linear(x, self.weight, self.bias)
+            if matvec == "onednn":  # oneDNN's single-row kernel reads fastest on a 2-D (1, K) input (packed_bf16_linear)
+                return onednn_linear(x.reshape(1, -1), self.weight, self.bias).view(*x.shape[:-1], -1)
             return onednn_linear(x, self.weight, self.bias)
         if x.numel() >= cpu.rules().bf16_widen_rows * x.shape[-1] and widen_bf16(x, self.weight):
             return widened_linear(x, self.weight, self.bias)
