@@ -31,6 +31,12 @@ MUTATIONS: dict[str, Mutation] = {
         "rope_cos_sin(positions, self.config.rotary_dim, 10000.0, x.dtype)",
         "encoder RoPE theta hard-coded to 10000 (the released value) instead of read from the config",
     ),
+    "no_encoder_rope": Mutation(
+        "glm_asr/model/encoder.py",
+        "q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)",
+        "pass  # no RoPE",
+        "no RoPE in the encoder (as a Whisper encoder, which llama.cpp's GLM-ASR graph reuses)",
+    ),
     "k_bias": Mutation(
         "glm_asr/model/encoder.py",
         "self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)",

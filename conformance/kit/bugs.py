@@ -324,6 +324,9 @@ BUGS.update({
                                    _scaled_attention(lambda m: m.audio_tower.layers)),
     "decoder_attention_scale": Bug("decoder.layers.", "softmax scale 1/head_dim instead of 1/sqrt(head_dim) in the decoder attention",
                                    _scaled_attention(lambda m: m.language_model.model.layers)),
+    # Found in a real port (llama.cpp's GLM-ASR graph reuses Whisper's encoder, which has none: docs/llamacpp-port.md).
+    "no_encoder_rope": Bug("encoder.layers.", "no RoPE in the encoder attention (Whisper's encoder has none; this one rotates q and k)",
+                           lambda m: mock.patch.object(glm_asr.model.encoder, "apply_rope", lambda x, cos, sin: x)),
 })
 # Not here: a bias on the encoder's k_proj (conformance/harness/mutations.py `k_bias`). The checkpoint has none, so a
 # port with one either fails to load it or adds zeros, which change nothing; there is no tensor to compare.
