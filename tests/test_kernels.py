@@ -155,20 +155,20 @@ def test_native_bf16_keeps_pytorchs_kernels(monkeypatch):
     assert not calls
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_a_single_bf16_row_keeps_the_bf16_kernel(monkeypatch, native):
+# Each capability forced, so every branch runs whatever the host has: native bf16 widens nothing; oneDNN's (emulated)
+# bf16 kernel keeps up to 31 rows; with no bf16 kernel at all, 2 rows and more are widened.
+@pytest.mark.parametrize("native, onednn_bf16, widened_from", [(True, True, None), (False, True, 32), (False, False, 2)])
+def test_a_decode_steps_few_bf16_rows_keep_the_bf16_kernel(monkeypatch, native, onednn_bf16, widened_from):
     calls = []
     monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))
     layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
-    with cpu.forced(native_bf16=native):
+    with cpu.forced(native_bf16=native, onednn_bf16=onednn_bf16):
+        assert cpu.rules().bf16_widen_rows == (widened_from or 1)
         layer(torch.randn(1, 1, 64, dtype=torch.bfloat16))  # a decode step reads weights: bf16 halves the bytes
+        layer(torch.randn((widened_from or 65) - 1, 64, dtype=torch.bfloat16))  # a batched step's few rows
         assert not calls
-        widen = cpu.rules().bf16_widen_rows
-        if widen > 2:  # oneDNN has a bf16 kernel here: a batched decode step's few rows keep it
-            layer(torch.randn(widen - 1, 64, dtype=torch.bfloat16))
-            assert not calls
-        layer(torch.randn(widen, 64, dtype=torch.bfloat16))
-    assert len(calls) == (0 if native else 1)  # a prompt's rows: widened to fp32 on oneDNN only without native bf16
+        layer(torch.randn(widened_from or 64, 64, dtype=torch.bfloat16))  # a prompt's rows
+    assert len(calls) == (0 if native else 1)  # widened to fp32 on oneDNN only without native bf16
 
 
 def _can_pack_bf16() -> bool:
