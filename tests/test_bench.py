@@ -108,3 +108,10 @@ def test_kernel_bench_reports_every_row_count_and_form(tmp_path):
     assert [int(r) for r in record["products_ms"]] == [1, 2, 4, 8, 16, 64, 389]
     assert all({"fp32 oneDNN", "bf16 widened", "int8", "int4"} <= set(forms) for forms in record["products_ms"].values())
     assert set(record["attention_ms_per_28_layers"]) == {"fp32 SDPA", "fp32 single_query_attention", "bf16 SDPA", "bf16 single_query_attention"}
+
+
+@pytest.mark.parametrize("bad, named", [(["--weights", "0"], "--weights 0"), (["--rounds", "0"], "--rounds 0"),
+                                        (["--threads", "-1"], "--threads -1"), (["--json", "/nonexistent/k.json"], "its folder does not exist")])
+def test_kernel_bench_refuses_bad_values_before_measuring(bad, named):
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--kernels", *bad], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr, done.stderr

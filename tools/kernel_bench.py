@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    for name in ("threads", "weights", "rounds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} {value}: expected 1 or more")
+    if args.json and not args.json.parent.is_dir():
+        parser.error(f"--json {args.json}: its folder does not exist; create it or name another")
     if args.threads:
         torch.set_num_threads(args.threads)
     f = cpu.features()
