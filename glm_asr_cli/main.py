@@ -176,6 +176,7 @@ def _info(args: argparse.Namespace) -> int:
 
     if args.recalibrate:
         cpu.calibrate(refresh=True)
+        cpu.calibrate_gemm(refresh=True)
     print(cpu.describe())
     return 0
 
@@ -240,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     info = sub.add_parser("info", help="this CPU's features and every kernel choice made from them, with the reason", formatter_class=_HelpFormatter)
-    info.add_argument("--recalibrate", action="store_true", help="measure the decode kernels again instead of reading the cache")
+    info.add_argument("--recalibrate", action="store_true", help="measure the decode and GEMM kernels again instead of reading the cache")
     info.set_defaults(run=_info)
 
     tr = sub.add_parser("transcribe", help="transcribe audio files, directories or manifests: one line per file, --json, or --output results.jsonl",

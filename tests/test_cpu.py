@@ -27,7 +27,7 @@ def test_each_class_gets_its_rules():
     assert (skylake.native_bf16, skylake.bf16_packed) == (False, True) and "emulates" in skylake.reasons["native_bf16"]
     # Widening pays for a prompt's rows; with an (emulated) oneDNN bf16 kernel a batched step's few rows keep it.
     assert [c.bf16_widen_rows for c in (avx2, skylake, zen4)] == [2, 32, 1]
-    assert all(set(c.reasons) == {"onednn_fp32", "native_bf16", "bf16_packed", "bf16_widen_rows", "matvec", "int8_reduce_range", "int8_gemm_engine", "threads"}
+    assert all(set(c.reasons) == {"fp32_gemm", "fp32_few_rows", "native_bf16", "bf16_packed", "bf16_widen_rows", "matvec", "int8_reduce_range", "int8_gemm_engine", "threads"}
                for c in (avx2, zen4, spr))
 
 
@@ -50,8 +50,10 @@ def test_forced_block_is_undone_and_nests():
 
 
 def test_force_environment_variable_is_parsed_and_bad_values_named(monkeypatch):
-    assert cpu._parse_force(" native_bf16=0, vnni=1,matvec=onednn") == {"native_bf16": False, "vnni": True, "matvec": "onednn"}
-    for bad, named in [("native_bf16", "not NAME=VALUE"), ("turbo=1", "'turbo=1'"), ("vnni=yes", "vnni='yes'"), ("matvec=mkl", "matvec='mkl'")]:
+    assert cpu._parse_force(" native_bf16=0, vnni=1,matvec=onednn,fp32_gemm=torch") == {"native_bf16": False, "vnni": True, "matvec": "onednn",
+                                                                                     "fp32_gemm": "torch"}
+    for bad, named in [("native_bf16", "not NAME=VALUE"), ("turbo=1", "'turbo=1'"), ("vnni=yes", "vnni='yes'"), ("matvec=mkl", "matvec='mkl'"),
+                       ("fp32_gemm=mkl", "fp32_gemm='mkl'")]:
         with pytest.raises(ValueError, match=named):
             cpu._parse_force(bad)
 
@@ -75,6 +77,39 @@ def test_a_matvec_kernel_must_win_by_more_than_the_measurements_noise():
     assert cpu.fastest_matvec({"openblas": 46.5, "onednn": 40.0, "torch": 44.5}) == "torch"
     assert cpu.fastest_matvec({"openblas": 46.5, "onednn": 40.0, "torch": 30.0}) == "openblas"
     assert cpu.fastest_matvec({"openblas": 10.0, "torch": 10.2}) == "torch"  # a build without oneDNN
+    assert cpu.fastest_matvec({"openblas": 20.0, "onednn": 20.5, "torch": 19.8}) == "torch"  # a tie: the plain model's kernel
+
+
+def test_gemm_calibration_is_measured_once_cached_and_decides_each_band(tmp_path, monkeypatch):
+    monkeypatch.setenv(cpu.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(cpu, "calibrate", lambda refresh=False: ("torch", {"torch": 1.0}, "stub"))
+    measured = []
+    rates = {"fp32_few_rows": {"onednn": 11.0, "torch": 4.0}, "fp32_gemm": {"onednn": 34.0, "torch": 40.0}}
+    monkeypatch.setattr(cpu, "time_gemm_engines", lambda: measured.append(1) or rates)
+    # the AVX2 EPYC's pattern: oneDNN wins the few rows and loses the GEMMs
+    c = cpu.decide(AVX2)
+    assert (c.fp32_few_rows, c.fp32_gemm, len(measured)) == ("onednn", "torch", 1)
+    assert "onednn 34, torch 40" not in c.reasons["fp32_gemm"] and "torch 40, onednn 34" in c.reasons["fp32_gemm"]
+    assert cpu.decide(AVX2).fp32_gemm == "torch" and len(measured) == 1  # cached
+    (cached,) = tmp_path.glob("gemm-*.json")
+    assert json.loads(cached.read_text())["gflop_per_s"] == rates
+    cpu.calibrate_gemm(refresh=True)
+    assert len(measured) == 2
+    assert cpu.decide(dataclasses.replace(AVX2, onednn=False)).fp32_few_rows == "torch"  # no oneDNN in the build
+    assert cpu.decide(AVX2, {"fp32_gemm": "onednn"}).fp32_gemm == "onednn"
+    assert cpu.decide(AVX2, measure=False).fp32_gemm == "torch"  # unmeasured: the plain model's kernel
+
+
+def test_onednn_must_beat_the_default_by_more_than_the_noise():
+    assert cpu.fastest_gemm({"onednn": 41.0, "torch": 40.0}) == "torch"  # 2.5%: a tie goes to the plain model
+    assert cpu.fastest_gemm({"onednn": 44.0, "torch": 40.0}) == "onednn"
+    assert cpu.fastest_gemm({"torch": 40.0}) == "torch"
+
+
+def test_the_gemm_timing_measures_both_engines_in_both_bands(monkeypatch):
+    monkeypatch.setattr(cpu, "GEMM_SHAPES", {"fp32_few_rows": (4, 64, 96), "fp32_gemm": (64, 64, 96)})
+    rates = cpu.time_gemm_engines(rounds=1)
+    assert set(rates) == {"fp32_few_rows", "fp32_gemm"} and all(set(r) == {"onednn", "torch"} and min(r.values()) > 0 for r in rates.values())
 
 
 def test_the_matvec_timing_measures_every_kernel():
@@ -84,11 +119,11 @@ def test_the_matvec_timing_measures_every_kernel():
 
 
 def test_info_prints_the_class_and_every_choice(capsys, monkeypatch):
-    monkeypatch.setenv(cpu.FORCE_ENV, "matvec=torch")  # no calibration in the test
+    monkeypatch.setenv(cpu.FORCE_ENV, "matvec=torch,fp32_gemm=torch,fp32_few_rows=onednn")  # no calibration in the test
     monkeypatch.setattr(cpu, "_choices", None)
     monkeypatch.setattr(cpu, "_rules", None)
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"class: {cpu.features().cpu_class}" in out
-    for text in ("fp32 GEMMs", "bf16:", "bf16 decode weights", "fp32 decode matvec: torch", "int8 activations", "int8 encoder GEMMs", "threads"):
+    for text in ("fp32 GEMMs (32+ rows)", "fp32 few rows (2-31)", "bf16:", "bf16 decode weights", "fp32 decode matvec: torch", "int8 activations", "int8 encoder GEMMs", "threads"):
         assert text in out

@@ -20,8 +20,9 @@ def test_onednn_path_equals_f_linear(shape, bias):
     torch.manual_seed(0)
     layer = Linear(64, 48, bias=bias).requires_grad_(False)
     x = torch.randn(*shape)
-    assert use_onednn(x, layer.weight)
-    out = layer(x)
+    with cpu.forced(fp32_gemm="onednn", fp32_few_rows="onednn"):
+        assert use_onednn(x, layer.weight)
+        out = layer(x)
     expected = F.linear(x, layer.weight, layer.bias)
     assert out.shape == expected.shape
     assert float((out - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
@@ -51,8 +52,22 @@ def test_other_dtypes_and_autograd_take_f_linear():
     layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
     assert not use_onednn(torch.randn(3, 64, dtype=torch.bfloat16), layer.weight.detach().bfloat16())
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu.forced(fp32_few_rows="onednn"):
         assert use_onednn(torch.randn(3, 64), layer.weight)
+
+
+@pytest.mark.parametrize("band, rows", [("fp32_few_rows", 3), ("fp32_gemm", cpu.FEW_ROWS)])
+@pytest.mark.parametrize("engine", cpu.GEMM_ENGINES)
+def test_each_band_of_rows_takes_the_engine_chosen_for_it(monkeypatch, band, rows, engine):
+    calls = []
+    monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))
+    layer = Linear(64, 48).requires_grad_(False)
+    other = next(e for e in cpu.GEMM_ENGINES if e != engine)
+    with cpu.forced(**{"fp32_gemm": other, "fp32_few_rows": other, band: engine}):
+        out = layer(torch.randn(rows, 64))
+        widened = layer.bfloat16()(torch.randn(rows, 64, dtype=torch.bfloat16)) if not cpu.native_bf16() else None
+    assert len(calls) == (0 if engine == "torch" else 1 if widened is None else 2)
+    assert out.shape == (rows, 48)
 
 
 @pytest.mark.parametrize("kernel", cpu.MATVEC_KERNELS)
@@ -160,7 +175,8 @@ def test_native_bf16_keeps_pytorchs_kernels(monkeypatch):
 @pytest.mark.parametrize("native, onednn_bf16, widened_from", [(True, True, None), (False, True, 32), (False, False, 2)])
 def test_a_decode_steps_few_bf16_rows_keep_the_bf16_kernel(monkeypatch, native, onednn_bf16, widened_from):
     calls = []
-    monkeypatch.setattr(kernels, "onednn_linear", lambda *args: calls.append(args) or F.linear(*args))
+    widened = kernels.widened_linear
+    monkeypatch.setattr(kernels, "widened_linear", lambda *args: calls.append(args) or widened(*args))
     layer = Linear(64, 48).to(torch.bfloat16).requires_grad_(False)
     with cpu.forced(native_bf16=native, onednn_bf16=onednn_bf16):
         assert cpu.rules().bf16_widen_rows == (widened_from or 1)
@@ -168,7 +184,7 @@ def test_a_decode_steps_few_bf16_rows_keep_the_bf16_kernel(monkeypatch, native, 
         layer(torch.randn((widened_from or 65) - 1, 64, dtype=torch.bfloat16))  # a batched step's few rows
         assert not calls
         layer(torch.randn(widened_from or 64, 64, dtype=torch.bfloat16))  # a prompt's rows
-    assert len(calls) == (0 if native else 1)  # widened to fp32 on oneDNN only without native bf16
+    assert len(calls) == (0 if native else 1)  # widened to fp32 only without native bf16
 
 
 def _can_pack_bf16() -> bool:

@@ -2,8 +2,12 @@
 
 The rules, which hold on every machine (what they chose on the CPUs measured is in docs/performance.md):
 
-- **fp32 products of more than one row** run on oneDNN where the PyTorch build has it: its GEMMs beat
-  PyTorch's default (MKL) at the model's shapes on every CPU class measured (1.1x on AVX2, 2x on AVX-512).
+- **fp32 products of more than one row** run on oneDNN only where it beats PyTorch's default kernel on this
+  machine, measured at the model's shapes (`calibrate_gemm()`), in two bands: a prompt's or an audio window's
+  rows (`fp32_gemm`, timed at 400 x 2048 -> 6144) and a batched decode step's few (`fp32_few_rows`, fewer than
+  FEW_ROWS rows, timed at 8). It won both by 2x on AVX-512 + VNNI, yet lost the GEMMs by 15-30% on an AVX2-only
+  AMD EPYC while winning its few-row products by 2.6x: no feature flag predicts it. Unmeasured, or within
+  GEMM_MARGIN of the default, the default (the plain model's kernel) is kept.
 - **bf16** is *native* (PyTorch's bf16 kernels) where the CPU has bf16 arithmetic: AVX-512 BF16 or AMX.
   Elsewhere those kernels convert every element (oneDNN still reports bf16 on plain AVX-512, where it emulates
   it), 4-6x slower than fp32 for a prompt, so a prompt's products, convolutions and attention are *widened*:
@@ -48,6 +52,7 @@ import torch
 from glm_asr.runtime.products import onednn_linear, openblas_linear
 
 MATVEC_KERNELS = ("openblas", "onednn", "torch")
+GEMM_ENGINES = ("onednn", "torch")
 FORCE_ENV = "GLM_ASR_FORCE"
 CACHE_ENV = "GLM_ASR_CACHE_DIR"
 
@@ -78,7 +83,8 @@ class Features:
 class Choices:
     """Every machine-dependent choice, with the reason it was made (printed by `glm-asr info`)."""
 
-    onednn_fp32: bool  # fp32 products of more than one row on oneDNN
+    fp32_gemm: str  # fp32 products of FEW_ROWS rows or more: one of GEMM_ENGINES
+    fp32_few_rows: str  # fp32 products of 2 to FEW_ROWS - 1 rows (and single rows outside decode steps)
     native_bf16: bool  # False: bf16 GEMMs, convolutions and attention widened to fp32
     bf16_packed: bool  # bf16 decode steps read weights packed into oneDNN's layout
     bf16_widen_rows: int  # without native bf16: products of at least this many rows are widened
@@ -117,15 +123,16 @@ def detect() -> Features:
 
 def _parse_force(text: str) -> dict[str, object]:
     """GLM_ASR_FORCE="native_bf16=0,vnni=1,matvec=onednn" -> {...}; names any unknown or malformed entry."""
-    known = {f.name for f in dataclasses.fields(Features) if f.type in (bool, "bool")} | {"native_bf16", "bf16_packed", "matvec"}
+    kernels = {"matvec": MATVEC_KERNELS, "fp32_gemm": GEMM_ENGINES, "fp32_few_rows": GEMM_ENGINES}
+    known = {f.name for f in dataclasses.fields(Features) if f.type in (bool, "bool")} | {"native_bf16", "bf16_packed"} | set(kernels)
     out: dict[str, object] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name not in known:
             raise ValueError(f"{FORCE_ENV}={text!r}: {item!r} is not NAME=VALUE with NAME in {sorted(known)}")
-        if name == "matvec":
-            if value not in MATVEC_KERNELS:
-                raise ValueError(f"{FORCE_ENV}: matvec={value!r}, expected one of {MATVEC_KERNELS}")
+        if name in kernels:
+            if value not in kernels[name]:
+                raise ValueError(f"{FORCE_ENV}: {name}={value!r}, expected one of {kernels[name]}")
             out[name] = value
         elif value in ("0", "1"):
             out[name] = value == "1"
@@ -136,10 +143,29 @@ def _parse_force(text: str) -> dict[str, object]:
 
 # ---- the matrix-vector calibration --------------------------------------------------------------------------
 
-def _cache_path(features: Features) -> Path:
+def _cache_path(features: Features, kind: str = "matvec") -> Path:
     key = json.dumps([dataclasses.asdict(features), torch.__version__, np.__version__, torch.get_num_threads()])
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "glm_asr")
-    return root / f"matvec-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return root / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _read_cache(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(path: Path, record: dict) -> str:
+    """Where the answer came from, as `glm-asr info` says it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)  # atomic: parallel first runs never read half a file
+        return f"measured now, cached in {path}"
+    except OSError as e:
+        return f"measured now; not cached ({e})"
 
 
 # One decoder layer's weights at the released shape, (out, in): q, k, v, o, gate, up, down. A kernel's speed
@@ -179,11 +205,12 @@ def time_matvec_kernels(megabytes: int = 1024, rounds: int = 2) -> dict[str, flo
     return {name: sum(w.numel() for w in weights) * 4 / t / 1e9 for name, t in best.items()}
 
 
-# Kernels within MATVEC_MARGIN of the fastest are a tie, settled in this order: oneDNN and PyTorch's kernel keep
-# torch's own thread pool, where OpenBLAS brings a second one. A 2 s measurement on a shared VM is not finer than
+# Kernels within MATVEC_MARGIN of the fastest are a tie, settled in this order: PyTorch's kernel first (the plain
+# model's: a choice is made only where it beats it), then oneDNN, which keeps torch's own thread pool, where
+# OpenBLAS brings a second one. A 2 s measurement on a shared VM is not finer than
 # a few percent (seen: 36.5 against 32.2 GB/s at calibration, 44.9 against 46.5 an hour later).
 MATVEC_MARGIN = 0.05
-MATVEC_TIE_ORDER = ("onednn", "torch", "openblas")
+MATVEC_TIE_ORDER = ("torch", "onednn", "openblas")
 
 
 def fastest_matvec(rates: dict[str, float]) -> str:
@@ -196,37 +223,94 @@ def calibrate(refresh: bool = False) -> tuple[str, dict[str, float], str]:
     # refresh=True (`glm-asr info --recalibrate`) measures again and replaces the cached answer.
     """(fastest fp32 matvec kernel, GB/s of each, where the answer came from); measured once per machine."""
     path = _cache_path(detect())
-    if not refresh:
-        try:
-            cached = json.loads(path.read_text())
-            return cached["fastest"], cached["gb_per_s"], f"cached in {path}"
-        except (OSError, ValueError, KeyError):
-            pass
+    cached = None if refresh else _read_cache(path)
+    if cached and {"fastest", "gb_per_s"} <= set(cached):
+        return cached["fastest"], cached["gb_per_s"], f"cached in {path}"
     rates = time_matvec_kernels()
     fastest = fastest_matvec(rates)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"fastest": fastest, "gb_per_s": rates, "cpu": detect().model}))
-        tmp.replace(path)  # atomic: parallel first runs never read half a file
-        where = f"measured now, cached in {path}"
-    except OSError as e:
-        where = f"measured now; not cached ({e})"
-    return fastest, rates, where
+    return fastest, rates, _write_cache(path, {"fastest": fastest, "gb_per_s": rates, "cpu": detect().model})
+
+
+# ---- the fp32 GEMM calibration ------------------------------------------------------------------------------
+
+# Products of fewer rows than this are a batched decode step's (one row per sequence); more are a prompt's or an
+# audio window's. The two bands are timed apart because the engines rank differently in each (module doc).
+FEW_ROWS = 32
+# (rows, in, out) timed for each band: a decode layer's gate/up product, for 8 sequences and for a 400-token
+# prompt (an audio window's 1500-row products ranked the same where both were timed, at 4x the timing cost).
+GEMM_SHAPES = {"fp32_few_rows": (8, 2048, 6144), "fp32_gemm": (400, 2048, 6144)}
+# oneDNN must beat the default by this much to be used: the default is the plain model's kernel, and a 1 s
+# measurement on a shared machine is not finer than a few percent.
+GEMM_MARGIN = 0.05
+
+
+def time_gemm_engines(rounds: int = 2) -> dict[str, dict[str, float]]:
+    """GFLOP/s of each engine (GEMM_ENGINES) at each band's shape (GEMM_SHAPES): each engine's best of `rounds`
+    timed calls after an untimed one, the engines taken in turn and then in reverse, as time_matvec_kernels."""
+    engines = {"torch": torch.nn.functional.linear}
+    if torch.backends.mkldnn.is_available():
+        engines["onednn"] = onednn_linear
+    out: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for band, (rows, k, n) in GEMM_SHAPES.items():
+            x, w = torch.randn(rows, k), torch.empty(n, k).uniform_(-1, 1)
+            repeat = max(1, 64 // rows)  # a few-row product takes about a millisecond: time several per pass
+            best = dict.fromkeys(engines, float("inf"))
+            for sweep in (list(engines), list(engines)[::-1]):
+                for name in sweep:
+                    for pass_ in range(rounds + 1):
+                        started = time.perf_counter()
+                        for _ in range(repeat):
+                            engines[name](x, w)
+                        if pass_:
+                            best[name] = min(best[name], (time.perf_counter() - started) / repeat)
+            out[band] = {name: 2 * rows * k * n / t / 1e9 for name, t in best.items()}
+    return out
+
+
+def fastest_gemm(rates: dict[str, float]) -> str:
+    """oneDNN where it beats PyTorch's default kernel by more than GEMM_MARGIN, the default otherwise."""
+    return "onednn" if rates.get("onednn", 0.0) > (1 + GEMM_MARGIN) * rates["torch"] else "torch"
+
+
+def calibrate_gemm(refresh: bool = False) -> tuple[dict[str, str], dict[str, dict[str, float]], str]:
+    """({band: engine}, {band: GFLOP/s of each engine}, where the answer came from); measured once per machine
+    and cached beside the matvec answer (`glm-asr info --recalibrate` measures both again)."""
+    path = _cache_path(detect(), "gemm")
+    cached = None if refresh else _read_cache(path)
+    if cached and set(cached.get("gflop_per_s", {})) == set(GEMM_SHAPES):
+        rates, where = cached["gflop_per_s"], f"cached in {path}"
+    else:
+        rates = time_gemm_engines()
+        where = _write_cache(path, {"gflop_per_s": rates, "shapes": GEMM_SHAPES, "cpu": detect().model})
+    return {band: fastest_gemm(r) for band, r in rates.items()}, rates, where
 
 
 # ---- the choices --------------------------------------------------------------------------------------------
 
 def decide(features: Features, force: dict[str, object] | None = None, *, measure: bool = True) -> Choices:
     """The choices for `features`, with any forced value taking precedence. `measure=False` skips the
-    matvec calibration (the rule's fallback is used: OpenBLAS), for callers that only need the other choices."""
+    calibrations (the fallbacks are used: OpenBLAS for single rows, PyTorch's default for more), for callers that
+    only need the other choices."""
     force = dict(force or {})
     f = dataclasses.replace(features, **{k: v for k, v in force.items() if k in {x.name for x in dataclasses.fields(Features)}})
+    f = f if f.onednn else dataclasses.replace(f, onednn_bf16=False)  # no oneDNN (forced off): none of its bf16 either
     reasons = {}
     forced_note = " (forced)"
 
-    reasons["onednn_fp32"] = ("oneDNN is in this PyTorch build; its GEMMs beat the default (MKL) on every CPU class measured"
-                              if f.onednn else "this PyTorch build has no oneDNN: PyTorch's default kernels")
+    engines, gemm_rates, gemm_where = ({}, {}, "") if not (measure and f.onednn) else calibrate_gemm()
+    for band, (rows, k, n) in GEMM_SHAPES.items():
+        if band in force:
+            engines[band], reasons[band] = str(force[band]), "forced"
+        elif not f.onednn:
+            engines[band], reasons[band] = "torch", "this PyTorch build has no oneDNN: PyTorch's default kernel"
+        elif not measure:
+            engines[band], reasons[band] = "torch", "not measured (measure=False): PyTorch's default, the plain model's"
+        else:
+            shown = ", ".join(f"{k_} {v:.0f}" for k_, v in sorted(gemm_rates[band].items(), key=lambda kv: -kv[1]))
+            reasons[band] = f"GFLOP/s at {rows} x {k} -> {n}: {shown}; oneDNN needs a {GEMM_MARGIN:.0%} win ({gemm_where})"
+        if engines[band] == "onednn" and not f.onednn:
+            engines[band], reasons[band] = "torch", "oneDNN absent: PyTorch's default"
     if "native_bf16" in force:
         native_bf16 = bool(force["native_bf16"])
         reasons["native_bf16"] = ("PyTorch's bf16 kernels" if native_bf16 else "bf16 widened to fp32, rounded once") + forced_note
@@ -280,7 +364,7 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
     threads = torch.get_num_threads()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     reasons["threads"] = f"torch's own count; {usable} logical CPUs usable by this process"
-    return Choices(f.onednn, native_bf16, bf16_packed, bf16_widen_rows, matvec, int8_reduce_range, int8_gemm_engine, threads, reasons)
+    return Choices(engines["fp32_gemm"], engines["fp32_few_rows"], native_bf16, bf16_packed, bf16_widen_rows, matvec, int8_reduce_range, int8_gemm_engine, threads, reasons)
 
 
 _features: Features | None = None
@@ -310,7 +394,8 @@ def choices() -> Choices:
 
 
 def rules() -> Choices:
-    """The choices that need no measurement (all but `matvec`): cheap, read on every bf16 product."""
+    """The choices that need no measurement (all but the kernels measured: `matvec`, `fp32_gemm`, `fp32_few_rows`,
+    which take PyTorch's default here): cheap, read on every bf16 product."""
     global _rules
     if _rules is None:
         _rules = decide(features(), _force(), measure=False)
@@ -324,7 +409,8 @@ def native_bf16() -> bool:
 @contextmanager
 def forced(**values: object) -> Iterator[None]:
     """Within the block, the given capabilities or choices are taken as given (tests force every branch):
-    Features fields (`vnni=False`, `amx=True`, ...), `native_bf16=`, `bf16_packed=` and `matvec=`."""
+    Features fields (`vnni=False`, `amx=True`, ...), `native_bf16=`, `bf16_packed=`, `matvec=`, `fp32_gemm=`
+    and `fp32_few_rows=`."""
     global _choices, _rules, _forced
     _parse_force(",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in values.items()))  # validates
     saved = (_choices, _rules, _forced)
@@ -341,7 +427,8 @@ def describe(c: Choices | None = None, f: Features | None = None) -> str:
     flags = ", ".join(name for name in ("avx2", "avx512", "avx512_bf16", "vnni", "amx", "onednn", "onednn_bf16") if getattr(f, name))
     lines = [f"CPU: {f.model}", f"class: {f.cpu_class}", f"features: {flags or 'none of interest'}",
              f"torch {torch.__version__}, numpy {np.__version__}", "choices:"]
-    shown = {"onednn_fp32": "fp32 GEMMs on oneDNN" if c.onednn_fp32 else "fp32 GEMMs on PyTorch's default",
+    shown = {"fp32_gemm": f"fp32 GEMMs ({FEW_ROWS}+ rows): {c.fp32_gemm}",
+             "fp32_few_rows": f"fp32 few rows (2-{FEW_ROWS - 1}): {c.fp32_few_rows}",
              "native_bf16": "bf16: native" if c.native_bf16 else "bf16: widened to fp32",
              "bf16_packed": f"bf16 decode weights: {'packed' if c.bf16_packed else 'plain'}",
              "bf16_widen_rows": f"bf16 rows widened: {'none' if c.native_bf16 else f'{c.bf16_widen_rows}+'}",

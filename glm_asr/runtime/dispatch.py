@@ -4,7 +4,8 @@ Each class here subclasses the plain module of glm_asr/model that it stands in f
 checkpoint keys) and is swapped in after loading by prepare.py: the model's own files never name them. The choices and the rules behind them live in cpu.py; this module carries them out:
 
 - fp32 products of more than one row: oneDNN (`torch.ops.mkldnn._linear_pointwise`, the op PyTorch's own
-  compiler emits for CPU linear layers) where the build has it.
+  compiler emits for CPU linear layers) where cpu.py measured it faster than PyTorch's default for that many
+  rows (`cpu.choices().fp32_gemm` for a prompt's or a window's rows, `fp32_few_rows` for a batched step's).
 - fp32 single-row products inside `single_row_kernel()`, which `DecodeStepsLanguageModel` enters for the
   cached decode steps of batch 1: the kernel `cpu.choices().matvec` names. OpenBLAS (numpy's BLAS,
   reading the weight in place) runs its own threads, so torch drops to one thread meanwhile: both pools spinning on the same cores made a step
@@ -48,14 +49,26 @@ _single_row: ContextVar[str | None] = ContextVar("glm_asr_single_row", default=N
 
 def _eager_cpu(*tensors: torch.Tensor) -> bool:
     """CPU tensors outside autograd and tracing: where a kernel of our choosing may replace PyTorch's."""
-    if not (ONEDNN and cpu.rules().onednn_fp32) or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+    if not ONEDNN or torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return False
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     return all(t.device.type == "cpu" for t in tensors) and not grad
 
 
-def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def fp32_engine(rows: int) -> str:
+    """The engine cpu.py measured fastest for an fp32 product of `rows` rows: "onednn" or "torch"."""
+    c = cpu.choices()
+    return c.fp32_gemm if rows >= cpu.FEW_ROWS else c.fp32_few_rows
+
+
+def chosen_fp32(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """An fp32 CPU product outside autograd and tracing: one whose kernel cpu.py's choices decide."""
     return x.dtype == torch.float32 and weight.dtype == torch.float32 and _eager_cpu(x, weight)
+
+
+def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """This fp32 product runs on oneDNN (outside a decode step's single rows, which `single_row_kernel` routes)."""
+    return chosen_fp32(x, weight) and fp32_engine(x.numel() // x.shape[-1]) == "onednn"
 
 
 def widen_bf16(*tensors: torch.Tensor) -> bool:
@@ -64,8 +77,10 @@ def widen_bf16(*tensors: torch.Tensor) -> bool:
 
 
 def widened_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear of bf16 tensors computed in fp32 by oneDNN and rounded once; callers check `widen_bf16` first."""
-    return onednn_linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
+    """F.linear of bf16 tensors computed in fp32 by the engine chosen for fp32 and rounded once; callers check
+    `widen_bf16` first."""
+    linear = onednn_linear if fp32_engine(x.numel() // x.shape[-1]) == "onednn" else F.linear
+    return linear(x.float(), weight.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
 @contextmanager
@@ -147,7 +162,7 @@ class Linear(nn.Linear):
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_onednn(x, self.weight):
+        if chosen_fp32(x, self.weight):
             matvec = _single_row.get() if x.numel() == x.shape[-1] else None
             if matvec == "openblas":
                 return openblas_linear(x, self.weight, self.bias)
@@ -155,7 +170,9 @@ class Linear(nn.Linear):
                 return F.linear(x, self.weight, self.bias)
             if matvec == "onednn":  # oneDNN's single-row kernel reads fastest on a 2-D (1, K) input (packed_bf16_linear)
                 return onednn_linear(x.reshape(1, -1), self.weight, self.bias).view(*x.shape[:-1], -1)
-            return onednn_linear(x, self.weight, self.bias)
+            if fp32_engine(x.numel() // x.shape[-1]) == "onednn":
+                return onednn_linear(x, self.weight, self.bias)
+            return F.linear(x, self.weight, self.bias)
         if x.numel() >= cpu.rules().bf16_widen_rows * x.shape[-1] and widen_bf16(x, self.weight):
             return widened_linear(x, self.weight, self.bias)
         if (x.numel() == x.shape[-1] and _single_row.get() and x.dtype == self.weight.dtype == torch.bfloat16
@@ -183,6 +200,6 @@ class DecodeStepsLanguageModel(LanguageModel):
             return super().forward(inputs_embeds, position_ids, key_valid, cache, offset, last_only)
         # torch drops to one thread while the fp32 kernel is OpenBLAS (see single_row_kernel); a bf16 model's
         # rows take PyTorch's kernel or the packed weights, never OpenBLAS.
-        kernel = None if use_onednn(inputs_embeds, self.lm_head.weight) else "torch"
+        kernel = None if chosen_fp32(inputs_embeds, self.lm_head.weight) else "torch"
         with single_row_kernel(kernel):
             return super().forward(inputs_embeds, position_ids, key_valid, cache, offset, last_only)
