@@ -115,3 +115,16 @@ def test_kernel_bench_reports_every_row_count_and_form(tmp_path):
 def test_kernel_bench_refuses_bad_values_before_measuring(bad, named):
     done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--kernels", *bad], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and named in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_limits_are_the_best_measured_and_never_below_what_a_system_reached():
+    bench = _bench_module()
+    measured = [{"threads": 2, "bandwidth_gbs": 12.8, "matmul_gflops_fp32": 45.0},  # taken while the machine was busy
+                {"threads": 2, "bandwidth_gbs": 30.1, "matmul_gflops_fp32": 160.0}]
+    ours = {"system": "ours", "dtype": "fp32", "decode_bytes_per_token": 6.0e9, "decode_ms_per_token": 300.0}  # 20 GB/s
+    limits = bench.best_limits(measured, [ours])
+    assert (limits["bandwidth_gbs"], limits["matmul_gflops_fp32"], limits["limit_measurements"]) == (30.1, 160.0, 2)
+    assert limits["bandwidth_source"] == "measured"
+    fast = dict(ours, system="transformers", decode_ms_per_token=150.0)  # 40 GB/s: above every measurement
+    limits = bench.best_limits(measured, [ours, fast])
+    assert limits["bandwidth_gbs"] == 40.0 and limits["bandwidth_source"] == "reached by transformers fp32 decode"
