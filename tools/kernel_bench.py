@@ -5,11 +5,15 @@
 
 A product of R rows with one of twelve 2048 -> 6144 weights (the decoder MLP's shape; 604 MB in fp32, more than
 any cache, so each product reads its weight from memory as a decode step does), for R from 1 (a batch-1 decode
-step) through 8 (a batched step) to 389 (a 30 s prompt), in each form glm_asr runs one: fp32 on oneDNN, bf16
-widened to fp32, bf16 on PyTorch's kernel and on oneDNN's packed weights, int8 (dynamic, fbgemm) and int4
-(weight-only). Then attention of one query over a 400-token cache (a decode step: 16 query heads, 4 kv heads,
-head_dim 128), PyTorch's SDPA against glm_asr's `single_query_attention`, in fp32 and bf16. Each figure is the
-best of --rounds rounds in which every form takes its turn, ms per product (or per 28 layers of attention).
+step) through 8 (a batched step) to 389 (a 30 s prompt), in each form glm_asr runs one: fp32 on oneDNN and on
+PyTorch's default kernel, bf16 widened to fp32, bf16 on PyTorch's kernel and on oneDNN's packed weights, int8
+(dynamic, fbgemm) and int4 (weight-only); and, where onnxruntime is installed, the same products as one-node
+onnxruntime graphs: int8 in the format tools/export_onnx.py writes (uint8 x uint8, dynamic) and 4-bit
+`MatMulNBits` (symmetric, blocks of 32 and 128, `accuracy_level` 4: int8 dot products on activations quantized
+per block, the path onnxruntime GenAI takes for LLMs on CPU). Then attention of one query over a 400-token
+cache (a decode step: 16 query heads, 4 kv heads, head_dim 128), PyTorch's SDPA against glm_asr's
+`single_query_attention`, in fp32 and bf16. Each figure is the best of --rounds rounds in which every form
+takes its turn, ms per product (or per 28 layers of attention).
 """
 
 from __future__ import annotations
@@ -49,6 +53,45 @@ def best_ms(forms: dict[str, Callable[[int], object]], count: int, rounds: int) 
     return best
 
 
+def onnxruntime_forms(layers: list[torch.nn.Linear], threads: int) -> dict[str, list]:
+    """name -> one onnxruntime session per layer computing x @ weight.T; {} without onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError:
+        print("onnxruntime forms left out: pip install 'glm-asr[onnx]'")
+        return {}
+    import logging
+    import tempfile
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizers log advice to the root logger
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    forms: dict[str, list] = {"ort int8": [], "ort int4 b32": [], "ort int4 b128": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, layer in enumerate(layers):
+            out_features, in_features = layer.weight.shape
+            graph = helper.make_graph(
+                [helper.make_node("MatMul", ["x", "w"], ["y"])], "product",
+                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", in_features])],
+                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", out_features])],
+                [numpy_helper.from_array(layer.weight.T.contiguous().numpy(), "w")])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+            fp32, int8 = Path(tmp) / f"fp32_{i}.onnx", Path(tmp) / f"int8_{i}.onnx"
+            onnx.save(model, fp32)
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QUInt8, per_channel=True)
+            forms["ort int8"].append(ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"]))
+            for block in (32, 128):
+                quantizer = MatMulNBitsQuantizer(onnx.load(fp32), bits=4, block_size=block, is_symmetric=True, accuracy_level=4)
+                quantizer.process()
+                forms[f"ort int4 b{block}"].append(ort.InferenceSession(quantizer.model.model.SerializeToString(), options,
+                                                                       providers=["CPUExecutionProvider"]))
+    return forms
+
+
 def products(weights: int, rounds: int) -> dict[int, dict[str, float]]:
     torch.manual_seed(0)
     layers = [torch.nn.Linear(2048, 6144, bias=False).requires_grad_(False) for _ in range(weights)]
@@ -59,15 +102,19 @@ def products(weights: int, rounds: int) -> dict[int, dict[str, float]]:
         int8 = [Int8Linear(layer) for layer in layers]
     int4 = [Int4Linear(layer) for layer in layers]
     packed = [pack_bf16_weight(w) for w in bf16] if cpu.features().onednn_bf16 else None
+    sessions = onnxruntime_forms(layers, torch.get_num_threads())
     table = {}
     with torch.inference_mode():
         for rows in ROWS:
             x = torch.randn(rows, 2048)
             xb = x.bfloat16()
-            forms = {"fp32 oneDNN": lambda i: onednn_linear(x, fp32[i]), "bf16 widened": lambda i: widened_linear(xb, bf16[i]),
+            forms = {"fp32 oneDNN": lambda i: onednn_linear(x, fp32[i]), "fp32 torch": lambda i: F.linear(x, fp32[i]), "bf16 widened": lambda i: widened_linear(xb, bf16[i]),
                      "bf16 kernel": lambda i: F.linear(xb, bf16[i]), "int8": lambda i: int8[i](x), "int4": lambda i: int4[i](x)}
             if packed is not None:
                 forms["bf16 packed"] = lambda i: onednn_linear(xb, packed[i], None)
+            xn = x.numpy()
+            for name, per_layer in sessions.items():
+                forms[name] = lambda i, per_layer=per_layer: per_layer[i].run(None, {"x": xn})
             table[rows] = best_ms(forms, weights, rounds)
             print(f"{rows:4d} rows  " + "  ".join(f"{k} {v:7.2f}" for k, v in table[rows].items()), flush=True)
     return table
