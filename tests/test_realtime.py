@@ -289,6 +289,8 @@ def test_a_format_not_taken_is_an_error_and_the_stream_goes_on(server):
         ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": 44100}}}}}))
         assert receive(ws)["error"]["code"] == "unsupported_format"
+        ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_transcription": {"language": "fr"}}}))
+        assert receive(ws)["error"]["code"] == "unsupported_language"
         ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "g711_alaw"}}))
         updated = receive(ws)
         assert updated["type"] == "transcription_session.updated"

@@ -169,14 +169,32 @@ def test_models_health_metrics(server, client, clips):
     ({"timestamp_granularities[]": "word", "response_format": "verbose_json"}, "timestamp_granularities[]"),
     ({"timestamp_granularities[]": "segment"}, "timestamp_granularities[]"),  # needs verbose_json
     ({"response_format": "xml"}, "response_format"),
-    ({"language": "en"}, "language"),
-    ({"prompt": "Hello"}, "prompt"),
+    ({"language": "fr"}, "language"),
     ({"stream": "true", "response_format": "srt"}, "stream"),
     ({"stream": "maybe"}, "stream"),
     ({"chunking_strategy": "auto"}, "chunking_strategy"),
 ])
 def test_fields_the_model_cannot_honour_are_400(server, clips, data, param):
     assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME, **data}), 400, param)
+
+
+@pytest.mark.parametrize(("language", "name"), [("en", "english"), ("zh", "chinese"), ("zh-CN", "chinese"), (None, None)])
+def test_language_and_prompt_are_taken_as_openai_clients_send_them(server, client, clips, small, language, name):
+    """language: checked and echoed in verbose_json; prompt: taken and not used, and the response says so."""
+    with clips["short"].open("rb") as f:
+        raw = client.audio.transcriptions.with_raw_response.create(
+            model=MODEL_NAME, file=f, response_format="verbose_json", prompt="GLM, Zhipu", **({"language": language} if language else {}))
+    got = raw.parse()
+    assert got.text == expected(small, clips["short"]).text and got.language == name
+    assert raw.headers["x-glm-asr-prompt"].startswith("ignored")
+    with clips["short"].open("rb") as f:
+        raw = client.audio.transcriptions.with_raw_response.create(model=MODEL_NAME, file=f)
+    assert "x-glm-asr-prompt" not in raw.headers
+
+
+def test_a_language_the_model_does_not_cover_is_400_naming_those_it_does(server, clips):
+    error = assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME, "language": "fr"}), 400, "language")
+    assert "'fr'" in error["message"] and "zh, en, yue" in error["message"]
 
 
 def test_word_timestamps_are_named_as_such(server, clips):

@@ -39,6 +39,7 @@ from glm_asr.transcription.presets import demo_clip
 from glm_asr.transcription.processor import Processor
 
 MODEL_NAME = "glm-asr-nano-2512"
+PROMPT_HEADER = "x-glm-asr-prompt"
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields, on top of the file itself
@@ -168,7 +169,7 @@ async def _transcribe(request: Request, service: Service) -> Response:
     job = Job(options.upload.filename or "upload", samples, asyncio.get_running_loop(), service.processor, stream=options.stream)
     service.scheduler.submit(job)
     if options.stream:
-        return StreamingResponse(_events(job, service), media_type="text/event-stream")
+        return StreamingResponse(_events(job, service), media_type="text/event-stream", headers=_prompt_header(options))
     watcher = asyncio.ensure_future(_until_disconnect(request.receive))
     try:
         await asyncio.wait({job.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -177,7 +178,13 @@ async def _transcribe(request: Request, service: Service) -> Response:
     if not job.done.done():
         service.scheduler.cancel(job)
         raise ClientDisconnect
-    return formats.respond(job.done.result(), options.response_format)
+    response = formats.respond(job.done.result(), options.response_format, options.language)
+    response.headers.update(_prompt_header(options))
+    return response
+
+
+def _prompt_header(options: fields.Options) -> dict[str, str]:
+    return {PROMPT_HEADER: "ignored: the model's instruction is fixed (docs/serving.md)"} if options.prompt else {}
 
 
 async def _decode(upload: UploadFile, service: Service) -> np.ndarray:
