@@ -9,6 +9,7 @@ import base64
 import importlib.util
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -418,6 +419,27 @@ def test_the_official_openai_client_streams_its_format_and_times_match_the_speec
     assert times == want
     for (start, end), (start_ms, end_ms) in zip(clips, times):  # and that is where the speech is
         assert start - 0.1 <= start_ms / 1000 and end_ms / 1000 <= end + 0.7 and end_ms - start_ms > 600 * (end - start)
+
+
+def test_health_answers_while_a_stream_sends_large_frames(server, monkeypatch):
+    """The stream's VAD runs off the event loop. Here each feed is made to take 1 s: a loop that ran it would
+    answer /health only after that second; a free one answers at once (0.5 s bound: a loaded 2-core runner)."""
+    url, _ = server
+    feed, fed = Segmenter.feed, threading.Event()
+
+    def slow(self, samples):  # noqa: ANN001, ANN202
+        fed.set()
+        time.sleep(1.0)
+        return feed(self, samples)
+    monkeypatch.setattr(Segmenter, "feed", slow)
+    with ws_client.connect(url) as ws:
+        receive(ws)
+        ws.send(np.zeros(realtime_module.MAX_FRAME_BYTES // 2, "<i2").tobytes())  # 1 MiB, 32 s of audio
+        assert fed.wait(10)
+        started = time.monotonic()
+        health = httpx.get(url.replace("ws://", "http://").replace("/v1/realtime", "/health"), timeout=10)
+        took = time.monotonic() - started
+    assert health.status_code == 200 and took < 0.5, took
 
 
 def test_idle_stream_is_closed(server):

@@ -467,3 +467,18 @@ def test_without_the_extra_the_command_says_which_to_install(monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     assert main(["serve", "--port", "0"]) == 2
     assert "pip install 'glm-asr[serve]'" in capsys.readouterr().err
+
+
+def test_the_listening_socket_sets_nodelay_for_its_connections():
+    """Without it, every keep-alive response waited for the client's delayed ACK (40 ms, measured: docs/serving.md)."""
+    from glm_asr.serve.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname()) as client:
+            accepted, _ = sock.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert client
+    finally:
+        sock.close()

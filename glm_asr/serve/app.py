@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from starlette.applications import Starlette
@@ -73,9 +75,11 @@ class Service:
         await self.realtime.choose_mode(self.scheduler, self.processor)  # partials or final-only, for every stream
         self.ready = True
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Drains the scheduler; its worker thread is joined off the event loop, which answers /health meanwhile."""
         self.draining, self.ready = True, False
-        self.scheduler.stop()
+        await asyncio.to_thread(self.scheduler.stop)
+        self.realtime.executor.shutdown(wait=False)
 
 
 def error(e: ApiError) -> JSONResponse:
@@ -195,8 +199,13 @@ async def _decode(upload: UploadFile, service: Service) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="glm-asr-upload-") as folder:
             path = Path(folder) / "audio"  # never the client's name: it is untrusted
             await upload.seek(0)
-            path.write_bytes(await upload.read())
+            await asyncio.to_thread(_save, upload.file, path)  # up to 25 MB: never written on the event loop
             return await asyncio.to_thread(uploads.read_upload, path, name, service.limits)
+
+
+def _save(source: BinaryIO, path: Path) -> None:
+    with path.open("wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
 async def _events(job: Job, service: Service) -> AsyncIterator[str]:
@@ -281,7 +290,7 @@ def create_app(service: Service) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
         yield
-        service.stop()
+        await service.stop()
 
     app = Starlette(routes=[
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),

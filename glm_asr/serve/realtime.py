@@ -82,7 +82,7 @@ class Realtime:
         self.reason = "not measured yet"
         # Decoding, resampling and the VAD of every stream run here, off the event loop; a stream awaits each of
         # its frames in turn, so its own frames stay in order.
-        self.executor = ThreadPoolExecutor(max_workers=min(4, options.max_streams), thread_name_prefix="glm-asr-stream")
+        self.executor = ThreadPoolExecutor(max_workers=min(2, options.max_streams), thread_name_prefix="glm-asr-stream")
 
     async def choose_mode(self, scheduler, processor) -> None:  # noqa: ANN001
         """Times one pass over PROBE_SECONDS of audio through the scheduler and decides on partials."""
