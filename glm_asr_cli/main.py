@@ -135,7 +135,8 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     from glm_asr_cli import corpus as corpus_cli
     from glm_asr.corpus.batching import transcribe_items
-    from glm_asr.transcription.transcribe import load_model_and_processor, load_onnx_model_and_processor
+    from glm_asr.onnx.backend import load_onnx_model_and_processor
+    from glm_asr.transcription.transcribe import load_model_and_processor
 
     plan = corpus_cli.prepare(args)
     dtype = getattr(torch, DTYPES[args.dtype])

@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str], formatte
 def _load(args: argparse.Namespace):  # noqa: ANN202
     import torch
 
-    from glm_asr.transcription.transcribe import load_model_and_processor, load_onnx_model_and_processor
+    from glm_asr.onnx.backend import load_onnx_model_and_processor
+    from glm_asr.transcription.transcribe import load_model_and_processor
 
     if args.backend == "onnxruntime":
         if args.onnx_dir is None:
