@@ -299,16 +299,17 @@ def test_audio_longer_than_its_header_says_413(clips, monkeypatch):
     assert e.value.status == 413 and e.value.code == "audio_too_long"
 
 
-def test_decoding_past_its_deadline_400(tmp_path):
+@pytest.mark.parametrize("name", ["flac", "mulaw.wav"])  # mu-law WAV: scipy cannot read it, PyAV decodes it
+def test_decoding_past_its_deadline_400(tmp_path, name):
     from tests.av_encode import encode
     from glm_asr.serve import uploads
     from glm_asr.serve.limits import ApiError
 
-    path = encode(tmp_path / "clip.flac", demo_clip(3.0), "flac")
-    assert uploads.read_upload(path, "clip.flac", LIMITS).shape[0] == 48000
+    path = encode(tmp_path / f"clip.{name}", demo_clip(3.0), name)
+    assert uploads.read_upload(path, path.name, LIMITS).shape[0] == 48000
     with pytest.raises(ApiError) as e:
-        uploads.read_upload(path, "clip.flac", Limits(decode_seconds=1e-9))
-    assert e.value.status == 400 and "time limit" in e.value.message and "clip.flac" in e.value.message
+        uploads.read_upload(path, path.name, Limits(decode_seconds=1e-9))
+    assert e.value.status == 400 and "time limit" in e.value.message and path.name in e.value.message
 
 
 def test_a_full_scheduler_refuses_with_retry_after(small):
