@@ -161,6 +161,48 @@ def test_models_health_metrics(server, client, clips):
     assert metric(url, "glm_asr_audio_seconds_total") == pytest.approx(before + 3.0)
 
 
+@pytest.mark.parametrize("fmt", ["json", "verbose_json", "text", "srt"])
+def test_a_transcript_at_its_token_budget_is_marked_in_every_format(server, clips, small, fmt):
+    want = expected(small, clips["two_windows"])
+    assert any(s.truncated for s in want.segments)  # random weights rarely stop before 6 tokens: the case is exercised
+    response = post(server[0], {"file": wav_bytes(clips["two_windows"])}, {"model": MODEL_NAME, "response_format": fmt})
+    assert response.status_code == 200 and response.headers.get("x-glm-asr-truncated") == "true"
+    if fmt == "json":
+        assert response.json()["truncated"] is True
+    if fmt == "verbose_json":
+        assert [s["truncated"] for s in response.json()["segments"]] == [s.truncated for s in want.segments]
+
+
+def test_the_stream_marks_a_transcript_at_its_token_budget(server, client, clips):
+    with clips["short"].open("rb") as f:
+        events = list(client.audio.transcriptions.create(model=MODEL_NAME, file=f, stream=True))
+    assert events[-1].type == "transcript.text.done" and events[-1].truncated is True
+
+
+def test_every_request_gets_an_access_log_line(server, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="glm_asr.access")
+    httpx.get(f"{server[0]}/health")
+    httpx.get(f"{server[0]}/nowhere")
+    _wait_for(lambda: len([r for r in caplog.records if r.name == "glm_asr.access"]) >= 2, "two log lines")
+    lines = [r.getMessage() for r in caplog.records if r.name == "glm_asr.access"]
+    assert any('"GET /health" 200' in line for line in lines) and any('"GET /nowhere" 404' in line for line in lines), lines
+
+
+def test_every_status_in_the_contract_is_one_the_server_answers():
+    """The error types table and the metrics' outcomes name only statuses something raises (no stale 429)."""
+    import re
+
+    from glm_asr.serve import app
+    from glm_asr.serve.limits import ApiError
+
+    raised = {int(m) for f in (ROOT / "glm_asr" / "serve").glob("*.py") if f.name != "realtime.py"
+              for m in re.findall(r"ApiError\((\d{3})", f.read_text())}
+    raised |= {404, 405}  # Starlette's routing, answered through app._http_error
+    assert set(ApiError.TYPES) <= raised and set(app.OUTCOME) <= raised, (set(ApiError.TYPES) | set(app.OUTCOME)) - raised
+
+
 # Every refusal: OpenAI's error shape, the documented status, the field at fault
 
 @pytest.mark.parametrize("data, param", [
@@ -254,7 +296,7 @@ def test_containers_and_codecs_off_the_allow_list_400(server, tmp_path, fmt, cod
 
 def test_upload_too_large_413(server, clips):
     error = assert_error(post(server[0], {"file": wav_bytes(clips["too_big"])}, {"model": MODEL_NAME}), 413, "file")
-    assert error["code"] == "file_too_large"
+    assert error["code"] == "file_too_large" and "limit of 2.5 MB" in error["message"]  # the limit as --max-upload-mb gives it
     body = io.BytesIO()  # the same without a Content-Length: counted as it arrives
     body.write(b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n" + MODEL_NAME.encode() + b"\r\n")
     body.write(b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\r\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import tempfile
 import time
@@ -20,13 +21,14 @@ from typing import BinaryIO
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import Message, Receive
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glm_asr.corpus.batching import FileResult
 from glm_asr.model.glm_asr import GlmAsrModel
@@ -44,8 +46,9 @@ MODEL_NAME = "glm-asr-nano-2512"
 PROMPT_HEADER = "x-glm-asr-prompt"
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+ACCESS = logging.getLogger("glm_asr.access")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields, on top of the file itself
-OUTCOME = {400: "bad_request", 404: "not_found", 405: "not_found", 413: "too_large", 429: "overloaded", 503: "overloaded"}
+OUTCOME = {400: "bad_request", 404: "not_found", 405: "not_found", 413: "too_large", 503: "overloaded"}
 
 
 class _TooLarge(Exception):
@@ -119,7 +122,8 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 def _too_large(limits: Limits) -> ApiError:
-    return ApiError(413, f"the upload is larger than this server's limit of {limits.max_upload_bytes / 1e6:g} MB; send a "
+    # MB as OpenAI counts its 25 MB cap (2**20 bytes), which is what --max-upload-mb takes
+    return ApiError(413, f"the upload is larger than this server's limit of {limits.max_upload_bytes / 2**20:g} MB; send a "
                     "shorter or more compressed file", param="file", code="file_too_large")
 
 
@@ -231,7 +235,8 @@ async def _events(job: Job, service: Service) -> AsyncIterator[str]:
             return
         if result.text.startswith(job.sent) and len(result.text) > len(job.sent):  # what the token stream held back
             yield formats.event({"type": "transcript.text.delta", "delta": result.text[len(job.sent):], "logprobs": None})
-        yield formats.event({"type": "transcript.text.done", "text": result.text, "logprobs": None, "usage": formats.usage(result)})
+        yield formats.event({"type": "transcript.text.done", "text": result.text, "logprobs": None, "usage": formats.usage(result),
+                             "truncated": result.truncated})
         outcome = "ok"
     finally:
         if outcome == "disconnected":
@@ -285,6 +290,33 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error(ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error"))
 
 
+class AccessLog:
+    """One log line per request once it is answered (a stream: once it ends; a WebSocket: once it closes):
+    client, method and path, status (101: a stream that was accepted), seconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), None
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "websocket.accept":
+                status = 101
+            await send(message)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            host, port = scope.get("client") or ("-", 0)
+            ACCESS.info('%s:%s "%s %s" %s %.3f s', host, port, scope.get("method", "WS"), scope["path"], status or "-",
+                        time.perf_counter() - started)
+
+
 def create_app(service: Service) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -300,6 +332,7 @@ def create_app(service: Service) -> Starlette:
         WebSocketRoute("/v1/realtime", realtime_endpoint),
         Route("/", page, methods=["GET"]),
         Route("/static/{name}", page_file, methods=["GET"]),
-    ], exception_handlers={HTTPException: _http_error, Exception: _unexpected}, lifespan=lifespan)
+    ], exception_handlers={HTTPException: _http_error, Exception: _unexpected}, lifespan=lifespan,
+       middleware=[Middleware(AccessLog)])
     app.state.service = service
     return app
