@@ -502,6 +502,15 @@ def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):
             proc.wait()
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is visible: --device cuda is valid here")
+def test_device_cuda_without_cuda_is_one_line_and_exit_2(capsys):
+    from glm_asr_cli import main
+
+    assert main(["serve", "--port", "0", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_without_the_extra_the_command_says_which_to_install(monkeypatch, capsys):
     from glm_asr_cli import main
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +77,13 @@ def load_model_and_processor(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    random_preset: str = "small",
+    random_preset: str | None = None,
     quantize: str | None = None,
     quantize_audio_path: str | None = None,
 ) -> tuple[GlmAsrModel, Processor]:
     """A checkpoint directory (config.json, safetensors, tokenizer.json), or with `model_path=None` random
-    weights of a preset (`small`, or `full` = the released size) and a synthetic tokenizer.
+    weights of a preset (`small`, the default, or `full` = the released size) and a synthetic tokenizer: with
+    neither a folder nor a preset named, a warning says so, since such a model's transcripts are meaningless.
     `quantize="int8"` (or `"int4"`, weight-only): quantised decoder weights for CPU decoding; `quantize_audio_path="int8"` or `"bf16"`: the audio
     encoder and projector in int8 or bf16 (glm_asr/runtime/quantize.py; both approximate, fp32 models on the CPU only)."""
     if quantize not in (None, *DECODER_KINDS):
@@ -92,7 +94,11 @@ def load_model_and_processor(
         if value and (dtype != torch.float32 or torch.device(device).type != "cpu"):
             raise ValueError(f"{name}={value!r} applies to an fp32 model on the CPU, not {dtype} on {device}")
     if model_path is None:
-        model = random_model(random_preset, dtype=dtype, device=device)
+        if random_preset is None:
+            warnings.warn("load_model_and_processor() with no model folder: random weights (preset 'small') and a synthetic "
+                          "tokenizer, so the transcripts are meaningless; pass the folder of the released files, or "
+                          "random_preset='small' to mean it", UserWarning, stacklevel=2)
+        model = random_model(random_preset or "small", dtype=dtype, device=device)
         processor = Processor(synthetic_tokenizer(), model.config.audio_config.num_mel_bins, "synthetic tokenizer")
     else:
         directory = Path(model_path)
