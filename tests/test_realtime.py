@@ -288,7 +288,7 @@ def test_a_format_not_taken_is_an_error_and_the_stream_goes_on(server):
         error = receive(ws)["error"]
         assert error["code"] == "unsupported_format" and "g711_ulaw" in error["message"]
         ws.send(json.dumps({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
-            "format": {"type": "audio/pcm", "rate": 44100}}}}}))
+            "format": {"type": "audio/pcm", "rate": 96000}}}}}))
         assert receive(ws)["error"]["code"] == "unsupported_format"
         ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_transcription": {"language": "fr"}}}))
         assert receive(ws)["error"]["code"] == "unsupported_language"

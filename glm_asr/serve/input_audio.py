@@ -2,7 +2,8 @@
 
 OpenAI's realtime sessions take PCM16 at 24 kHz (GA `{"type": "audio/pcm", "rate": 24000}`, beta `pcm16`)
 and G.711 at 8 kHz (GA `audio/pcmu` / `audio/pcma`, beta `g711_ulaw` / `g711_alaw`). This server also takes
-PCM16 at 16 kHz, the model's own rate, which its page and tools send. G.711 bytes are expanded by the
+`audio/pcm` at the other common device rates (16 kHz, the model's own, which its tools send; 44.1 and 48 kHz,
+a microphone's, which its page sends as the browser records it: Firefox cannot resample a microphone). G.711 bytes are expanded by the
 ITU-T G.711 tables; every rate but 16 kHz goes through a polyphase resampler (scipy's `resample_poly`
 filter) that carries its history from frame to frame, so a stream resampled frame by frame equals the whole
 stream resampled at once, whatever the frame sizes.
@@ -35,17 +36,17 @@ class InputFormat:
         return {"type": "audio/pcm", "rate": self.rate} if self.coding == "pcm16" else {"type": f"audio/{self.coding}"}
 
     def beta(self) -> str:
-        """The beta session's `input_audio_format` (pcm16 at 16 kHz has no beta name: it says what it is)."""
+        """The beta session's `input_audio_format` (PCM16 at another rate than 24 kHz has no beta name: it says what it is)."""
         if self.coding == "pcm16":
-            return "pcm16" if self.rate == 24000 else f"pcm16_{self.rate // 1000}khz"
+            return "pcm16" if self.rate == 24000 else f"pcm16_{self.rate}hz"
         return {"pcmu": "g711_ulaw", "pcma": "g711_alaw"}[self.coding]
 
 
 OPENAI_PCM = InputFormat("pcm16", 24000)  # OpenAI's default, for a client that names no format
 MODEL_PCM = InputFormat("pcm16", SAMPLING_RATE)  # this server's own clients (binary frames, the page)
 BETA = {"pcm16": OPENAI_PCM, "g711_ulaw": InputFormat("pcmu", 8000), "g711_alaw": InputFormat("pcma", 8000),
-        "pcm16_16khz": MODEL_PCM}
-PCM_RATES = (24000, SAMPLING_RATE)
+        "pcm16_16000hz": MODEL_PCM}
+PCM_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
 class FormatError(ValueError):
@@ -55,13 +56,15 @@ class FormatError(ValueError):
 def from_ga(fmt: object) -> InputFormat:
     """`audio.input.format` of a GA `session.update`."""
     if not isinstance(fmt, dict) or fmt.get("type") not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
-        raise FormatError(f"audio.input.format {fmt!r}: expected {{'type': 'audio/pcm', 'rate': 24000}} (or rate 16000), "
+        raise FormatError(f"audio.input.format {fmt!r}: expected {{'type': 'audio/pcm', 'rate': 24000}} (or another rate "
+                          f"of {', '.join(map(str, PCM_RATES))}), "
                           "{'type': 'audio/pcmu'} or {'type': 'audio/pcma'}")
     if fmt["type"] != "audio/pcm":
         return InputFormat(fmt["type"].removeprefix("audio/"), 8000)
     rate = fmt.get("rate", 24000)
     if rate not in PCM_RATES:
-        raise FormatError(f"audio.input.format rate {rate!r}: audio/pcm is taken at 24000 (OpenAI's rate) or 16000 Hz")
+        raise FormatError(f"audio.input.format rate {rate!r}: audio/pcm is taken at 24000 Hz (OpenAI's rate) or at "
+                          f"{', '.join(str(r) for r in PCM_RATES if r != 24000)}")
     return InputFormat("pcm16", int(rate))
 
 
