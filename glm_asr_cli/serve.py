@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                  "max_streams", "stream_idle_seconds", "silence_ms"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive value")
-    from glm_asr_cli.main import check_device
+    from glm_asr_cli.devices import check_device
 
     check_device(args.device)  # before the model loads: one line, as `transcribe` says it, not torch's traceback
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
