@@ -489,8 +489,26 @@ def test_disconnect_mid_utterance_leaves_the_server_well(server):
 
 
 @needs_audio
-def test_partials_arrive_before_the_final_text(server):
+class _FirstPassShown:
+    """A stand-in for LocalAgreement: random weights' passes over a growing utterance almost never agree (each
+    writes other made-up words), so whether a delta came hung on chance. The agreement rule has its own tests
+    above; here the first pass's first word is shown, so what is tested is the plumbing: partial passes run
+    while the speaker speaks and their deltas reach the client, for the right item, before the final text."""
+
+    def __init__(self) -> None:
+        self.shown = False
+
+    def insert(self, text: str) -> str:
+        first = text.split()[:1]
+        if self.shown or not first:
+            return ""
+        self.shown = True
+        return first[0]
+
+
+def test_partials_arrive_before_the_final_text(server, monkeypatch):
     url, _ = server
+    monkeypatch.setattr(realtime_module, "LocalAgreement", _FirstPassShown)
     en = load_audio(AUDIO / "example_en.wav")
     with ws_client.connect(url) as ws:
         receive(ws)
