@@ -292,10 +292,26 @@ def test_a_format_not_taken_is_an_error_and_the_stream_goes_on(server):
         assert receive(ws)["error"]["code"] == "unsupported_format"
         ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_transcription": {"language": "fr"}}}))
         assert receive(ws)["error"]["code"] == "unsupported_language"
+        ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "g711_ulaw"}}))
+        assert receive(ws)["session"]["input_audio_format"] == "g711_ulaw"  # telephony: refused and closed before
         ws.send(json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "g711_alaw"}}))
         updated = receive(ws)
         assert updated["type"] == "transcription_session.updated"
         assert updated["session"]["input_audio_format"] == "g711_alaw" and updated["session"]["sample_rate"] == 8000
+
+
+def test_the_default_format_follows_how_the_client_connected(server):
+    url, _ = server
+    with ws_client.connect(url + "?intent=transcription") as ws:  # OpenAI's clients: GA events, OpenAI's 24 kHz
+        created = receive(ws)
+        assert created["type"] == "session.created" and created["session"]["type"] == "transcription"
+        assert created["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    with ws_client.connect(url + "?intent=transcription", additional_headers={"OpenAI-Beta": "realtime=v1"}) as ws:
+        created = receive(ws)  # the beta clients: beta events, still OpenAI's default
+        assert created["type"] == "transcription_session.created" and created["session"]["input_audio_format"] == "pcm16"
+    with ws_client.connect(url) as ws:  # this project's clients and page: 16 kHz, as they have always sent
+        created = receive(ws)
+        assert created["type"] == "transcription_session.created" and created["session"]["sample_rate"] == 16000
 
 
 def test_a_commit_with_nothing_buffered_is_an_error_as_openai(server):
