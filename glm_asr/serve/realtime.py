@@ -43,10 +43,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from glm_asr.longform.vad import VadUnavailable
 from glm_asr.model.front_end import SAMPLING_RATE
-from glm_asr.serve import input_audio, languages
+from glm_asr.serve import input_audio
 from glm_asr.serve.agreement import LocalAgreement
 from glm_asr.serve.limits import ApiError
 from glm_asr.serve.scheduler import Job
+from glm_asr.serve.session_config import ConfigError, SessionConfig
 from glm_asr.serve.utterances import Segmenter, TurnOptions, Utterance
 from glm_asr.transcription.presets import demo_clip
 
@@ -147,12 +148,8 @@ class Session:
         self.ws, self.service = websocket, service
         self.realtime: Realtime = service.realtime
         self.segmenter = Segmenter(self.realtime.options.turn)
-        self.id = f"sess_{next(_ids)}"
-        self.ga = ga  # the GA protocol (session.*) rather than the beta one (transcription_session.*)
-        self.format = input_audio.OPENAI_PCM if openai_default else input_audio.MODEL_PCM
+        self.config = SessionConfig(f"sess_{next(_ids)}", ga, input_audio.OPENAI_PCM if openai_default else input_audio.MODEL_PCM)
         self.resampler = self._resampler()
-        self.language: str | None = None
-        self.prompt = ""  # taken and echoed; the model's instruction is fixed (docs/realtime.md)
         self.origin = 0  # stream samples (16 kHz) before this segmenter: input_audio_buffer.clear starts a new one
         self.received = 0  # stream samples (16 kHz) so far
         self.buffered = 0  # samples since the last commit, clear or utterance end: a commit of less is refused
@@ -165,7 +162,8 @@ class Session:
         self.partial_at = 0  # utterance samples when the last partial pass was sent
 
     def _resampler(self) -> input_audio.StreamResampler | None:
-        return None if self.format.rate == SAMPLING_RATE else input_audio.StreamResampler(self.format.rate)
+        rate = self.config.format.rate
+        return None if rate == SAMPLING_RATE else input_audio.StreamResampler(rate)
 
     def _ms(self, samples: int) -> int:
         """A segmenter position as milliseconds of the stream."""
@@ -176,29 +174,16 @@ class Session:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client left: nothing to tell it
                 await self.ws.send_text(json.dumps({"event_id": f"event_{next(_ids)}", **event}, ensure_ascii=False))
 
-    def _extras(self) -> dict:
-        turn = self.realtime.options.turn
-        return {"mode": "partials" if self.realtime.partials else "final-only", "reason": self.realtime.reason,
-                "turn_detection": {"type": "server_vad", "threshold": turn.threshold, "prefix_padding_ms": turn.prefix_padding_ms,
-                                   "silence_duration_ms": turn.silence_duration_ms},
-                "idle_timeout_s": self.realtime.options.idle_seconds, "max_utterance_s": 30.0}
-
     def session(self) -> dict:
-        """The session as the protocol in use shows it, with this server's own fields (mode, reason, limits)."""
-        transcription = {"model": self.service.model_names[0], "language": self.language, "prompt": self.prompt}
-        extras = self._extras()
-        if self.ga:
-            return {"type": "transcription", "object": "realtime.transcription_session", "id": self.id,
-                    "audio": {"input": {"format": self.format.ga(), "transcription": transcription, "noise_reduction": None,
-                                        "turn_detection": extras.pop("turn_detection")}}, "include": [], **extras}
-        return {"id": self.id, "object": "realtime.transcription_session", "input_audio_format": self.format.beta(),
-                "sample_rate": self.format.rate, "input_audio_transcription": transcription, **extras}
-
-    def created(self) -> dict:
-        return {"type": "session.created" if self.ga else "transcription_session.created", "session": self.session()}
+        turn, options = self.realtime.options.turn, self.realtime.options
+        detection = {"type": "server_vad", "threshold": turn.threshold, "prefix_padding_ms": turn.prefix_padding_ms,
+                     "silence_duration_ms": turn.silence_duration_ms}
+        extras = {"mode": "partials" if self.realtime.partials else "final-only", "reason": self.realtime.reason,
+                  "idle_timeout_s": options.idle_seconds, "max_utterance_s": 30.0}
+        return self.config.payload(self.service.model_names[0], detection, extras)
 
     async def run(self) -> None:
-        await self.send(self.created())
+        await self.send({"type": self.config.created(), "session": self.session()})
         idle = self.realtime.options.idle_seconds
         while True:
             try:
@@ -256,40 +241,21 @@ class Session:
                     "input_audio_buffer.clear, session.update or transcription_session.update")
 
     async def _update(self, kind: str, session: object) -> None:
-        """session.update (GA) or transcription_session.update (beta): the input format, language and prompt."""
-        session = session if isinstance(session, dict) else {}
+        before = self.config.format
         try:
-            if kind == "session.update":
-                if session.get("type", "transcription") != "transcription":
-                    raise Fault("invalid_value", f"session.type {session.get('type')!r}: this server transcribes only; send "
-                                "'transcription' and connect to /v1/realtime?intent=transcription")
-                audio = (session.get("audio") or {}).get("input") or {}
-                fmt = None if audio.get("format") is None else input_audio.from_ga(audio["format"])
-                transcription = audio.get("transcription") or {}
-            else:
-                name = session.get("input_audio_format")
-                fmt = None if name is None else input_audio.from_beta(name)
-                transcription = session.get("input_audio_transcription") or {}
-            language = transcription.get("language") if isinstance(transcription, dict) else None
-            language = languages.check(language) if language else self.language
-        except input_audio.FormatError as e:
-            raise Fault("unsupported_format", f"{e}; the session keeps {self.format.beta()}") from None
-        except languages.LanguageError as e:
-            raise Fault("unsupported_language", f"language {e}") from None
-        self.language, self.ga = language, kind == "session.update"  # answered in the protocol it was asked in
-        if isinstance(transcription, dict) and isinstance(transcription.get("prompt"), str):
-            self.prompt = transcription["prompt"]
-        if fmt is not None and fmt != self.format:
-            self.format = fmt
+            self.config.update(kind, session)
+        except ConfigError as e:
+            raise Fault(e.code, e.message) from None
+        if self.config.format != before:
             self.resampler = self._resampler()
-        await self.send({"type": "session.updated" if self.ga else "transcription_session.updated", "session": self.session()})
+        await self.send({"type": self.config.updated(), "session": self.session()})
 
     async def _off_loop(self, fn, *args):  # noqa: ANN001, ANN002, ANN202
         return await asyncio.get_running_loop().run_in_executor(self.realtime.executor, fn, *args)
 
     def _ingest(self, data: bytes) -> list[tuple[str, int | Utterance]]:
         """On a worker thread: a frame decoded, resampled to 16 kHz and run through the VAD."""
-        fmt = self.format
+        fmt = self.config.format
         if fmt.coding == "pcm16":
             samples = pcm16(data)
         elif len(data) > MAX_FRAME_BYTES:
