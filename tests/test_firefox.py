@@ -47,7 +47,7 @@ def test_firefox_streams_the_microphone_at_its_own_rate(tmp_path, monkeypatch):
     ingest, send = realtime.Session._ingest, realtime.Session.send
 
     def watched_ingest(self, data):  # noqa: ANN001, ANN202
-        seen.append((self.format.rate, len(data)))
+        seen.append((self.config.format.rate, len(data)))
         peaks.append(int(abs(np.frombuffer(data, "<i2").astype(np.int32)).max()))
         return ingest(self, data)
 
