@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import shutil
 import tempfile
 import time
@@ -28,12 +27,13 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive
 
 from glm_asr.corpus.batching import FileResult
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
 from glm_asr.serve import fields, formats, uploads
+from glm_asr.serve.access import AccessLog
 from glm_asr.serve.limits import ApiError, Limits
 from glm_asr.serve.metrics import Metrics
 from glm_asr.serve.realtime import Realtime, RealtimeOptions
@@ -46,7 +46,6 @@ MODEL_NAME = "glm-asr-nano-2512"
 PROMPT_HEADER = "x-glm-asr-prompt"
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
-ACCESS = logging.getLogger("glm_asr.access")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields, on top of the file itself
 OUTCOME = {400: "bad_request", 404: "not_found", 405: "not_found", 413: "too_large", 503: "overloaded"}
 
@@ -288,33 +287,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     request.app.state.service.metrics.outcome("error")
     return error(ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error"))
-
-
-class AccessLog:
-    """One log line per request once it is answered (a stream: once it ends; a WebSocket: once it closes):
-    client, method and path, status (101: a stream that was accepted), seconds."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), None
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "websocket.accept":
-                status = 101
-            await send(message)
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            host, port = scope.get("client") or ("-", 0)
-            ACCESS.info('%s:%s "%s %s" %s %.3f s', host, port, scope.get("method", "WS"), scope["path"], status or "-",
-                        time.perf_counter() - started)
 
 
 def create_app(service: Service) -> Starlette:
