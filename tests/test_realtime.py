@@ -456,6 +456,7 @@ def test_health_answers_while_a_stream_sends_large_frames(server, monkeypatch):
         health = httpx.get(url.replace("ws://", "http://").replace("/v1/realtime", "/health"), timeout=10)
         took = time.monotonic() - started
     assert health.status_code == 200 and took < 0.5, took
+    wait_for(lambda: server[1].realtime.open == 0)  # the slowed feed ends before the stream does
 
 
 def test_idle_stream_is_closed(server):
@@ -473,6 +474,7 @@ def test_idle_stream_is_closed(server):
 
 def test_open_streams_are_capped(server):
     url, service = server
+    wait_for(lambda: service.realtime.open == 0)  # an earlier test's stream may still be finishing its last frame
     with ws_client.connect(url) as a, ws_client.connect(url) as b:
         receive(a), receive(b)
         metrics = httpx.get(url.replace("ws://", "http://").replace("/v1/realtime", "/metrics")).text
