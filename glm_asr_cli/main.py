@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from collections.abc import Sequence
 
+from glm_asr_cli.devices import check_device
+
 
 def _conformance(args: argparse.Namespace) -> int:
     try:
@@ -68,24 +70,6 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 RELEASE = "https://huggingface.co/zai-org/GLM-ASR-Nano-2512"
 
 
-def check_device(device: str) -> None:
-    """Refuses, in one line and before anything loads, a --device this torch cannot run on."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"--device {device!r}: not a device name; expected cpu, cuda or cuda:N") from e
-    if parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: expected cpu, cuda or cuda:N")
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            build = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible to torch"
-            raise RuntimeError(f"--device {device}: {build}; use --device cpu, or install a CUDA build of torch on a machine with a GPU")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise RuntimeError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s), numbered from 0")
-
-
 def _demo(args: argparse.Namespace) -> int:
     import time
 
@@ -135,7 +119,8 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     from glm_asr_cli import corpus as corpus_cli
     from glm_asr.corpus.batching import transcribe_items
-    from glm_asr.transcription.transcribe import load_model_and_processor, load_onnx_model_and_processor
+    from glm_asr.onnx.backend import load_onnx_model_and_processor
+    from glm_asr.transcription.transcribe import load_model_and_processor
 
     plan = corpus_cli.prepare(args)
     dtype = getattr(torch, DTYPES[args.dtype])

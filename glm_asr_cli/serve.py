@@ -46,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str], formatte
 def _load(args: argparse.Namespace):  # noqa: ANN202
     import torch
 
-    from glm_asr.transcription.transcribe import load_model_and_processor, load_onnx_model_and_processor
+    from glm_asr.onnx.backend import load_onnx_model_and_processor
+    from glm_asr.transcription.transcribe import load_model_and_processor
 
     if args.backend == "onnxruntime":
         if args.onnx_dir is None:
@@ -77,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
                  "max_streams", "stream_idle_seconds", "silence_ms"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected a positive value")
+    from glm_asr_cli.devices import check_device
+
+    check_device(args.device)  # before the model loads: one line, as `transcribe` says it, not torch's traceback
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
                     max_queue=args.max_queue, decode_seconds=args.decode_timeout)
     names = tuple(args.served_model_name or (MODEL_NAME,))

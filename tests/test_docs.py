@@ -99,3 +99,9 @@ def served(model_dir: Path) -> Iterator[int]:
 
     with live_server(Service(*load_model_and_processor(model_dir))) as port:
         yield port
+
+
+def test_the_readmes_installs_use_the_venv_it_creates():
+    """The README creates .venv first: a bare `pip` after that installs into whatever pip is on the PATH."""
+    bare = [line for line in README.splitlines() if re.search(r"(^|[\s#])pip install", line) and "-m pip install" not in line]
+    assert not bare, bare

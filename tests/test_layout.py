@@ -148,3 +148,9 @@ def test_generation_goes_through_the_models_own_decode(monkeypatch):
     ids = torch.tensor([[1, 2, 3]])
     greedy_generate(model, ids, torch.ones_like(ids), None, None, max_new_tokens=4, eos_token_id=(0,))
     assert calls == [True] * 4  # the prefill and three steps, each computing only the last position's logits
+
+
+def test_the_library_path_names_no_backend():
+    """transcription/ is below the ONNX backend (which uses its greedy loop's semantics): the faces load a backend
+    and pass it in, so no arrow runs from transcription up to glm_asr.onnx."""
+    assert not {(a, b) for a, deps in GRAPH.items() if a.startswith("glm_asr.transcription") for b in deps if b.startswith("glm_asr.onnx")}

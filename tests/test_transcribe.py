@@ -65,11 +65,17 @@ def test_audio_past_the_reference_limit_is_chunked_automatically(loaded):
     assert len(result.segments) == 22 and result.segments[-1].end == 660.0
 
 
-def test_random_weights_need_no_download():
-    model, processor = load_model_and_processor(None)
+def test_random_weights_need_no_download_and_say_so_unless_asked_for():
+    with pytest.warns(UserWarning, match="random weights"):
+        model, processor = load_model_and_processor(None)
     (text,) = transcribe(model, processor, clips("tone")[0], max_new_tokens=3)
     assert isinstance(text, str)
     assert model.config.text_config.vocab_size == 59264 and processor.audio_token_id == 59260
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model_and_processor(None, random_preset="small")  # named: meant, so no warning
 
 
 def test_cli_transcribes_good_files_and_names_each_bad_one(model_dir, tmp_path, capsys):

@@ -288,9 +288,9 @@ def machine_limits(size_mb: int = 1024) -> dict:
     """Memory bandwidth (GB/s) and matmul GFLOP/s at the benchmarks' threads, each the best that any kernel on
     this machine reaches, so the limit is the hardware's and not one library's:
     - bandwidth: a large fp32 matrix-vector product (the decode access pattern) through MKL (F.linear),
-      oneDNN and OpenBLAS (numpy's; glm_asr.kernels uses both);
+      oneDNN and OpenBLAS (numpy's; glm_asr/runtime/products.py uses both);
     - GFLOP/s: a 512-token linear layer 2048 -> 2048 (the shape models run), fp32 through MKL and oneDNN,
-      bf16 through PyTorch's default path and widened to fp32 in oneDNN (what glm_asr.kernels does on CPUs
+      bf16 through PyTorch's default path and widened to fp32 in oneDNN (what glm_asr/runtime/products.py does on CPUs
       without native bf16, where it is the fastest way to a bf16 GEMM's result).
     Each kernel's own figure is kept in the record too."""
     import torch

@@ -1,5 +1,5 @@
 """Reading audio to float32 16 kHz mono: WAV files through scipy, any channel count and rate; every other
-format ffmpeg decodes through PyAV (audio_av.py, the optional `audio` extra)."""
+format ffmpeg decodes through PyAV (pyav.py, the optional `audio` extra)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib.util
 import math
 import os
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -32,11 +33,13 @@ class AudioError(ValueError):
     """Audio that cannot be transcribed; the message names the file and what was expected."""
 
 
-def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None) -> np.ndarray:
+def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | None = None, *,
+               deadline: float | None = None) -> np.ndarray:
     """An audio file as float32 mono samples at 16 kHz, from `offset` seconds for `duration` seconds (to the
     end when None). WAV (a RIFF header) is read by scipy: integer PCM scaled to [-1, 1), channels averaged,
     other rates resampled with a polyphase filter (scipy.signal.resample_poly). Any other file, and WAV in an
-    encoding scipy does not read (mu-law, A-law, ADPCM), is decoded by PyAV when it is installed (audio_av.py)."""
+    encoding scipy does not read (mu-law, A-law, ADPCM), is decoded by PyAV when it is installed (pyav.py),
+    within `deadline` (a time.monotonic() value) when one is given: a DecodeError's AudioError past it."""
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
@@ -48,7 +51,7 @@ def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | N
         raise AudioError(f"{path}: an empty file (0 bytes); expected audio")
     if head not in (b"RIFF", b"RIFX"):
         try:
-            samples = read_audio(path, offset, duration)
+            samples = read_audio(path, offset, duration, deadline=deadline)
         except ImportError as e:
             raise AudioError(f"{path}: not a WAV file; {e}") from e
         except NotMedia as e:
@@ -65,8 +68,11 @@ def load_audio(path: str | os.PathLike, offset: float = 0.0, duration: float | N
     except (ValueError, EOFError, struct.error, scipy.io.wavfile.WavFileWarning, IndexError, OSError) as e:
         if "Unknown wave file format" in str(e):  # mu-law, A-law, ADPCM (telephony archives): ffmpeg decodes them
             try:
-                return to_mono_16k(read_audio(path, offset, duration), SAMPLING_RATE, str(path))
-            except (ImportError, DecodeError):
+                return to_mono_16k(read_audio(path, offset, duration, deadline=deadline), SAMPLING_RATE, str(path))
+            except DecodeError as d:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise AudioError(str(d)) from d
+            except ImportError:
                 pass  # the WAV error below says more
         raise AudioError(f"{path}: an unreadable or truncated WAV file ({e}); supported: {supported()}") from e
     if rate <= 0:

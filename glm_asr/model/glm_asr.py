@@ -1,6 +1,6 @@
 """GlmAsrModel: wires the stages together. Attribute names are the released checkpoint's keys.
 
-    audio (16 kHz) -> log_mel (audio.py)            (W, M, F=3000)
+    audio (16 kHz) -> log_mel (front_end.py)            (W, M, F=3000)
       -> audio_tower: conv stem + encoder (encoder.py)   (W, F/2, Da)
       -> merge 4 frames + multi_modal_projector (projector.py)  (W, F/8, D), valid tokens kept
       -> written over the <|pad|> audio-token embeddings of the prompt        (B, T, D)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -30,6 +33,7 @@ from glm_asr.corpus.batching import FileResult
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
 from glm_asr.serve import fields, formats, uploads
+from glm_asr.serve.access import AccessLog
 from glm_asr.serve.limits import ApiError, Limits
 from glm_asr.serve.metrics import Metrics
 from glm_asr.serve.realtime import Realtime, RealtimeOptions
@@ -39,10 +43,11 @@ from glm_asr.transcription.presets import demo_clip
 from glm_asr.transcription.processor import Processor
 
 MODEL_NAME = "glm-asr-nano-2512"
+PROMPT_HEADER = "x-glm-asr-prompt"
 STATIC = Path(__file__).parent / "static"
 PAGE_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the small fields, on top of the file itself
-OUTCOME = {400: "bad_request", 404: "not_found", 405: "not_found", 413: "too_large", 429: "overloaded", 503: "overloaded"}
+OUTCOME = {400: "bad_request", 404: "not_found", 405: "not_found", 413: "too_large", 503: "overloaded"}
 
 
 class _TooLarge(Exception):
@@ -72,9 +77,11 @@ class Service:
         await self.realtime.choose_mode(self.scheduler, self.processor)  # partials or final-only, for every stream
         self.ready = True
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Drains the scheduler; its worker thread is joined off the event loop, which answers /health meanwhile."""
         self.draining, self.ready = True, False
-        self.scheduler.stop()
+        await asyncio.to_thread(self.scheduler.stop)
+        self.realtime.executor.shutdown(wait=False)
 
 
 def error(e: ApiError) -> JSONResponse:
@@ -114,7 +121,8 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 def _too_large(limits: Limits) -> ApiError:
-    return ApiError(413, f"the upload is larger than this server's limit of {limits.max_upload_bytes / 1e6:g} MB; send a "
+    # MB as OpenAI counts its 25 MB cap (2**20 bytes), which is what --max-upload-mb takes
+    return ApiError(413, f"the upload is larger than this server's limit of {limits.max_upload_bytes / 2**20:g} MB; send a "
                     "shorter or more compressed file", param="file", code="file_too_large")
 
 
@@ -168,7 +176,7 @@ async def _transcribe(request: Request, service: Service) -> Response:
     job = Job(options.upload.filename or "upload", samples, asyncio.get_running_loop(), service.processor, stream=options.stream)
     service.scheduler.submit(job)
     if options.stream:
-        return StreamingResponse(_events(job, service), media_type="text/event-stream")
+        return StreamingResponse(_events(job, service), media_type="text/event-stream", headers=_prompt_header(options))
     watcher = asyncio.ensure_future(_until_disconnect(request.receive))
     try:
         await asyncio.wait({job.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -177,7 +185,13 @@ async def _transcribe(request: Request, service: Service) -> Response:
     if not job.done.done():
         service.scheduler.cancel(job)
         raise ClientDisconnect
-    return formats.respond(job.done.result(), options.response_format)
+    response = formats.respond(job.done.result(), options.response_format, options.language)
+    response.headers.update(_prompt_header(options))
+    return response
+
+
+def _prompt_header(options: fields.Options) -> dict[str, str]:
+    return {PROMPT_HEADER: "ignored: the model's instruction is fixed (docs/serving.md)"} if options.prompt else {}
 
 
 async def _decode(upload: UploadFile, service: Service) -> np.ndarray:
@@ -188,8 +202,13 @@ async def _decode(upload: UploadFile, service: Service) -> np.ndarray:
         with tempfile.TemporaryDirectory(prefix="glm-asr-upload-") as folder:
             path = Path(folder) / "audio"  # never the client's name: it is untrusted
             await upload.seek(0)
-            path.write_bytes(await upload.read())
+            await asyncio.to_thread(_save, upload.file, path)  # up to 25 MB: never written on the event loop
             return await asyncio.to_thread(uploads.read_upload, path, name, service.limits)
+
+
+def _save(source: BinaryIO, path: Path) -> None:
+    with path.open("wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
 async def _events(job: Job, service: Service) -> AsyncIterator[str]:
@@ -215,7 +234,8 @@ async def _events(job: Job, service: Service) -> AsyncIterator[str]:
             return
         if result.text.startswith(job.sent) and len(result.text) > len(job.sent):  # what the token stream held back
             yield formats.event({"type": "transcript.text.delta", "delta": result.text[len(job.sent):], "logprobs": None})
-        yield formats.event({"type": "transcript.text.done", "text": result.text, "logprobs": None, "usage": formats.usage(result)})
+        yield formats.event({"type": "transcript.text.done", "text": result.text, "logprobs": None, "usage": formats.usage(result),
+                             "truncated": result.truncated})
         outcome = "ok"
     finally:
         if outcome == "disconnected":
@@ -274,7 +294,7 @@ def create_app(service: Service) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
         yield
-        service.stop()
+        await service.stop()
 
     app = Starlette(routes=[
         Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
@@ -284,6 +304,7 @@ def create_app(service: Service) -> Starlette:
         WebSocketRoute("/v1/realtime", realtime_endpoint),
         Route("/", page, methods=["GET"]),
         Route("/static/{name}", page_file, methods=["GET"]),
-    ], exception_handlers={HTTPException: _http_error, Exception: _unexpected}, lifespan=lifespan)
+    ], exception_handlers={HTTPException: _http_error, Exception: _unexpected}, lifespan=lifespan,
+       middleware=[Middleware(AccessLog)])
     app.state.service = service
     return app

@@ -1,6 +1,8 @@
 """The multipart form's fields, checked against what the model can honour: anything it cannot (sampling
-temperature, word timestamps, a language hint or a prompt it has no way to use) is a 400 naming the field,
-never a silent ignore."""
+temperature, word timestamps, a language it does not cover) is a 400 naming the field, never a silent ignore.
+Two fields that OpenAI's clients send as a matter of course are taken: `language` (checked, echoed in
+verbose_json: languages.py) and `prompt` (taken and not used: the model's instruction is fixed, and whether
+it can be steered with hotwords is an open question; the response says so in a header, docs/serving.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from dataclasses import dataclass
 
 from starlette.datastructures import FormData, UploadFile
 
+from glm_asr.serve import languages
 from glm_asr.serve.formats import RESPONSE_FORMATS, STREAM_FORMATS
 from glm_asr.serve.limits import ApiError
 
@@ -19,6 +22,8 @@ class Options:
     upload: UploadFile
     response_format: str
     stream: bool
+    language: str | None = None  # the code sent, reduced to its primary tag
+    prompt: bool = False  # a prompt was sent (and is not used)
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -59,16 +64,22 @@ def parse(form: FormData, model_names: tuple[str, ...]) -> Options:
             raise _bad("timestamp_granularities[]", f"{granularity!r}; expected 'segment'")
         if fmt != "verbose_json":
             raise _bad("timestamp_granularities[]", "needs response_format=verbose_json, as in OpenAI's API")
-    if _text(form, "language"):
-        raise _bad("language", "the model takes no language hint (it detects the language itself); omit the field")
-    if _text(form, "prompt"):
-        raise _bad("prompt", "the model's prompt is fixed and takes no text to condition on; omit the field")
     stream = (_text(form, "stream") or "false").lower()
     if stream not in ("true", "false"):
         raise _bad("stream", f"{stream!r}; expected true or false")
     if stream == "true" and fmt not in STREAM_FORMATS:
         raise _bad("stream", f"a stream carries text deltas; response_format {fmt!r} cannot stream, use json or text")
-    return Options(upload, fmt, stream == "true")
+    language, prompt = _language_and_prompt(form)
+    return Options(upload, fmt, stream == "true", language, prompt)
+
+
+def _language_and_prompt(form: FormData) -> tuple[str | None, bool]:
+    language = _text(form, "language")
+    try:
+        code = languages.check(language) if language else None
+    except languages.LanguageError as e:
+        raise _bad("language", str(e)) from None
+    return code, bool(_text(form, "prompt"))
 
 
 def _text(form: FormData, name: str) -> str:

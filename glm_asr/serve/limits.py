@@ -26,7 +26,7 @@ class ApiError(Exception):
     """A request the server refuses: the HTTP status, a message that says what to do, and the field at fault."""
 
     TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 405: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 503: "server_error", 500: "server_error"}
+             413: "invalid_request_error", 503: "server_error", 500: "server_error"}
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None) -> None:

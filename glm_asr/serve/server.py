@@ -4,6 +4,7 @@ once while the ones in flight are finished and answered, then the process exits.
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from collections.abc import Callable
@@ -25,6 +26,9 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit it: uvicorn's h11 protocol writes a response's head and body apart, and with
+    # Nagle's algorithm the body then waits for the client's delayed ACK, 40 ms on every keep-alive request.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError as e:
@@ -49,6 +53,12 @@ def make_server(service: Service, *, drain_seconds: float = 300.0, on_ready: Cal
             if self.started and on_ready is not None:
                 on_ready()
 
+    access = logging.getLogger("glm_asr.access")  # the app's own line per request (app.AccessLog), on stderr
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("glm-asr serve: %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
     config = uvicorn.Config(create_app(service), log_level=log_level, timeout_graceful_shutdown=drain_seconds,
                             access_log=False, lifespan="on")
     return Server(config)

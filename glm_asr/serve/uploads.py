@@ -70,10 +70,11 @@ def read_upload(path: Path, name: str, limits: Limits) -> np.ndarray:
     try:
         with path.open("rb") as f:
             riff = f.read(4) in (b"RIFF", b"RIFX")
-        if fmt == "wav" and riff:
-            samples = load_audio(path, 0.0, keep)  # the corpus path's own WAV reader, so results match the CLI's
+        deadline = time.monotonic() + limits.decode_seconds
+        if fmt == "wav" and riff:  # the corpus path's own WAV reader, so results match the CLI's; PyAV for mu-law or ADPCM
+            samples = load_audio(path, 0.0, keep, deadline=deadline)
         else:
-            samples = to_mono_16k(read_audio(path, 0.0, keep, deadline=time.monotonic() + limits.decode_seconds), SAMPLING_RATE, name)
+            samples = to_mono_16k(read_audio(path, 0.0, keep, deadline=deadline), SAMPLING_RATE, name)
     except (AudioError, DecodeError) as e:
         raise ApiError(400, str(e).replace(str(path), name), param="file", code="invalid_audio") from e
     if samples.size == 0:

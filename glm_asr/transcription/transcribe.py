@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,14 +19,28 @@ from glm_asr.transcription.generate import greedy_generate
 from glm_asr.io.checkpoint import load_model
 from glm_asr.longform.segmentation import find_pieces
 from glm_asr.longform.vad import VadOptions
+from glm_asr.model.config import GlmAsrConfig
 from glm_asr.model.glm_asr import GlmAsrModel
-from glm_asr.onnx.backend import OnnxModel, load_onnx_model_and_processor  # noqa: F401 (the onnxruntime backend's loader)
 from glm_asr.transcription.presets import random_model, synthetic_tokenizer
 from glm_asr.transcription.processor import MAX_WINDOWS, Processor, token_budget
 from glm_asr.transcription.repetition import RepeatStop
 from glm_asr.runtime.quantize import AUDIO_KINDS, DECODER_KINDS, quantize_audio, quantize_decoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
+
+
+class BackendModel(Protocol):
+    """A model that runs its own decoding loop, with `greedy_generate`'s semantics (glm_asr/onnx's OnnxModel).
+    This room names no backend: the faces load one and pass it in, and anything not a torch module is one."""
+
+    config: GlmAsrConfig
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, input_features: torch.Tensor,
+                 input_features_mask: torch.Tensor, *, max_new_tokens: int, eos_token_id: tuple[int, ...],
+                 on_token: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor: ...
+
+
+Model = GlmAsrModel | BackendModel
 
 
 @dataclass
@@ -61,12 +77,13 @@ def load_model_and_processor(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-    random_preset: str = "small",
+    random_preset: str | None = None,
     quantize: str | None = None,
     quantize_audio_path: str | None = None,
 ) -> tuple[GlmAsrModel, Processor]:
     """A checkpoint directory (config.json, safetensors, tokenizer.json), or with `model_path=None` random
-    weights of a preset (`small`, or `full` = the released size) and a synthetic tokenizer.
+    weights of a preset (`small`, the default, or `full` = the released size) and a synthetic tokenizer: with
+    neither a folder nor a preset named, a warning says so, since such a model's transcripts are meaningless.
     `quantize="int8"` (or `"int4"`, weight-only): quantised decoder weights for CPU decoding; `quantize_audio_path="int8"` or `"bf16"`: the audio
     encoder and projector in int8 or bf16 (glm_asr/runtime/quantize.py; both approximate, fp32 models on the CPU only)."""
     if quantize not in (None, *DECODER_KINDS):
@@ -77,7 +94,11 @@ def load_model_and_processor(
         if value and (dtype != torch.float32 or torch.device(device).type != "cpu"):
             raise ValueError(f"{name}={value!r} applies to an fp32 model on the CPU, not {dtype} on {device}")
     if model_path is None:
-        model = random_model(random_preset, dtype=dtype, device=device)
+        if random_preset is None:
+            warnings.warn("load_model_and_processor() with no model folder: random weights (preset 'small') and a synthetic "
+                          "tokenizer, so the transcripts are meaningless; pass the folder of the released files, or "
+                          "random_preset='small' to mean it", UserWarning, stacklevel=2)
+        model = random_model(random_preset or "small", dtype=dtype, device=device)
         processor = Processor(synthetic_tokenizer(), model.config.audio_config.num_mel_bins, "synthetic tokenizer")
     else:
         directory = Path(model_path)
@@ -121,7 +142,7 @@ def _join(pieces: list[str]) -> str:
 
 
 def transcribe_detailed(
-    model: GlmAsrModel | OnnxModel,
+    model: Model,
     processor: Processor,
     audio: AudioInput | list[AudioInput],
     *,
@@ -161,7 +182,7 @@ def transcribe_detailed(
 
 
 def transcribe(
-    model: GlmAsrModel | OnnxModel,
+    model: Model,
     processor: Processor,
     audio: AudioInput | list[AudioInput],
     *,
@@ -176,14 +197,14 @@ def transcribe(
     return [t.text for t in transcribe_detailed(model, processor, audio, max_new_tokens=max_new_tokens, chunked=chunked, batch_size=batch_size, vad=vad)]
 
 
-def _generate(model: GlmAsrModel | OnnxModel, processor: Processor, clips: list[np.ndarray], max_new_tokens: int | None, batch_size: int) -> list[Decoded]:
+def _generate(model: Model, processor: Processor, clips: list[np.ndarray], max_new_tokens: int | None, batch_size: int) -> list[Decoded]:
     decoded = []
     for start in range(0, len(clips), batch_size):
         decoded += transcribe_batch(model, processor, clips[start : start + batch_size], max_new_tokens)
     return decoded
 
 
-def token_budgets(model: GlmAsrModel | OnnxModel, prompt_lengths: list[int], clips: list[np.ndarray], max_new_tokens: int | None) -> list[int]:
+def token_budgets(model: Model, prompt_lengths: list[int], clips: list[np.ndarray], max_new_tokens: int | None) -> list[int]:
     """Each prompt's budget of new tokens: `max_new_tokens` when given; else one that follows the audio's
     length (processor.token_budget), within the decoder's positions after the prompt."""
     if max_new_tokens is not None:
@@ -207,7 +228,7 @@ class _BudgetStop:
 
 
 def transcribe_batch(
-    model: GlmAsrModel | OnnxModel,
+    model: Model,
     processor: Processor,
     clips: list[np.ndarray],
     max_new_tokens: int | None = None,
@@ -219,14 +240,15 @@ def transcribe_batch(
     """Greedy transcripts of 16 kHz clips decoded together, each within its own token budget. The batch runs to
     the largest budget and each row is cut at its own, so a clip's text is the same alone or in any batch.
     `on_token`, one entry per clip: called with each new token id of that row as it is chosen (streaming)."""
-    if stop_on_repeat is not None and isinstance(model, OnnxModel):
+    backend = not isinstance(model, torch.nn.Module)
+    if stop_on_repeat is not None and backend:
         raise ValueError("--stop-on-repeat runs with the torch backend only")
-    device = torch.device("cpu") if isinstance(model, OnnxModel) else next(model.parameters()).device
+    device = torch.device("cpu") if backend else next(model.parameters()).device
     batch = processor(clips).to(device)
     budgets = token_budgets(model, batch.attention_mask.sum(1).tolist(), clips, max_new_tokens)
     eos = eos_token_id or tuple(model.config.text_config.eos_token_id)
     stop = None if stop_on_repeat is None else RepeatStop(len(clips), stop_on_repeat, eos)
-    if isinstance(model, OnnxModel):
+    if backend:
         generate = functools.partial(model.generate, eos_token_id=eos)
     else:  # rows end at their own budget too, so that a short clip beside a long one costs no extra steps
         generate = functools.partial(greedy_generate, model, eos_token_id=eos, stop=_BudgetStop(budgets, stop))
