@@ -76,6 +76,17 @@ class VadOptions:
         if not self.max_gain >= 1.0:
             raise ValueError(f"VAD max_gain {self.max_gain}: expected 1.0 (no gain) or more")
 
+    @classmethod
+    def server_vad(cls, threshold: float | None = None, prefix_padding_ms: int | None = None,
+                   silence_duration_ms: int | None = None, **rest: float) -> VadOptions:
+        """OpenAI's server_vad fields (live turn_detection, an upload's chunking_strategy) as VadOptions: a
+        threshold moves neg_threshold with it (0.2 under it, as in the defaults)."""
+        d = cls()
+        threshold = d.threshold if threshold is None else threshold
+        return cls(threshold=threshold, neg_threshold=max(round(threshold - 0.2, 4), 0.01),
+                   speech_pad_ms=d.speech_pad_ms if prefix_padding_ms is None else prefix_padding_ms,
+                   min_silence_duration_ms=d.min_silence_duration_ms if silence_duration_ms is None else silence_duration_ms, **rest)
+
     @property
     def negative(self) -> float:
         return self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)

@@ -26,7 +26,7 @@ _DEFAULT = VadOptions()
 class TurnOptions:
     """When an utterance starts and ends: OpenAI's server_vad names for VadOptions' fields, the same defaults."""
 
-    threshold: float = _DEFAULT.threshold
+    threshold: float = _DEFAULT.threshold  # neg_threshold follows it, 0.2 under it (VadOptions.server_vad)
     silence_duration_ms: int = _DEFAULT.min_silence_duration_ms  # a pause this long ends the utterance
     prefix_padding_ms: int = _DEFAULT.speech_pad_ms  # audio kept before the first speech chunk (and after the last)
     min_speech_ms: int = _DEFAULT.min_speech_duration_ms  # shorter bursts (a click, a cough) are not an utterance
@@ -37,8 +37,8 @@ class TurnOptions:
 
     @property
     def vad(self) -> VadOptions:
-        return VadOptions(threshold=self.threshold, min_silence_duration_ms=self.silence_duration_ms,
-                          speech_pad_ms=self.prefix_padding_ms, min_speech_duration_ms=self.min_speech_ms, max_gain=self.max_gain)
+        return VadOptions.server_vad(self.threshold, self.prefix_padding_ms, self.silence_duration_ms,
+                                     min_speech_duration_ms=self.min_speech_ms, max_gain=self.max_gain)
 
 
 @dataclass
