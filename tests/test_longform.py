@@ -219,6 +219,18 @@ def test_cli_vad_writes_cues_on_speech_bounds_and_jsonl_segments(tmp_path, capsy
     assert main(["transcribe", str(wav), "--vad", "--model", str(tiny_dir), "--max-new-tokens", "3", "--format", "vtt",
                  "--output-dir", str(out)]) == 0
     assert (out / "long.vtt").read_text().count(" --> ") == len(pieces)
+    opts = VadOptions(max_gap_s=0.0, speech_pad_ms=100)  # the --vad-* flags reach the segmentation
+    assert main(["transcribe", str(wav), "--vad", "--vad-max-gap", "0", "--vad-pad-ms", "100", "--model", str(tiny_dir), "--max-new-tokens", "2",
+                 "--output", str(tmp_path / "g.jsonl")]) == 0
+    [record] = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert [(s["start"], s["end"]) for s in record["segments"]] == [(p.start / SR, p.end / SR) for p in find_pieces(synthetic_long(), opts)]
+    assert len(record["segments"]) > len(pieces)
+    capsys.readouterr()
+    for argv, flag in ((["--vad-threshold", "0.4"], "give --vad too"), (["--vad", "--vad-threshold", "2"], "--vad-threshold"),
+                       (["--vad", "--vad-min-silence-ms", "-5"], "--vad-min-silence-ms")):
+        assert main(["transcribe", str(wav), *argv]) == 2
+        err = capsys.readouterr().err
+        assert flag in err and err.count("\n") == 1, err
     assert main(["transcribe", str(wav), "--vad", "--chunked"]) == 2 and "give one" in capsys.readouterr().err
 
 
