@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from glm_asr.io.audio_file import load_audio  # noqa: E402
 from glm_asr.longform.segmentation import Piece, cut_long, pack, speech_regions  # noqa: E402
-from glm_asr.longform.vad import VadOptions, blocks_of, speech_probabilities  # noqa: E402
+from glm_asr.longform.vad import VadOptions, blocks_of, speech_features  # noqa: E402
 from glm_asr.model.front_end import SAMPLING_RATE  # noqa: E402
 
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -117,8 +117,8 @@ class Measured:
 
 def measure(comp: Composite, opts: VadOptions = VadOptions()) -> tuple[Measured, list[Piece]]:
     n = comp.audio.shape[0]
-    probs = speech_probabilities(blocks_of(comp.audio), opts.max_gain)
-    regions = speech_regions(probs, n, opts)
+    probs, levels = speech_features(blocks_of(comp.audio), opts.max_gain)
+    regions = speech_regions(probs, n, opts, levels)
     pieces = pack(cut_long(regions, probs), max_gap_s=opts.max_gap_s)
     sec = [(s / SAMPLING_RATE, e / SAMPLING_RATE) for s, e in regions]
     names, starts, ends, missed = [], [], [], 0

@@ -141,8 +141,14 @@ def regions_of(audio: np.ndarray, opts: VadOptions, path: str) -> list[tuple[flo
                                     max_gain=opts.max_gain))
         events = [e for i in range(0, audio.size, 1600) for e in seg.feed(audio[i : i + 1600])] + seg.flush()
         return [(u.start / SR, u.end / SR) for name, u in events if name == "stopped"]
-    probs = speech_probabilities(blocks_of(audio), opts.max_gain)
-    return [(s / SR, e / SR) for s, e in speech_regions(probs, audio.size, opts)]
+    try:
+        from glm_asr.longform.vad import speech_features
+    except ImportError:  # a checkout from before the look-back (to compare with)
+        probs, levels = speech_probabilities(blocks_of(audio), opts.max_gain), None
+    else:
+        probs, levels = speech_features(blocks_of(audio), opts.max_gain)
+    regions = speech_regions(probs, audio.size, opts) if levels is None else speech_regions(probs, audio.size, opts, levels)
+    return [(s / SR, e / SR) for s, e in regions]
 
 
 def score(regions: list[tuple[float, float]], clip: dict) -> dict:

@@ -25,14 +25,18 @@ Everything is in samples at 16 kHz on the timeline of the audio given; callers a
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from glm_asr.longform.vad import CHUNK_SAMPLES, VadOptions, blocks_of, speech_probabilities
+from glm_asr.longform.vad import CHUNK_SAMPLES, VadOptions, blocks_of, speech_features
 from glm_asr.model.front_end import SAMPLING_RATE, WINDOW_SAMPLES
 
 Region = tuple[int, int]  # [start, end) in samples
+LOOKBACK_CHUNKS = 94  # 3 s: how far a region's start may move back to where its sound began
+LOOKBACK_DB = 10.0  # over the quietest chunk of those 3 s
+DIGITAL_SILENCE_DB = -90.0  # chunks this quiet are no floor: they are zeros, or dither
 
 
 @dataclass(frozen=True)
@@ -71,30 +75,35 @@ class Regions:
         self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
         self.pad = opts.speech_pad_ms * ms
         self.chunks = 0  # chunks pushed so far
-        self.begin: int | None = None  # the first speech chunk's sample of the region in progress
+        self.levels: deque[float] = deque(maxlen=LOOKBACK_CHUNKS + 1)  # the last 3 s of chunk levels, and this one's
+        self.onset = 0  # the first chunk at or over the threshold of the region in progress
+        self.begin: int | None = None  # where its sound began: the onset, or earlier (`_look_back`)
         self.silent_from = 0  # where the probability fell under neg_threshold inside it (0: it has not)
         self.started: int | None = None  # its padded start, once it is kept
         self.closed: Region | None = None  # a region whose speech ended, waiting for its end padding
         self.last_end = 0  # the end of the last region given out: the next one starts no earlier
 
-    def push(self, p: float) -> list[Region]:
+    def push(self, p: float, level: float | None = None) -> list[Region]:
+        """One chunk's probability, and its level in dB (VadStream.level; None: no look-back)."""
         at = self.chunks * CHUNK_SAMPLES
         self.chunks += 1
+        self.levels.append(-100.0 if level is None else level)
         out = self._settle(at)
         if self.begin is None:
             if p >= self.threshold:
-                self.begin, self.silent_from = at, 0
+                self.onset, self.silent_from = at, 0
+                self.begin = self._look_back(at) if level is not None else at
         elif p >= self.threshold:
             self.silent_from = 0
         elif p < self.negative:
             self.silent_from = self.silent_from or at
             if at - self.silent_from >= self.min_silence:  # silero's condition, tested on the chunk's start
-                if self.silent_from - self.begin > self.min_speech:
+                if self.silent_from - self.onset > self.min_speech:
                     self._close(self.silent_from)
                 self.begin = self.started = None
                 out += self._settle(at)
                 return out
-        if self.begin is not None and self.started is None and not self.silent_from and at + CHUNK_SAMPLES - self.begin > self.min_speech:
+        if self.begin is not None and self.started is None and not self.silent_from and at + CHUNK_SAMPLES - self.onset > self.min_speech:
             self.started = self._padded_start(self.begin)  # kept whatever comes: its silence starts at the next chunk at the earliest
         return out
 
@@ -104,12 +113,28 @@ class Regions:
         if self.closed is not None:
             out.append((self.closed[0], min(n_samples, self.closed[1] + self.pad)))
             self.last_end, self.closed = out[-1][1], None
-        if self.begin is not None and n_samples - self.begin > self.min_speech:
+        if self.begin is not None and n_samples - self.onset > self.min_speech:
             out.append((self._padded_start(self.begin), n_samples))
             self.last_end = n_samples
         self.begin = self.started = None
         self.silent_from = 0
         return [r for r in out if r[1] > r[0]]
+
+    def _look_back(self, at: int) -> int:
+        """Where the sound of speech starting at `at` began: Silero's probability can stay low for a second or two
+        of quiet speech before it rises (example_zh.wav's first words, depending on where the 32 ms chunks fall),
+        so the start moves back over the chunks before it that are LOOKBACK_DB louder than the quietest of the
+        last 3 s (a 96 ms maximum bridges the dips between syllables); in steady noise nothing is that loud."""
+        levels = list(self.levels)[:-1]  # the chunks before this one, oldest first
+        heard = [v for v in levels if v > DIGITAL_SILENCE_DB]  # a floor of digital silence would let any hiss count
+        if not heard:
+            return at
+        floor = min(heard) + LOOKBACK_DB
+        smooth = [max(levels[max(i - 1, 0) : i + 2]) for i in range(len(levels))]
+        back = 0
+        while back < len(smooth) and smooth[-1 - back] >= floor:
+            back += 1
+        return at - back * CHUNK_SAMPLES
 
     def _padded_start(self, begin: int) -> int:
         earlier = self.last_end if self.closed is None else self.closed[1] + self.pad  # no overlap with the one before
@@ -128,10 +153,14 @@ class Regions:
         return [region]
 
 
-def speech_regions(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions()) -> list[Region]:
-    """The regions of a whole clip's probabilities (one per 512 samples), padded, not yet cut at 30 s."""
+def speech_regions(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions(), levels: np.ndarray | None = None) -> list[Region]:
+    """The regions of a whole clip's probabilities (one per 512 samples), padded, not yet cut at 30 s; with the
+    chunks' `levels` (dB, VadStream.features), each start looks back to where its sound began."""
     tracker = Regions(opts)
-    regions = [r for p in probs.tolist() for r in tracker.push(p)]
+    if levels is None:
+        regions = [r for p in probs.tolist() for r in tracker.push(p)]
+    else:
+        regions = [r for p, level in zip(probs.tolist(), levels.tolist()) for r in tracker.push(p, level)]
     return regions + tracker.finish(n_samples)
 
 
@@ -177,11 +206,12 @@ def pack(regions: list[Region], max_samples: int = WINDOW_SAMPLES, max_gap_s: fl
     return [Piece(tuple(p)) for p in pieces]
 
 
-def plan_pieces(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions()) -> list[Piece]:
-    """Probabilities to pieces: regions, long ones cut, packed into windows of at most 30 s."""
-    return pack(cut_long(speech_regions(probs, n_samples, opts), probs), WINDOW_SAMPLES, opts.max_gap_s)
+def plan_pieces(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions(), levels: np.ndarray | None = None) -> list[Piece]:
+    """Probabilities (and levels) to pieces: regions, long ones cut, packed into windows of at most 30 s."""
+    return pack(cut_long(speech_regions(probs, n_samples, opts, levels), probs), WINDOW_SAMPLES, opts.max_gap_s)
 
 
 def find_pieces(audio: np.ndarray, opts: VadOptions = VadOptions()) -> list[Piece]:
     """The pieces of an in-memory 16 kHz clip: the VAD run over it in views (no copy), then `plan_pieces`."""
-    return plan_pieces(speech_probabilities(blocks_of(audio), opts.max_gain), audio.shape[0], opts)
+    probs, levels = speech_features(blocks_of(audio), opts.max_gain)
+    return plan_pieces(probs, audio.shape[0], opts, levels)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glm_asr.longform.segmentation import Regions, cut_point
+from glm_asr.longform.segmentation import LOOKBACK_CHUNKS, Regions, cut_point
 from glm_asr.longform.vad import CHUNK_SAMPLES, VadOptions, VadStream
 from glm_asr.model.front_end import SAMPLING_RATE, WINDOW_SAMPLES
 
@@ -58,7 +58,8 @@ class Segmenter:
         self.vad = vad or VadStream(opts.max_gain)
         self.regions = Regions(opts.vad)
         self.pad = self.regions.pad
-        capacity = WINDOW_SAMPLES + self.pad + max(self.regions.min_silence, self.pad) + 4 * CHUNK_SAMPLES
+        self.preroll = self.pad + (LOOKBACK_CHUNKS + 1) * CHUNK_SAMPLES  # what a region's start may reach back to
+        capacity = WINDOW_SAMPLES + self.preroll + max(self.regions.min_silence, self.pad) + 4 * CHUNK_SAMPLES
         self.audio = np.zeros(capacity, np.float32)  # samples from `base` on: the pre-roll, then the utterance
         self.probs: list[float] = []  # one per chunk from `base` on
         self.base = 0  # stream sample index of audio[0]; always a multiple of CHUNK_SAMPLES
@@ -94,7 +95,7 @@ class Segmenter:
         events: list[tuple[str, int | Utterance]] = []
         received = self.position + self.held.size
         if self.held.size:
-            self._chunk(np.pad(self.held, (0, CHUNK_SAMPLES - self.held.size)), events)
+            self._chunk(self.held, events)  # the stream's last chunk: short, zero-padded by the VAD and here
             self.held = np.zeros(0, np.float32)
         for region in self.regions.finish(received):
             self._emit(region, events)
@@ -104,10 +105,11 @@ class Segmenter:
         if self.filled + CHUNK_SAMPLES > self.audio.shape[0]:  # only while the probability hovers between the
             self.audio = np.concatenate([self.audio, np.zeros_like(self.audio)])  # thresholds: a region undecided
         p = self.vad.chunk(chunk)
-        self.audio[self.filled : self.filled + CHUNK_SAMPLES] = chunk
+        self.audio[self.filled : self.filled + CHUNK_SAMPLES] = 0.0
+        self.audio[self.filled : self.filled + chunk.shape[0]] = chunk
         self.filled += CHUNK_SAMPLES
         self.probs.append(p)
-        for region in self.regions.push(p):
+        for region in self.regions.push(p, self.vad.level):
             self._emit(region, events)
         if self.start is None and self.regions.started is not None:
             self.start = self.regions.started
@@ -115,7 +117,7 @@ class Segmenter:
         if self.start is not None:
             self._cut_if_full(events)
         elif self.regions.begin is None and self.regions.closed is None:
-            self._trim(self.position - self.pad - CHUNK_SAMPLES)  # keep only the pre-roll while nobody speaks
+            self._trim(self.position - self.preroll)  # keep only the pre-roll while nobody speaks
 
     def _emit(self, region: tuple[int, int], events: list) -> None:
         if self.start is None:  # a region that ended before it was announced (the stream's end)
