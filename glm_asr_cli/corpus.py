@@ -156,7 +156,7 @@ def prepare(args: argparse.Namespace) -> Plan:
 
 VAD_FLAGS = {"threshold": "--vad-threshold", "neg_threshold": "--vad-neg-threshold", "min_speech_duration_ms": "--vad-min-speech-ms",
              "min_silence_duration_ms": "--vad-min-silence-ms", "speech_pad_ms": "--vad-pad-ms", "max_gain": "--vad-max-gain",
-             "max_gap_s": "--vad-max-gap"}
+             "max_gap_s": "--vad-max-gap", "max_piece_s": "--vad-max-piece"}
 
 
 def vad_options(args: argparse.Namespace) -> Any:  # noqa: ANN401 (VadOptions | None; imported lazily)

@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     vad.add_argument("--vad-pad-ms", type=int, default=None, metavar="MS", help="audio kept before and after each region (400)")
     vad.add_argument("--vad-max-gain", type=float, default=None, metavar="X", help="level raised before the VAD by at most X (100; 1: off)")
     vad.add_argument("--vad-max-gap", type=float, default=None, metavar="S", help="longest pause inside one decoded piece and cue (5 s)")
+    vad.add_argument("--vad-max-piece", type=float, default=None, metavar="S", help="most speech in one piece and cue, 1-30 s (30)")
     tr.add_argument("--json", action="store_true", help="print each input's record as a JSON line (the keys of the --output file; with --output, both)")
     tr.add_argument("--output", type=Path, default=None, help="append one JSONL record per input as it completes (an existing file: see --resume, --overwrite)")
     tr.add_argument("--resume", action="store_true", help="continue an --output file: skip the inputs it records")

@@ -16,7 +16,7 @@ from glm_asr import load_model_and_processor, transcribe_detailed
 from glm_asr.corpus.batching import transcribe_items
 from glm_asr.corpus.inputs import Item
 from glm_asr.longform import vad as vad_module
-from glm_asr.longform.segmentation import cut_long, find_pieces, pack, speech_regions
+from glm_asr.longform.segmentation import cut_long, find_pieces, pack, plan_pieces, speech_regions
 from glm_asr.longform.stream import stream_file
 from glm_asr.longform.vad import VadOptions, VadUnavailable, blocks_of, speech_features, speech_probabilities
 from glm_asr.io.audio_file import load_audio
@@ -102,6 +102,20 @@ def test_packing_is_deterministic_fills_windows_and_breaks_at_long_pauses():
     assert len(pack(regions, max_gap_s=0.0)) == len(regions) and len(pack(regions, max_gap_s=float("inf"))) < len(pieces)
     audio = rng.standard_normal(t).astype(np.float32)
     assert np.array_equal(pieces[0].samples(audio), np.concatenate([audio[s:e] for s, e in pieces[0].regions]))
+
+
+def test_max_piece_s_bounds_every_piece_and_cuts_at_pauses():
+    probs = np.full(round(40 * SR / FRAME), 0.95, np.float32)  # 40 s of speech with a dip every 5 s
+    for t in range(5, 40, 5):
+        probs[round(t * SR / FRAME) - 1 : round(t * SR / FRAME) + 2] = 0.2
+    opts = VadOptions(max_piece_s=7.0, max_gap_s=0.0)
+    pieces = plan_pieces(probs, probs.size * FRAME, opts)
+    assert all(p.speech_samples <= 7 * SR for p in pieces) and len(pieces) >= 6
+    dips = {round(t * SR / FRAME) * FRAME + FRAME // 2 for t in range(5, 40, 5)}
+    assert all(p.start in dips for p in pieces[1:]), [p.start for p in pieces]  # cut at the pauses, not at 7 s
+    assert len(plan_pieces(probs, probs.size * FRAME)) == 2  # the default: 30 s pieces
+    with pytest.raises(ValueError, match="max_piece_s"):
+        VadOptions(max_piece_s=31)
 
 
 # --- the runner -------------------------------------------------------------------------------------------

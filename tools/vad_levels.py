@@ -3,6 +3,7 @@
     python tools/vad_levels.py                      # 12 composites of 10 utterances at -55..-10 dBFS; a table
     python tools/vad_levels.py --path live          # the same audio through the live stream's Segmenter
     python tools/vad_levels.py --json levels.json   # every clip's figures too
+    python tools/vad_levels.py --pieces             # windows per hour and cue lengths by piece length and gap
 
 A composite lays 10 utterances, each at its own level (-55..-10 dBFS in a random order, so a quiet voice
 often follows a loud one), drawn so that no level, language or voice dominates, among gaps of 0.3-3 s filled
@@ -160,6 +161,28 @@ def score(regions: list[tuple[float, float]], clip: dict) -> dict:
                    "end_error_s": round(over[-1][1] - hi, 3) if over else None}
 
 
+def piece_table(audios: list[np.ndarray], opts: VadOptions) -> str:
+    """Pieces (each one 30 s encoder window) per hour of audio, and cue lengths, for a few piece lengths and gaps."""
+    from dataclasses import replace
+
+    from glm_asr.longform.segmentation import plan_pieces
+    from glm_asr.longform.vad import speech_features
+
+    features = [speech_features(blocks_of(a), opts.max_gain) for a in audios]
+    hours = sum(a.size for a in audios) / SR / 3600
+    out = ["| max_piece_s | max_gap_s | windows per hour | cue on the timeline s: median, max | speech per cue s: median, max |",
+           "|---|---|---|---|---|"]
+    for piece in (7.0, 15.0, 30.0):
+        for gap in (0.0, 2.0, 5.0):
+            o = replace(opts, max_piece_s=piece, max_gap_s=gap)
+            pieces = [p for a, (probs, levels) in zip(audios, features) for p in plan_pieces(probs, a.size, o, levels)]
+            span = np.array([(p.end - p.start) / SR for p in pieces])
+            speech = np.array([p.speech_samples / SR for p in pieces])
+            out.append(f"| {piece:g} | {gap:g} | {len(pieces) / hours:.0f} | {np.median(span):.1f}, {span.max():.1f} | "
+                       f"{np.median(speech):.1f}, {speech.max():.1f} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict], noise_rows: list[dict]) -> str:
     out = ["| level (dBFS) | language | utterances | covered: least / mean | start error s: median, max late | end error s: median, min |",
            "|---|---|---|---|---|---|"]
@@ -190,9 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--neg-threshold", type=float, default=VadOptions.neg_threshold)
     parser.add_argument("--max-gain", type=float, default=VadOptions.max_gain)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--pieces", action="store_true", help="instead: windows per hour and cue lengths by max_piece_s and max_gap_s")
     args = parser.parse_args(argv)
     opts = VadOptions(threshold=args.threshold, neg_threshold=args.neg_threshold, max_gain=args.max_gain)
     shared = dict(zip(("en", "zh"), clips(args.audio))) if (args.audio / "example_en.wav").is_file() else {}
+    if args.pieces:
+        print(piece_table([composite(seed, shared, tuple(args.levels))[0] for seed in range(args.seeds)], opts))
+        return 0
     rows = []
     for seed in range(args.seeds):
         audio, truth = composite(seed, shared, tuple(args.levels))

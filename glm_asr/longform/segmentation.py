@@ -207,8 +207,9 @@ def pack(regions: list[Region], max_samples: int = WINDOW_SAMPLES, max_gap_s: fl
 
 
 def plan_pieces(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions(), levels: np.ndarray | None = None) -> list[Piece]:
-    """Probabilities (and levels) to pieces: regions, long ones cut, packed into windows of at most 30 s."""
-    return pack(cut_long(speech_regions(probs, n_samples, opts, levels), probs), WINDOW_SAMPLES, opts.max_gap_s)
+    """Probabilities (and levels) to pieces: regions, long ones cut, packed into pieces of at most `max_piece_s`."""
+    longest = min(WINDOW_SAMPLES, round(opts.max_piece_s * SAMPLING_RATE))
+    return pack(cut_long(speech_regions(probs, n_samples, opts, levels), probs, longest), longest, opts.max_gap_s)
 
 
 def find_pieces(audio: np.ndarray, opts: VadOptions = VadOptions()) -> list[Piece]:

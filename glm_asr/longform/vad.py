@@ -62,6 +62,7 @@ class VadOptions:
     speech_pad_ms: int = 400  # kept before and after each region; silero-vad: 30, faster-whisper: 400
     max_gain: float = 100.0  # ours, not silero-vad's: level raised before the model (TARGET_PEAK); 1.0: off
     max_gap_s: float = 5.0  # ours: the longest pause inside one decoded piece (segmentation.pack)
+    max_piece_s: float = 30.0  # ours: the most speech in one piece, one segment, one cue (regions cut to fit)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -73,6 +74,8 @@ class VadOptions:
                 raise ValueError(f"VAD {name} {getattr(self, name)}: expected 0 or more")
         if not self.max_gap_s >= 0:
             raise ValueError(f"VAD max_gap_s {self.max_gap_s}: expected 0 or more seconds")
+        if not 1.0 <= self.max_piece_s <= 30.0:
+            raise ValueError(f"VAD max_piece_s {self.max_piece_s}: expected 1 to 30 seconds (one window at most)")
         if not self.max_gain >= 1.0:
             raise ValueError(f"VAD max_gain {self.max_gain}: expected 1.0 (no gain) or more")
 
