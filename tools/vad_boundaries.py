@@ -8,7 +8,7 @@ voice) at known places among digital silence and white noise of known lengths an
 always straddles the 30.0 s mark, where fixed 30 s windows would cut it. A clip's true speech bounds are
 measured on the clean clip once (the first and last 10 ms frame within 35 dB of its loudest frame) and
 moved to where it was laid. Reported: the error of the detected bounds (the first region that overlaps a
-clip's speech and the last one; regions carry silero's 30 ms padding) in ms, cuts (piece bounds) that split
+clip's speech and the last one; regions carry the padding, 400 ms by default) in ms, cuts (piece bounds) that split
 a clip's speech between two pieces, whether the straddling clip is decoded in exactly one piece, and speech
 detected inside the noise.
 """
