@@ -305,10 +305,9 @@ def test_a_file_and_the_same_samples_streamed_give_the_same_regions(tmp_path):
     scipy.io.wavfile.write(path, SR, audio)
     files = _file_regions(path)
     assert any(e - s > 15 * SR for s, e in files) and len(files) >= 4  # a cut past 30 s, and the clips apart
-    for frame in (1600, 4321):
-        streamed = _streamed(audio, frame)
-        assert len(streamed) == len(files)
-        assert all(abs(a - c) <= FRAME and abs(b - d) <= FRAME for (a, b), (c, d) in zip(files, streamed)), (files, streamed)
+    streamed = _streamed(audio, 4321)  # frames that never line up with the 512-sample chunks
+    assert len(streamed) == len(files)
+    assert all(abs(a - c) <= FRAME and abs(b - d) <= FRAME for (a, b), (c, d) in zip(files, streamed)), (files, streamed)
 
 
 @needs_vad
