@@ -133,6 +133,7 @@ def prepare(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--stop-on-repeat {args.stop_on_repeat}: expected a count of 2 or more repetitions")
     if args.vad and args.chunked:
         raise ValueError("--vad and --chunked both choose where audio is cut; give one")
+    vad_options(args)  # a bad --vad-* value named before anything runs
     if args.vad:
         from glm_asr.longform.vad import model_path
 
@@ -153,12 +154,33 @@ def prepare(args: argparse.Namespace) -> Plan:
     return Plan(items, todo, results, targets)
 
 
-def options(args: argparse.Namespace) -> dict[str, Any]:
-    """transcribe_items' keyword arguments from the command line."""
+VAD_FLAGS = {"threshold": "--vad-threshold", "neg_threshold": "--vad-neg-threshold", "min_speech_duration_ms": "--vad-min-speech-ms",
+             "min_silence_duration_ms": "--vad-min-silence-ms", "speech_pad_ms": "--vad-pad-ms", "max_gain": "--vad-max-gain",
+             "max_gap_s": "--vad-max-gap", "max_piece_s": "--vad-max-piece"}
+
+
+def vad_options(args: argparse.Namespace) -> Any:  # noqa: ANN401 (VadOptions | None; imported lazily)
+    """VadOptions from --vad and the --vad-* flags; a flag without --vad, or a bad value, is a ValueError naming it."""
     from glm_asr.longform.vad import VadOptions
 
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in VAD_FLAGS.items()
+             if getattr(args, flag[2:].replace("-", "_"), None) is not None}
+    if given and not args.vad:
+        raise ValueError(f"{VAD_FLAGS[next(iter(given))]} tunes --vad; give --vad too")
+    if not args.vad:
+        return None
+    if "threshold" in given and "neg_threshold" not in given and given["threshold"] <= VadOptions.neg_threshold:
+        given["neg_threshold"] = max(round(given["threshold"] - 0.2, 4), 0.01)  # kept under the threshold, as server_vad does
+    try:
+        return VadOptions(**given)
+    except ValueError as e:
+        raise ValueError(f"{e} ({', '.join(VAD_FLAGS[k] for k in given)})") from e
+
+
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    """transcribe_items' keyword arguments from the command line."""
     return {"max_new_tokens": args.max_new_tokens, "chunked": True if args.chunked else None, "batch_size": args.batch_size,
-            "stop_on_repeat": args.stop_on_repeat, "vad": VadOptions() if args.vad else None}
+            "stop_on_repeat": args.stop_on_repeat, "vad": vad_options(args)}
 
 
 def run(args: argparse.Namespace, plan: Plan, stream: Iterator[FileResult]) -> int:

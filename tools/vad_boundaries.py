@@ -8,7 +8,7 @@ voice) at known places among digital silence and white noise of known lengths an
 always straddles the 30.0 s mark, where fixed 30 s windows would cut it. A clip's true speech bounds are
 measured on the clean clip once (the first and last 10 ms frame within 35 dB of its loudest frame) and
 moved to where it was laid. Reported: the error of the detected bounds (the first region that overlaps a
-clip's speech and the last one; regions carry silero's 30 ms padding) in ms, cuts (piece bounds) that split
+clip's speech and the last one; regions carry the padding, 400 ms by default) in ms, cuts (piece bounds) that split
 a clip's speech between two pieces, whether the straddling clip is decoded in exactly one piece, and speech
 detected inside the noise.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from glm_asr.io.audio_file import load_audio  # noqa: E402
 from glm_asr.longform.segmentation import Piece, cut_long, pack, speech_regions  # noqa: E402
-from glm_asr.longform.vad import VadOptions, blocks_of, speech_probabilities  # noqa: E402
+from glm_asr.longform.vad import VadOptions, blocks_of, speech_features  # noqa: E402
 from glm_asr.model.front_end import SAMPLING_RATE  # noqa: E402
 
 AUDIO = ROOT.parent / "shared" / "audio"
@@ -117,8 +117,8 @@ class Measured:
 
 def measure(comp: Composite, opts: VadOptions = VadOptions()) -> tuple[Measured, list[Piece]]:
     n = comp.audio.shape[0]
-    probs = speech_probabilities(blocks_of(comp.audio), opts.max_gain)
-    regions = speech_regions(probs, n, opts)
+    probs, levels = speech_features(blocks_of(comp.audio), opts.max_gain)
+    regions = speech_regions(probs, n, opts, levels)
     pieces = pack(cut_long(regions, probs), max_gap_s=opts.max_gap_s)
     sec = [(s / SAMPLING_RATE, e / SAMPLING_RATE) for s, e in regions]
     names, starts, ends, missed = [], [], [], 0

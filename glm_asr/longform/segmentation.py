@@ -1,32 +1,42 @@
 """From speech probabilities to the pieces that are decoded: regions, long regions cut, regions packed.
 
-1. `speech_regions`: silero-vad's get_speech_timestamps (6.2.3) on probabilities already computed, at
-   16 kHz, with its parameters, names and defaults (VadOptions): hysteresis between `threshold` and
-   `neg_threshold`, pauses shorter than `min_silence_duration_ms` bridged, regions shorter than
-   `min_speech_duration_ms` dropped, `speech_pad_ms` added on each side (halved where two regions meet).
-2. `cut_long`: a region longer than one 30 s window is cut at its least speech-like point: the 96 ms
-   (3 frames) of lowest mean probability in the second half of its first 30 s, so that a pause, where
-   one exists, is where it is cut, and no piece is shorter than 15 s unless the region ends.
+One segmentation for files (`--vad`), uploads (`chunking_strategy`) and live streams (serve/utterances.py):
+all three feed the probabilities of vad.VadStream, one 32 ms chunk at a time, to the same `Regions`, so
+equal samples give equal regions however they arrive.
+
+1. `Regions`: silero-vad's hysteresis (get_speech_timestamps 6.2.3), online: a region starts at the first
+   chunk at or over `threshold` and ends where the probability fell under `neg_threshold` and stayed there
+   `min_silence_duration_ms` (chunks between the two thresholds neither start nor end one); regions shorter
+   than `min_speech_duration_ms` are dropped; `speech_pad_ms` is added on each side. Unlike silero-vad,
+   which splits a gap shorter than two pads in the middle (and so must see the next region first), the
+   earlier region keeps its whole pad and the next one starts where it ends: a region is final
+   `max(min_silence, pad)` after its speech ends, which is what a live stream can wait for.
+2. `cut_point`: a region longer than one 30 s window is cut at its least speech-like point: the 96 ms
+   (3 chunks) of lowest mean probability in the second half of its first 30 s, so that a pause, where one
+   exists, is where it is cut, and no part is shorter than 15 s unless the region ends. A live stream cuts
+   one chunk after the window is full, when the same chunks are known.
 3. `pack`: consecutive regions joined into pieces of at most 30 s of speech (the silence between them
    left out), a pause longer than `max_gap_s` (VadOptions, 5 s) starting a new piece, so that one subtitle
    cue never spans a long silence. Every piece costs a whole 30 s window in the encoder (the reference pads
-   each window to 3000 frames), so a smaller gap gives tighter cues for more windows: at 2 s, the shared
-   clips laid end to end (their own lead and tail make 3.3 s pauses) took more windows than fixed 30 s
-   windows did. Deterministic: the same regions always give the same pieces.
+   each window to 3000 frames), so a smaller gap gives tighter cues for more windows. Deterministic.
 
 Everything is in samples at 16 kHz on the timeline of the audio given; callers add a manifest's offset.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
-from glm_asr.longform.vad import CHUNK_SAMPLES, VadOptions, blocks_of, speech_probabilities
+from glm_asr.longform.vad import CHUNK_SAMPLES, VadOptions, blocks_of, speech_features
 from glm_asr.model.front_end import SAMPLING_RATE, WINDOW_SAMPLES
 
 Region = tuple[int, int]  # [start, end) in samples
+LOOKBACK_CHUNKS = 94  # 3 s: how far a region's start may move back to where its sound began
+LOOKBACK_DB = 10.0  # over the quietest chunk of those 3 s
+DIGITAL_SILENCE_DB = -90.0  # chunks this quiet are no floor: they are zeros, or dither
 
 
 @dataclass(frozen=True)
@@ -52,83 +62,130 @@ class Piece:
         return np.concatenate([audio[s:e] for s, e in self.regions]).astype(np.float32, copy=False)
 
 
-def speech_regions(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions()) -> list[Region]:
-    """silero-vad's get_speech_timestamps_from_probs (use_max_poss_sil_at_max_speech=True), in samples."""
-    window, sr = CHUNK_SAMPLES, SAMPLING_RATE
-    min_speech = sr * opts.min_speech_duration_ms / 1000
-    pad = sr * opts.speech_pad_ms / 1000
-    max_speech = sr * opts.max_speech_duration_s - window - 2 * pad
-    min_silence = sr * opts.min_silence_duration_ms / 1000
-    min_silence_at_max = sr * opts.min_silence_at_max_speech / 1000
-    neg = opts.neg_threshold if opts.neg_threshold is not None else max(opts.threshold - 0.15, 0.01)
-    triggered, speeches, current = False, [], {}
-    temp_end = prev_end = next_start = 0
-    possible_ends: list[tuple[int, int]] = []
-    for i, p in enumerate(probs.tolist()):
-        cur = window * i
-        if p >= opts.threshold and temp_end:
-            if cur - temp_end > min_silence_at_max:
-                possible_ends.append((temp_end, cur - temp_end))
-            temp_end = 0
-            if next_start < prev_end:
-                next_start = cur
-        if p >= opts.threshold and not triggered:
-            triggered, current = True, {"start": cur}
-            continue
-        if triggered and cur - current["start"] > max_speech:
-            if possible_ends:  # the longest pause inside the region so far
-                prev_end, dur = max(possible_ends, key=lambda x: x[1])
-                speeches.append({"start": current["start"], "end": prev_end})
-                next_start = prev_end + dur
-                current = {"start": next_start} if next_start < prev_end + cur else {}
-                triggered = bool(current)
-            else:  # no pause: cut here
-                speeches.append({"start": current["start"], "end": cur})
-                current, triggered = {}, False
-                prev_end = next_start = temp_end = 0
-                possible_ends = []
-                continue
-            prev_end = next_start = temp_end = 0
-            possible_ends = []
-        if p < neg and triggered:
-            temp_end = temp_end or cur
-            if cur - temp_end < min_silence:
-                continue
-            if temp_end - current["start"] > min_speech:
-                speeches.append({"start": current["start"], "end": temp_end})
-            current, triggered = {}, False
-            prev_end = next_start = temp_end = 0
-            possible_ends = []
-    if current and n_samples - current["start"] > min_speech:
-        speeches.append({"start": current["start"], "end": n_samples})
-    for i, speech in enumerate(speeches):
-        if i == 0:
-            speech["start"] = int(max(0, speech["start"] - pad))
-        if i != len(speeches) - 1:
-            gap = speeches[i + 1]["start"] - speech["end"]
-            if gap < 2 * pad:
-                speech["end"] += int(gap // 2)
-                speeches[i + 1]["start"] = int(max(0, speeches[i + 1]["start"] - gap // 2))
-            else:
-                speech["end"] = int(min(n_samples, speech["end"] + pad))
-                speeches[i + 1]["start"] = int(max(0, speeches[i + 1]["start"] - pad))
-        else:
-            speech["end"] = int(min(n_samples, speech["end"] + pad))
-    return [(s["start"], s["end"]) for s in speeches if s["end"] > s["start"]]
+class Regions:
+    """Speech regions, online: `push` one chunk's probability at a time, `finish` at the end of the audio.
+
+    `push` returns the regions that became final, [start, end) in samples with the padding; `started` is the
+    padded start of the region in progress once it is long enough to be kept (a live stream's
+    speech_started), else None. Cutting at 30 s is the caller's (`cut_point`): it needs the probabilities."""
+
+    def __init__(self, opts: VadOptions = VadOptions()) -> None:
+        ms = SAMPLING_RATE // 1000
+        self.threshold, self.negative = opts.threshold, opts.negative
+        self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
+        self.pad = opts.speech_pad_ms * ms
+        self.chunks = 0  # chunks pushed so far
+        self.levels: deque[float] = deque(maxlen=LOOKBACK_CHUNKS + 1)  # the last 3 s of chunk levels, and this one's
+        self.onset = 0  # the first chunk at or over the threshold of the region in progress
+        self.begin: int | None = None  # where its sound began: the onset, or earlier (`_look_back`)
+        self.silent_from = 0  # where the probability fell under neg_threshold inside it (0: it has not)
+        self.started: int | None = None  # its padded start, once it is kept
+        self.closed: Region | None = None  # a region whose speech ended, waiting for its end padding
+        self.last_end = 0  # the end of the last region given out: the next one starts no earlier
+
+    def push(self, p: float, level: float | None = None) -> list[Region]:
+        """One chunk's probability, and its level in dB (VadStream.level; None: no look-back)."""
+        at = self.chunks * CHUNK_SAMPLES
+        self.chunks += 1
+        self.levels.append(-100.0 if level is None else level)
+        out = self._settle(at)
+        if self.begin is None:
+            if p >= self.threshold:
+                self.onset, self.silent_from = at, 0
+                self.begin = self._look_back(at) if level is not None else at
+        elif p >= self.threshold:
+            self.silent_from = 0
+        elif p < self.negative:
+            self.silent_from = self.silent_from or at
+            if at - self.silent_from >= self.min_silence:  # silero's condition, tested on the chunk's start
+                if self.silent_from - self.onset > self.min_speech:
+                    self._close(self.silent_from)
+                self.begin = self.started = None
+                out += self._settle(at)
+                return out
+        if self.begin is not None and self.started is None and not self.silent_from and at + CHUNK_SAMPLES - self.onset > self.min_speech:
+            self.started = self._padded_start(self.begin)  # kept whatever comes: its silence starts at the next chunk at the earliest
+        return out
+
+    def finish(self, n_samples: int) -> list[Region]:
+        """The regions still open when the audio ends at `n_samples`; the tracker is then empty again."""
+        out = []
+        if self.closed is not None:
+            out.append((self.closed[0], min(n_samples, self.closed[1] + self.pad)))
+            self.last_end, self.closed = out[-1][1], None
+        if self.begin is not None and n_samples - self.onset > self.min_speech:
+            out.append((self._padded_start(self.begin), n_samples))
+            self.last_end = n_samples
+        self.begin = self.started = None
+        self.silent_from = 0
+        return [r for r in out if r[1] > r[0]]
+
+    def _look_back(self, at: int) -> int:
+        """Where the sound of speech starting at `at` began: Silero's probability can stay low for a second or two
+        of quiet speech before it rises (example_zh.wav's first words, depending on where the 32 ms chunks fall),
+        so the start moves back over the chunks before it that are LOOKBACK_DB louder than the quietest of the
+        last 3 s (a 96 ms maximum bridges the dips between syllables); in steady noise nothing is that loud."""
+        levels = list(self.levels)[:-1]  # the chunks before this one, oldest first
+        heard = [v for v in levels if v > DIGITAL_SILENCE_DB]  # a floor of digital silence would let any hiss count
+        if not heard:
+            return at
+        floor = min(heard) + LOOKBACK_DB
+        smooth = [max(levels[max(i - 1, 0) : i + 2]) for i in range(len(levels))]
+        back = 0
+        while back < len(smooth) and smooth[-1 - back] >= floor:
+            back += 1
+        return at - back * CHUNK_SAMPLES
+
+    def _padded_start(self, begin: int) -> int:
+        earlier = self.last_end if self.closed is None else self.closed[1] + self.pad  # no overlap with the one before
+        return max(begin - self.pad, earlier, 0)
+
+    def _close(self, end: int) -> None:
+        assert self.begin is not None and self.closed is None
+        self.closed = (self.started if self.started is not None else self._padded_start(self.begin), end)
+
+    def _settle(self, at: int) -> list[Region]:
+        """The closed region, once the audio has reached the end of its padding (`at`: samples pushed before)."""
+        if self.closed is None or at < self.closed[1] + self.pad:
+            return []
+        region, self.closed = (self.closed[0], self.closed[1] + self.pad), None
+        self.last_end = region[1]
+        return [region]
+
+
+def speech_regions(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions(), levels: np.ndarray | None = None) -> list[Region]:
+    """The regions of a whole clip's probabilities (one per 512 samples), padded, not yet cut at 30 s; with the
+    chunks' `levels` (dB, VadStream.features), each start looks back to where its sound began."""
+    tracker = Regions(opts)
+    if levels is None:
+        regions = [r for p in probs.tolist() for r in tracker.push(p)]
+    else:
+        regions = [r for p, level in zip(probs.tolist(), levels.tolist()) for r in tracker.push(p, level)]
+    return regions + tracker.finish(n_samples)
+
+
+def cut_point(probs: np.ndarray, start: int, first_chunk: int = 0, max_samples: int = WINDOW_SAMPLES) -> int:
+    """Where a region starting at `start` and longer than `max_samples` is cut: the middle of the least
+    speech-like 96 ms (mean of 3 chunks; the latest of equals, for the longest part) among the chunks that
+    start in the second half of its first window. `probs[i]` is chunk `first_chunk + i`; it must reach one
+    chunk past the window (a live stream waits for it)."""
+    lo = (start + max_samples // 2) // CHUNK_SAMPLES
+    hi = max(lo + 1, (start + max_samples) // CHUNK_SAMPLES)
+    padded = np.concatenate([[0.0], probs, [0.0]])  # np.convolve(mode="same")'s zeros past either end
+    window = padded[lo - first_chunk : hi - first_chunk + 2]
+    if window.size < 3:
+        return start + max_samples
+    smooth = np.convolve(window, np.ones(3) / 3, mode="valid")  # smooth[k]: chunks lo+k-1 .. lo+k+1
+    last_min = smooth.size - 1 - int(np.argmin(smooth[::-1]))
+    return min((lo + last_min) * CHUNK_SAMPLES + CHUNK_SAMPLES // 2, start + max_samples)
 
 
 def cut_long(regions: list[Region], probs: np.ndarray, max_samples: int = WINDOW_SAMPLES) -> list[Region]:
     """Each region longer than `max_samples` cut, again and again, at its least speech-like point."""
-    smooth = np.convolve(probs, np.ones(3) / 3, mode="same") if probs.size else probs
     out = []
     for start, end in regions:
         while end - start > max_samples:
-            lo = (start + max_samples // 2) // CHUNK_SAMPLES
-            hi = max(lo + 1, (start + max_samples) // CHUNK_SAMPLES)  # the frames starting inside the window
-            frames = smooth[lo:hi]
-            last_min = frames.size - 1 - int(np.argmin(frames[::-1]))  # ties: the latest, for the longest piece
-            cut = (lo + last_min) * CHUNK_SAMPLES + CHUNK_SAMPLES // 2 if frames.size else start + max_samples
-            cut = min(cut, start + max_samples)
+            cut = cut_point(probs, start, 0, max_samples)
             out.append((start, cut))
             start = cut
         out.append((start, end))
@@ -149,11 +206,13 @@ def pack(regions: list[Region], max_samples: int = WINDOW_SAMPLES, max_gap_s: fl
     return [Piece(tuple(p)) for p in pieces]
 
 
-def plan_pieces(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions()) -> list[Piece]:
-    """Probabilities to pieces: regions, long ones cut, packed into windows of at most 30 s."""
-    return pack(cut_long(speech_regions(probs, n_samples, opts), probs), WINDOW_SAMPLES, opts.max_gap_s)
+def plan_pieces(probs: np.ndarray, n_samples: int, opts: VadOptions = VadOptions(), levels: np.ndarray | None = None) -> list[Piece]:
+    """Probabilities (and levels) to pieces: regions, long ones cut, packed into pieces of at most `max_piece_s`."""
+    longest = min(WINDOW_SAMPLES, round(opts.max_piece_s * SAMPLING_RATE))
+    return pack(cut_long(speech_regions(probs, n_samples, opts, levels), probs, longest), longest, opts.max_gap_s)
 
 
 def find_pieces(audio: np.ndarray, opts: VadOptions = VadOptions()) -> list[Piece]:
     """The pieces of an in-memory 16 kHz clip: the VAD run over it in views (no copy), then `plan_pieces`."""
-    return plan_pieces(speech_probabilities(blocks_of(audio), opts.max_gain), audio.shape[0], opts)
+    probs, levels = speech_features(blocks_of(audio), opts.max_gain)
+    return plan_pieces(probs, audio.shape[0], opts, levels)

@@ -32,7 +32,7 @@ from starlette.types import Message, Receive
 from glm_asr.corpus.batching import FileResult
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
-from glm_asr.serve import fields, formats, uploads
+from glm_asr.serve import fields, formats, segments, uploads
 from glm_asr.serve.access import AccessLog
 from glm_asr.serve.limits import ApiError, Limits
 from glm_asr.serve.metrics import Metrics
@@ -173,7 +173,9 @@ async def _transcribe(request: Request, service: Service) -> Response:
         samples = await _decode(options.upload, service)
     finally:
         await form.close()
-    job = Job(options.upload.filename or "upload", samples, asyncio.get_running_loop(), service.processor, stream=options.stream)
+    speech = None if options.chunking is None else await asyncio.to_thread(segments.pieces, samples, options.chunking)
+    job = Job(options.upload.filename or "upload", samples, asyncio.get_running_loop(), service.processor, stream=options.stream,
+              speech=speech)
     service.scheduler.submit(job)
     if options.stream:
         return StreamingResponse(_events(job, service), media_type="text/event-stream", headers=_prompt_header(options))

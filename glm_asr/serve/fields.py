@@ -6,10 +6,12 @@ it can be steered with hotwords is an open question; the response says so in a h
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from starlette.datastructures import FormData, UploadFile
 
+from glm_asr.longform.vad import VadOptions
 from glm_asr.serve import languages
 from glm_asr.serve.formats import RESPONSE_FORMATS, STREAM_FORMATS
 from glm_asr.serve.limits import ApiError
@@ -24,6 +26,7 @@ class Options:
     stream: bool
     language: str | None = None  # the code sent, reduced to its primary tag
     prompt: bool = False  # a prompt was sent (and is not used)
+    chunking: VadOptions | None = None  # chunking_strategy: None, one block (30 s windows past 30 s)
 
 
 def _bad(param: str, message: str) -> ApiError:
@@ -31,10 +34,10 @@ def _bad(param: str, message: str) -> ApiError:
 
 
 def parse(form: FormData, model_names: tuple[str, ...]) -> Options:
-    unknown = sorted({k for k in form.keys() if k not in FIELDS})
+    unknown = sorted({k for k in form.keys() if k not in FIELDS and k not in CHUNKING_FIELDS})
     if unknown:
         raise _bad(unknown[0], f"not a field this endpoint takes; expected only {', '.join(FIELDS)}")
-    repeated = [k for k in FIELDS if k != "timestamp_granularities[]" and len(form.getlist(k)) > 1]
+    repeated = [k for k in FIELDS + CHUNKING_FIELDS if k != "timestamp_granularities[]" and len(form.getlist(k)) > 1]
     if repeated:
         raise _bad(repeated[0], "given more than once; send it once")
     upload = form.get("file")
@@ -70,7 +73,7 @@ def parse(form: FormData, model_names: tuple[str, ...]) -> Options:
     if stream == "true" and fmt not in STREAM_FORMATS:
         raise _bad("stream", f"a stream carries text deltas; response_format {fmt!r} cannot stream, use json or text")
     language, prompt = _language_and_prompt(form)
-    return Options(upload, fmt, stream == "true", language, prompt)
+    return Options(upload, fmt, stream == "true", language, prompt, chunking(form))
 
 
 def _language_and_prompt(form: FormData) -> tuple[str | None, bool]:
@@ -87,3 +90,59 @@ def _text(form: FormData, name: str) -> str:
     if value is not None and not isinstance(value, str):
         raise _bad(name, "sent as a file; expected a plain form field")
     return (value or "").strip()
+
+
+# chunking_strategy, as OpenAI defines it: "auto", or {"type": "server_vad", "threshold", "prefix_padding_ms",
+# "silence_duration_ms"} sent as a JSON string or, as OpenAI's Python client sends it, as bracketed fields.
+CHUNKING_FIELDS = ("chunking_strategy", *(f"chunking_strategy[{k}]" for k in ("type", "threshold", "prefix_padding_ms", "silence_duration_ms")))
+_SERVER_VAD = {"threshold": float, "prefix_padding_ms": int, "silence_duration_ms": int}
+
+
+def chunking(form: FormData) -> VadOptions | None:
+    """The upload's segmentation: None when the field is absent (one block, as OpenAI), else VadOptions."""
+    text = _text(form, "chunking_strategy")
+    nested = {k[len("chunking_strategy["):-1]: _text(form, k) for k in CHUNKING_FIELDS[1:] if form.get(k) is not None}
+    if text and nested:
+        raise _bad("chunking_strategy", "given both as a value and as chunking_strategy[...] fields; send one")
+    if not text and not nested:
+        return None
+    if text == "auto":
+        return _available(VadOptions())
+    if text:
+        try:
+            nested = json.loads(text)
+        except ValueError:
+            nested = None
+        if not isinstance(nested, dict):
+            raise _bad("chunking_strategy", f"{text[:40]!r}; expected \"auto\" or a JSON object such as "
+                       '{"type": "server_vad", "threshold": 0.35, "prefix_padding_ms": 400, "silence_duration_ms": 500}')
+    if nested.get("type") != "server_vad":
+        raise _bad("chunking_strategy", f"type {nested.get('type')!r}; expected \"server_vad\" (or the string \"auto\")")
+    unknown = sorted(set(nested) - {"type", *_SERVER_VAD})
+    if unknown:
+        raise _bad("chunking_strategy", f"{unknown[0]!r} is not a server_vad field; expected {', '.join(_SERVER_VAD)}")
+    values = {}
+    for key, kind in _SERVER_VAD.items():
+        if nested.get(key) in (None, ""):
+            continue
+        try:
+            value = kind(nested[key])
+            if kind is int and value != float(nested[key]):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise _bad("chunking_strategy", f"{key} {nested[key]!r}: expected {'a number' if kind is float else 'whole milliseconds'}") from None
+        if not (0.0 < value < 1.0 if key == "threshold" else 0 <= value <= 10_000):
+            raise _bad("chunking_strategy", f"{key} {value}: expected " + ("a probability between 0 and 1, such as 0.35"
+                                                                           if key == "threshold" else "0 to 10000 ms"))
+        values[key] = value
+    return _available(VadOptions.server_vad(**values))
+
+
+def _available(opts: VadOptions) -> VadOptions:
+    from glm_asr.longform.vad import VadUnavailable, model_path
+
+    try:
+        model_path()
+    except VadUnavailable as e:
+        raise _bad("chunking_strategy", f"this server has no voice activity detection ({e}); omit the field") from e
+    return opts

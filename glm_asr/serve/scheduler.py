@@ -20,6 +20,7 @@ import numpy as np
 
 from glm_asr.corpus.batching import FileResult, Unit, finish, run_batch
 from glm_asr.corpus.inputs import Item
+from glm_asr.longform.segmentation import Piece
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
 from glm_asr.serve import segments
@@ -32,9 +33,10 @@ from glm_asr.transcription.transcribe import _join
 class Job:
     """One request's work, and the future (on the request's event loop) that its result lands in."""
 
-    def __init__(self, name: str, samples: np.ndarray, loop: asyncio.AbstractEventLoop, processor: Processor, *, stream: bool = False) -> None:
+    def __init__(self, name: str, samples: np.ndarray, loop: asyncio.AbstractEventLoop, processor: Processor, *, stream: bool = False,
+                 speech: list[Piece] | None = None) -> None:
         self.result = FileResult(Item(Path(name), name))
-        self.units = segments.cut(self.result, samples)
+        self.units = segments.cut(self.result, samples, speech)
         self.loop, self.processor = loop, processor
         self.done: asyncio.Future[FileResult] = loop.create_future()
         self.deltas: asyncio.Queue[str] | None = asyncio.Queue() if stream else None
@@ -121,6 +123,9 @@ class Scheduler:
                 raise ApiError(503, "the server is shutting down; send the request to another replica", code="shutting_down")
             if len(self.jobs) >= self.limits.max_queue:
                 raise self.overloaded()
+            if not job.units:  # no speech found (chunking_strategy over silence): nothing to decode
+                job.resolve(finish(job.result, job.units))
+                return
             self.jobs.append(job)
             self.cond.notify()
 
