@@ -386,7 +386,7 @@ def test_g711_tables_equal_ffmpeg_on_every_code(coding, ffmpeg_format):
     assert np.array_equal(input_audio.g711(bytes(range(256)), coding) * 32768, want.astype(np.float32))
 
 
-def _openai_stream(url: str, audio: np.ndarray, fmt: dict, encode) -> list:  # noqa: ANN001
+def _openai_stream(url: str, audio: np.ndarray, fmt: dict, encode, utterances: int) -> list:  # noqa: ANN001
     """OpenAI's own way: the official client, ?intent=transcription, a session.update naming the format, then
     base64 appends of 100 ms each and a commit; the events up to each utterance's text."""
     openai = pytest.importorskip("openai")
@@ -405,7 +405,7 @@ def _openai_stream(url: str, audio: np.ndarray, fmt: dict, encode) -> list:  # n
         for i in range(0, len(payload), int(step)):
             connection.input_audio_buffer.append(audio=base64.b64encode(payload[i : i + int(step)]).decode())
         connection.input_audio_buffer.commit()
-        while sum(e.type == COMPLETED for e in events) < 2:
+        while sum(e.type == COMPLETED for e in events) < utterances:
             events.append(connection.recv())
     assert not [e for e in events if e.type == "error"]
     return [(e.audio_start_ms, e.audio_end_ms) for e in events if e.type == COMPLETED]
@@ -426,21 +426,31 @@ def _mulaw(x: np.ndarray) -> bytes:
 
 
 @needs_audio
-@pytest.mark.parametrize(("fmt", "encode", "decode"), [
-    ({"type": "audio/pcm", "rate": 24000}, _pcm16, lambda b: np.frombuffer(b, "<i2").astype(np.float32) / 32768),
-    ({"type": "audio/pcmu"}, _mulaw, lambda b: input_audio.g711(b, "pcmu")),
+# Over 8 kHz G.711 the quiet Chinese clip (peak -38 dBFS, no pause over 30 ms) comes out as two utterances that meet
+# without a gap (14.90-17.04 s and 17.04-21.04 s): the telephone band leaves Silero under the end threshold for
+# 500 ms inside it. Nothing is lost, but a word on the seam may be split: `pieces` is the most utterances a clip's
+# speech may take, and they must cover it without a gap.
+@pytest.mark.parametrize(("fmt", "encode", "decode", "pieces"), [
+    ({"type": "audio/pcm", "rate": 24000}, _pcm16, lambda b: np.frombuffer(b, "<i2").astype(np.float32) / 32768, 1),
+    ({"type": "audio/pcmu"}, _mulaw, lambda b: input_audio.g711(b, "pcmu"), 2),
 ], ids=["pcm24k", "mulaw"])
-def test_the_official_openai_client_streams_its_format_and_times_match_the_speech(server, fmt, encode, decode):
+def test_the_official_openai_client_streams_its_format_and_times_match_the_speech(server, fmt, encode, decode, pieces):
     url, _ = server
     audio, clips = layout()
-    times = _openai_stream(url, audio, fmt, encode)
     rate = fmt.get("rate", 8000)
     heard = scipy.signal.resample_poly(decode(encode(scipy.signal.resample_poly(audio.astype(np.float64), rate // 1000, 16))),
                                        16, rate // 1000)  # what the server should make of it: the wire's audio, at 16 kHz
     want = [(round(u.start / 16), round(u.end / 16)) for n, u in segment(heard.astype(np.float32)) if n == "stopped"]
+    times = _openai_stream(url, audio, fmt, encode, len(want))
     assert times == want
-    for (start, end), (start_ms, end_ms) in zip(clips, times):  # and that is where the speech is
-        assert start - 0.1 <= start_ms / 1000 and end_ms / 1000 <= end + 0.7 and end_ms - start_ms > 600 * (end - start)
+    # and that is where the speech is: each clip's speech (example_en 1.22-8.59 s, example_zh 0.74-5.95 s) inside
+    # `pieces` utterances or fewer that meet, with the 0.4 s padding; a short utterance of example_en's room tone
+    # may follow it (test_segmenter_finds_one_utterance_per_clip)
+    for (start, end), (lo, hi) in zip(clips, [(1.22, 8.59), (0.74, 5.95)]):
+        inside = [(a / 1000, b / 1000) for a, b in times if a / 1000 < start + hi and b / 1000 > start + lo]
+        assert 1 <= len(inside) <= pieces and all(b == a for (_, b), (a, _) in zip(inside, inside[1:])), (start, times)
+        assert start - 0.45 <= inside[0][0] <= start + lo and start + hi <= inside[-1][1] <= end + 0.7, (start, end, inside)
+    assert len(times) <= 2 + pieces
 
 
 def test_health_answers_while_a_stream_sends_large_frames(server, monkeypatch):
