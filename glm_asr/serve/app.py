@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive
 
-from glm_asr.corpus.batching import FileResult
+from glm_asr.engine.units import FileResult
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
 from glm_asr.serve import fields, formats, uploads

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from glm_asr.corpus.batching import FileResult, Unit, finish, run_batch
+from glm_asr.engine.batch import run_batch
+from glm_asr.engine.units import FileResult, Unit, finish
 from glm_asr.corpus.inputs import Item
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel

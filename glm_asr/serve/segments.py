@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from glm_asr.corpus.batching import FileResult, Unit, cut_units
+from glm_asr.engine.units import FileResult, Unit, cut_units
 from glm_asr.transcription.transcribe import Segment
 
 
