@@ -1,12 +1,15 @@
-"""The request scheduler: every request's units in one queue, decoded in shared batches on one thread.
+"""The request scheduler: every request's units in one queue, decoded in one running batch on one thread.
 
 Requests arrive on the event loop; the model runs on a single worker thread (torch uses its own threads
-inside). Each batch takes units round robin over the requests in arrival order, one unit per request per
-turn, so a 3 s request that arrives while a 10 minute one is being decoded rides in the very next batch, and
-that batch stops after the turn that completes it, rather than filling up with the long request's windows.
-Batches are decoded by the corpus path's `run_batch` and results assembled by its `finish`, so a request's
-text equals `glm-asr transcribe --chunked` on the same audio. A cancelled request (its client went away) has
-its queued units dropped; a batch already running finishes, and its rows for that request are discarded.
+inside). Units join the running batch between decode steps (continuous batching, glm_asr/engine/running.py):
+one unit per request per turn, in arrival order, while fewer than `batch_size` rows decode; and a request with
+no row decoding gets one at the next step even when none is free (up to twice `batch_size` rows), so a 3 s
+request that arrives while a 10 minute one is decoding starts at once instead of waiting for the running
+rows to end. A request's text equals `glm-asr transcribe --chunked` on the same audio (the same units, token
+budgets and result assembly as the corpus path). A cancelled request (its client went away, or its handler
+was cancelled) has its queued units dropped and its rows taken out of the running batch before the next step.
+The onnxruntime backend has no explicit KV cache: there, units join only an empty batch, which then decodes
+to its end (`WholeBatch`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glm_asr.engine.batch import run_batch
+from glm_asr.engine.running import RunningBatch, WholeBatch
 from glm_asr.engine.units import FileResult, Unit, finish
 from glm_asr.corpus.inputs import Item
 from glm_asr.model.glm_asr import GlmAsrModel
@@ -40,6 +43,7 @@ class Job:
         self.done: asyncio.Future[FileResult] = loop.create_future()
         self.deltas: asyncio.Queue[str] | None = asyncio.Queue() if stream else None
         self.next = 0  # the next unit to schedule
+        self.running = 0  # its units in the running batch
         self.cancelled = False
         self.sent = ""  # the text streamed so far
         self._ids: dict[int, list[int]] = {id(u): [] for u in self.units}
@@ -85,10 +89,18 @@ class Scheduler:
             raise ValueError(f"batch_size {batch_size}, max_new_tokens {max_new_tokens}: expected each >= 1")
         self.model, self.processor, self.metrics, self.limits = model, processor, metrics, limits
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.whole = isinstance(model, OnnxModel)  # see WholeBatch
+        self.max_rows = batch_size if self.whole else 2 * batch_size
+        self.batch = self._new_batch()
         self.jobs: list[Job] = []  # accepted and unanswered, in arrival order
+        self.dropped: set[int] = set()  # ids of cancelled requests' units in the running batch
         self.cond = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._work, daemon=True, name="glm-asr-scheduler")
+
+    def _new_batch(self) -> RunningBatch | WholeBatch:
+        kind = WholeBatch if self.whole else RunningBatch
+        return kind(self.model, self.processor, self.max_new_tokens)
 
     def start(self) -> None:
         self.thread.start()
@@ -126,52 +138,72 @@ class Scheduler:
             self.cond.notify()
 
     def cancel(self, job: Job) -> None:
+        """Its queued units are never decoded; its rows leave the running batch before the next step."""
         with self.cond:
             job.cancelled = True
             if job in self.jobs:
                 self.jobs.remove(job)
+                self.dropped |= {id(u) for u in job.units[: job.next] if u.decoded is None}
 
-    def _pick(self) -> list[Unit]:
-        """Turns of one unit per waiting request, in arrival order, until the batch is full; but a turn that
-        holds some request's last unit ends the batch there. A batch's time grows with its rows, so the request
-        about to be answered is not made to wait for a long request's extra windows (measured: docs/serving.md)."""
-        batch: list[Unit] = []
-        while len(batch) < self.batch_size:
-            turn = [j for j in self.jobs if j.next < len(j.units)][: self.batch_size - len(batch)]
-            if not turn:
-                break
+    def _admit(self) -> list[Unit]:
+        """Turns of one unit per request with units queued, in arrival order, while fewer than `batch_size` rows
+        decode; past that, a request with no row decoding still gets one, up to `max_rows` (module doc)."""
+        if self.whole and len(self.batch):
+            return []
+        taken, rows = [], len(self.batch)
+        while True:
+            turn = [j for j in self.jobs if j.next < len(j.units)
+                    and (rows + len(taken) < self.batch_size or (j.running == 0 and rows + len(taken) < self.max_rows))]
             for job in turn:
-                batch.append(job.units[job.next])
+                if rows + len(taken) >= self.max_rows:
+                    break
+                taken.append(job.units[job.next])
                 job.next += 1
-            if len(turn) > 1 and any(j.next == len(j.units) for j in turn):
-                break
-        return batch
+                job.running += 1
+            if not turn:
+                return taken
 
     def _work(self) -> None:
         while True:
             with self.cond:
-                while not self.stopping and not any(j.next < len(j.units) for j in self.jobs):
+                while not self.stopping and not len(self.batch) and not any(j.next < len(j.units) for j in self.jobs):
                     self.cond.wait()
-                batch = self._pick()
-                if not batch:  # stopping, and nothing left to decode
+                dropped, self.dropped = self.dropped, set()
+                joining = self._admit()
+                if not joining and not len(self.batch) and not dropped:  # stopping, and nothing left to decode
                     return
                 owners = {id(u): j for j in self.jobs for u in j.units}
-            batch_jobs = list({id(owners[id(u)]): owners[id(u)] for u in batch}.values())
             try:
-                run_batch(self.model, self.processor, batch, self.max_new_tokens)
+                self.batch.drop(dropped)
+                ended = self.batch.join(joining)
+                if joining:
+                    self.metrics.batch(len(self.batch))
+                ended += self.batch.step()
             except Exception as e:  # noqa: BLE001 (a failing batch fails its requests, never the server)
-                with self.cond:
-                    for job in batch_jobs:
-                        if job in self.jobs:
-                            self.jobs.remove(job)
-                        job.resolve(ApiError(500, f"decoding failed: {type(e).__name__}: {e}", code="decode_failed"))
+                self._fail(e, [*self.batch.units(), *joining], owners)
                 continue
-            self.metrics.batch(len(batch))
             with self.cond:
-                for job in batch_jobs:
-                    if job.cancelled or any(u.decoded is None for u in job.units):
-                        continue
+                self._settle(ended, owners)
+
+    def _settle(self, ended: list[Unit], owners: dict[int, Job]) -> None:
+        """Answers the requests whose last unit just ended."""
+        for unit in ended:
+            job = owners.get(id(unit))
+            if job is None:  # cancelled meanwhile
+                continue
+            job.running -= 1
+            if job.cancelled or job not in self.jobs or any(u.decoded is None for u in job.units):
+                continue
+            self.jobs.remove(job)
+            result = finish(job.result, job.units)
+            self.metrics.transcribed(result.duration, result.model_seconds)
+            job.resolve(result)
+
+    def _fail(self, error: Exception, units: list[Unit], owners: dict[int, Job]) -> None:
+        """Every request with a row in the batch gets a 500; the batch starts afresh."""
+        self.batch = self._new_batch()
+        with self.cond:
+            for job in {id(owners[id(u)]): owners[id(u)] for u in units if id(u) in owners}.values():
+                if job in self.jobs:
                     self.jobs.remove(job)
-                    result = finish(job.result, job.units)
-                    self.metrics.transcribed(result.duration, result.model_seconds)
-                    job.resolve(result)
+                job.resolve(ApiError(500, f"decoding failed: {type(error).__name__}: {error}", code="decode_failed"))
