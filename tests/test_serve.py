@@ -408,12 +408,12 @@ def _run(scheduler: Scheduler, jobs: list[Job], arrivals: dict[int, list[Job]], 
 
 def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch):
     """Continuous batching: a 3 s request sent while a 3-window one decodes joins at the next decode step, even
-    with every row taken, and is answered first; the long one's last window joins when a row ends."""
+    with every row taken (--batch-size 1), and is answered first; the long one's windows join one at a time."""
     model, processor = small
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=2, max_new_tokens=4)
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=1, max_new_tokens=4)
         long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
         order = []
         long.done.add_done_callback(lambda f: order.append("long"))
@@ -422,12 +422,13 @@ def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeyp
     finally:
         loop.close()
     assert order == ["short", "long"]
-    assert joins == [(0, ["long", "long"]), (2, ["short"]), (1, ["long"])]
+    # (rows decoding, units joining); a request with no row decoding may join past --batch-size
+    assert joins == [(0, ["long"]), (1, ["short"]), (1, ["long"]), (0, ["long"])]
 
 
 def test_texts_equal_one_at_a_time_with_requests_joining_at_different_steps(small, monkeypatch):
-    """fp32, token budgets that follow each window's length (rows end at different steps, prompts of different
-    lengths prefilled together): each answer equals `transcribe --chunked` on its audio alone."""
+    """fp32, token budgets that follow each window's length (rows end at different steps, so rows move):
+    each answer equals `transcribe --chunked` on its audio alone."""
     model, processor = small
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -438,7 +439,7 @@ def test_texts_equal_one_at_a_time_with_requests_joining_at_different_steps(smal
         joins = _run(scheduler, list(jobs.values()), {0: [jobs["a"]], 3: [jobs["b"]], 7: [jobs["c"], jobs["d"]]}, monkeypatch)
     finally:
         loop.close()
-    assert joins == [(0, ["a"]), (1, ["b"]), (2, ["c", "d"])]  # each arrival joined rows already decoding
+    assert joins == [(0, ["a"]), (1, ["b"]), (2, ["c"]), (3, ["d"])]  # each arrival joined rows already decoding
     for name, clip in clips.items():
         alone = transcribe_detailed(model, processor, clip, chunked=True)[0]
         result = jobs[name].done.result()
@@ -483,6 +484,44 @@ def test_rows_joining_a_running_batch_compute_the_logits_they_would_alone(small,
         running.step()
     for unit, expected in zip(units, alone):
         torch.testing.assert_close(torch.stack(seen[id(unit)]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cancelled_handler_takes_its_work_out_of_the_scheduler(small, clips):
+    """uvicorn cancels the handlers still running when the drain's time is up: their units must not be decoded
+    after all (the scheduler is left stopped here, so the request stays queued until the cancel)."""
+    model, processor = small
+    service = Service(model, processor, limits=LIMITS, batch_size=2, max_new_tokens=MAX_NEW_TOKENS)
+    service.ready = True
+    request = httpx.Request("POST", "http://test/v1/audio/transcriptions", files={"file": ("clip.wav", clips["short"].read_bytes())},
+                            data={"model": MODEL_NAME})
+
+    async def cancel_while_queued() -> None:
+        from glm_asr.serve.app import create_app
+
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            handler = asyncio.ensure_future(http.post("/v1/audio/transcriptions", content=b"".join(request.stream),
+                                                      headers={"content-type": request.headers["content-type"]}))
+            while service.scheduler.in_flight() == 0:
+                assert not handler.done(), handler.result()
+                await asyncio.sleep(0.01)
+            handler.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await handler
+    asyncio.run(cancel_while_queued())
+    assert service.scheduler.in_flight() == 0 and service.scheduler.queued_units() == 0
+
+
+def test_the_drain_line_counts_the_requests_uvicorn_waits_for(small, capsys):
+    """Requests still uploading have no job in the scheduler yet: the count is uvicorn's running requests."""
+    from glm_asr.serve.server import make_server
+
+    model, processor = small
+    service = Service(model, processor, limits=LIMITS)
+    server = make_server(service)
+    server.server_state.tasks.update({object(), object()})  # two requests being handled, none yet queued
+    server.handle_exit(signal.SIGTERM, None)
+    assert "draining 2 requests in flight" in capsys.readouterr().err and service.draining
 
 
 def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):

@@ -172,10 +172,11 @@ async def _transcribe(request: Request, service: Service) -> Response:
     watcher = asyncio.ensure_future(_until_disconnect(request.receive))
     try:
         await asyncio.wait({job.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    finally:  # also when this handler is cancelled (the drain's timeout): its work leaves the scheduler
         watcher.cancel()
+        if not job.done.done():
+            service.scheduler.cancel(job)
     if not job.done.done():
-        service.scheduler.cancel(job)
         raise ClientDisconnect
     return formats.respond(job.done.result(), options.response_format)
 

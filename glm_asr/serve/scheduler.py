@@ -1,11 +1,11 @@
 """The request scheduler: every request's units in one queue, decoded in one running batch on one thread.
 
 Requests arrive on the event loop; the model runs on a single worker thread (torch uses its own threads
-inside). Units join the running batch between decode steps (continuous batching, glm_asr/engine/running.py):
-one unit per request per turn, in arrival order, while fewer than `batch_size` rows decode; and a request with
-no row decoding gets one at the next step even when none is free (up to twice `batch_size` rows), so a 3 s
-request that arrives while a 10 minute one is decoding starts at once instead of waiting for the running
-rows to end. A request's text equals `glm-asr transcribe --chunked` on the same audio (the same units, token
+inside). Units join the running batch between decode steps (continuous batching, glm_asr/engine/running.py),
+one per step, the request with the fewest rows decoding first, while fewer than `batch_size` rows decode; and
+a request with no row decoding joins even when none is free (up to twice `batch_size` rows), so a 3 s request
+that arrives while a 10 minute one is decoding starts after at most one window's encoder pass instead of
+waiting for the running rows to end. A request's text equals `glm-asr transcribe --chunked` on the same audio (the same units, token
 budgets and result assembly as the corpus path). A cancelled request (its client went away, or its handler
 was cancelled) has its queued units dropped and its rows taken out of the running batch before the next step.
 The onnxruntime backend has no explicit KV cache: there, units join only an empty batch, which then decodes
@@ -94,6 +94,7 @@ class Scheduler:
         self.batch = self._new_batch()
         self.jobs: list[Job] = []  # accepted and unanswered, in arrival order
         self.dropped: set[int] = set()  # ids of cancelled requests' units in the running batch
+        self.owners: dict[int, Job] = {}  # id of each unit in the running batch (or joining it) -> its request
         self.cond = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._work, daemon=True, name="glm-asr-scheduler")
@@ -144,24 +145,31 @@ class Scheduler:
             if job in self.jobs:
                 self.jobs.remove(job)
                 self.dropped |= {id(u) for u in job.units[: job.next] if u.decoded is None}
+                for unit in job.units[: job.next]:
+                    self.owners.pop(id(unit), None)
 
     def _admit(self) -> list[Unit]:
-        """Turns of one unit per request with units queued, in arrival order, while fewer than `batch_size` rows
-        decode; past that, a request with no row decoding still gets one, up to `max_rows` (module doc)."""
+        """The units that join the batch before the next step: at most one while rows decode, since its encoder
+        pass stalls every row (so an arrival waits for one window's, never for a burst of them). It is the next
+        unit of the request with the fewest rows decoding, then the fewest units begun (a newcomer first), then
+        the earliest; it joins while fewer than `batch_size` rows decode, or, for a request with none decoding,
+        while fewer than `max_rows` do (module doc). onnxruntime's whole batches fill up to `batch_size` at once."""
         if self.whole and len(self.batch):
             return []
         taken, rows = [], len(self.batch)
-        while True:
-            turn = [j for j in self.jobs if j.next < len(j.units)
-                    and (rows + len(taken) < self.batch_size or (j.running == 0 and rows + len(taken) < self.max_rows))]
-            for job in turn:
-                if rows + len(taken) >= self.max_rows:
-                    break
-                taken.append(job.units[job.next])
-                job.next += 1
-                job.running += 1
-            if not turn:
-                return taken
+        for _ in range(self.batch_size if self.whole else 1):
+            waiting = [(j.running, j.next, i, j) for i, j in enumerate(self.jobs) if j.next < len(j.units)]
+            if not waiting:
+                break
+            *_, job = min(waiting, key=lambda entry: entry[:3])
+            if not (rows + len(taken) < self.batch_size or (job.running == 0 and rows + len(taken) < self.max_rows)):
+                break
+            unit = job.units[job.next]
+            taken.append(unit)
+            self.owners[id(unit)] = job
+            job.next += 1
+            job.running += 1
+        return taken
 
     def _work(self) -> None:
         while True:
@@ -172,7 +180,6 @@ class Scheduler:
                 joining = self._admit()
                 if not joining and not len(self.batch) and not dropped:  # stopping, and nothing left to decode
                     return
-                owners = {id(u): j for j in self.jobs for u in j.units}
             try:
                 self.batch.drop(dropped)
                 ended = self.batch.join(joining)
@@ -180,15 +187,15 @@ class Scheduler:
                     self.metrics.batch(len(self.batch))
                 ended += self.batch.step()
             except Exception as e:  # noqa: BLE001 (a failing batch fails its requests, never the server)
-                self._fail(e, [*self.batch.units(), *joining], owners)
+                self._fail(e, [*self.batch.units(), *joining])
                 continue
             with self.cond:
-                self._settle(ended, owners)
+                self._settle(ended)
 
-    def _settle(self, ended: list[Unit], owners: dict[int, Job]) -> None:
+    def _settle(self, ended: list[Unit]) -> None:
         """Answers the requests whose last unit just ended."""
         for unit in ended:
-            job = owners.get(id(unit))
+            job = self.owners.pop(id(unit), None)
             if job is None:  # cancelled meanwhile
                 continue
             job.running -= 1
@@ -199,11 +206,14 @@ class Scheduler:
             self.metrics.transcribed(result.duration, result.model_seconds)
             job.resolve(result)
 
-    def _fail(self, error: Exception, units: list[Unit], owners: dict[int, Job]) -> None:
+    def _fail(self, error: Exception, units: list[Unit]) -> None:
         """Every request with a row in the batch gets a 500; the batch starts afresh."""
         self.batch = self._new_batch()
         with self.cond:
-            for job in {id(owners[id(u)]): owners[id(u)] for u in units if id(u) in owners}.values():
+            failed = {id(job): job for u in units if (job := self.owners.pop(id(u), None)) is not None}
+            for job in failed.values():
+                for unit in job.units[: job.next]:
+                    self.owners.pop(id(unit), None)
                 if job in self.jobs:
                     self.jobs.remove(job)
                 job.resolve(ApiError(500, f"decoding failed: {type(error).__name__}: {error}", code="decode_failed"))
