@@ -3,6 +3,7 @@
     python tools/serve_load.py                                   # small preset, the 10.6 s clip, 32 requests per level
     python tools/serve_load.py --clients 1 4 16 --requests 48 -- --random full --max-new-tokens 64
     python tools/serve_load.py --isolation                       # a 3 s request alone, then while a 10 minute one runs
+    python tools/serve_load.py --clients --isolation -- --random small   # only that, with the default token budget
 
 The tool starts the server itself (`glm-asr serve --port 0` plus the arguments after `--`), waits for its
 ready line, and at each level sends exactly --requests requests, each client posting its next one when the
@@ -113,7 +114,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="client counts, one level each (none: no levels)")
     parser.add_argument("--requests", type=int, default=32, help="requests per level (bounded)")
     parser.add_argument("--clip", type=Path, default=None, help="a WAV to post (default: shared/audio/example_en.wav)")
     parser.add_argument("--isolation", action="store_true", help="measure a 3 s request's latency alone and behind a 10 minute one")
@@ -137,8 +138,8 @@ def main() -> int:
                 short = write_clip(Path(folder), 3.0, "short.wav").read_bytes()
                 long = write_clip(Path(folder), 600.0, "long.wav").read_bytes()
                 alone, during, behind = asyncio.run(isolation(url, short, long))
-                print(f"3 s request: {alone:.2f} s alone, {during:.2f} s while a 10 minute request is in flight "
-                      f"(that one took {behind:.2f} s; medians of 3)")
+                print(f"3 s request: {alone:.2f} s alone, {during:.2f} s ({during / alone:.1f}x) while a 10 minute request is in "
+                      f"flight (that one took {behind:.2f} s; medians of 3)")
             print(f"server peak RSS: {peak_rss_mb(proc.pid):.0f} MB")
         finally:
             proc.terminate()
