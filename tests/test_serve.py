@@ -406,24 +406,29 @@ def _run(scheduler: Scheduler, jobs: list[Job], arrivals: dict[int, list[Job]], 
     return joins
 
 
-def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch):
+@pytest.mark.parametrize("batch_size, joins", [
+    # (rows decoding, units joining): a request with no row decoding may join past --batch-size ...
+    (1, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (0, ["long"])]),
+    # ... and while its first window decodes, the long request adds no window (whose encoder pass would stall it)
+    (4, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (1, ["long"])]),
+])
+def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch, batch_size, joins):
     """Continuous batching: a 3 s request sent while a 3-window one decodes joins at the next decode step, even
-    with every row taken (--batch-size 1), and is answered first; the long one's windows join one at a time."""
+    with every row taken, and is answered first; the long one's windows join one per step."""
     model, processor = small
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=1, max_new_tokens=4)
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=batch_size, max_new_tokens=4)
         long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
         order = []
         long.done.add_done_callback(lambda f: order.append("long"))
         short.done.add_done_callback(lambda f: order.append("short"))
-        joins = _run(scheduler, [long, short], {0: [long], 1: [short]}, monkeypatch)
+        seen = _run(scheduler, [long, short], {0: [long], 1: [short]}, monkeypatch)
     finally:
         loop.close()
     assert order == ["short", "long"]
-    # (rows decoding, units joining); a request with no row decoding may join past --batch-size
-    assert joins == [(0, ["long"]), (1, ["short"]), (1, ["long"]), (0, ["long"])]
+    assert seen == joins
 
 
 def test_texts_equal_one_at_a_time_with_requests_joining_at_different_steps(small, monkeypatch):
