@@ -72,9 +72,10 @@ def client(server):  # noqa: ANN001, ANN201
     return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def expected(small, path: Path):  # noqa: ANN001, ANN201
+def expected(small, audio: Path | np.ndarray, max_new_tokens: int = MAX_NEW_TOKENS):  # noqa: ANN001, ANN201
     model, processor = small
-    return transcribe_detailed(model, processor, str(path), chunked=True, max_new_tokens=MAX_NEW_TOKENS)[0]
+    return transcribe_detailed(model, processor, str(audio) if isinstance(audio, Path) else audio, chunked=True,
+                               max_new_tokens=max_new_tokens)[0]
 
 
 def post(url: str, files: dict | None = None, data: dict | None = None, **kwargs) -> httpx.Response:  # noqa: ANN003
@@ -429,6 +430,35 @@ def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeyp
         loop.close()
     assert order == ["short", "long"]
     assert seen == joins
+
+
+def test_a_cancelled_request_leaves_the_running_batch_and_the_others_go_on(small, monkeypatch):
+    model, processor = small
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=4, max_new_tokens=6)
+        long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
+        rows, step = [], scheduler_module.RunningBatch.step
+
+        def cancelling_step(batch):  # noqa: ANN001, ANN202
+            if len(rows) == 3:
+                scheduler.cancel(long)
+            rows.append(sorted(u.result.item.audio_filepath for u in batch.units()))
+            return step(batch)
+        monkeypatch.setattr(scheduler_module.RunningBatch, "step", cancelling_step)
+        scheduler.submit(long)
+        scheduler.submit(short)
+        scheduler.start()
+        try:
+            result = loop.run_until_complete(short.done)
+        finally:
+            scheduler.stop()
+    finally:
+        loop.close()
+    assert result.text == expected(small, demo_clip(3.0), max_new_tokens=6).text
+    assert rows[3] == ["long", "short"] and rows[4:] and all(r == ["short"] for r in rows[4:])  # gone at the next step
+    assert not long.done.done() and scheduler.queued_units() == 0
 
 
 def test_texts_equal_one_at_a_time_with_requests_joining_at_different_steps(small, monkeypatch):

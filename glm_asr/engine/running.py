@@ -124,6 +124,7 @@ class RunningBatch:
         self._share(self.rows, time.perf_counter() - started)
         return self._choose(list(self.rows), logits[:, -1])
 
+    @torch.inference_mode()  # the cache rows move (_leave): inference tensors change only in inference mode
     def drop(self, units: set[int]) -> None:
         """Removes the rows of these units (by id): their requests are gone."""
         for row in [r for r in self.rows if id(r.unit) in units]:
@@ -205,5 +206,6 @@ class WholeBatch:
             run_batch(self.model, self.processor, units, self.max_new_tokens)
         return units
 
+    @torch.inference_mode()  # the cache rows move (_leave): inference tensors change only in inference mode
     def drop(self, units: set[int]) -> None:
         self.waiting = [u for u in self.waiting if id(u) not in units]
