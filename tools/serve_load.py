@@ -88,11 +88,12 @@ async def queued_units(client: httpx.AsyncClient, url: str) -> float:
 
 async def isolation(url: str, short: bytes, long: bytes, trials: int = 3) -> tuple[float, float, float]:
     """Median latency of a 3 s request alone; and sent while a 10 minute request's windows are queued (with
-    that request's own latency, which is what the 3 s one would wait behind a first-come first-served lock)."""
+    that request's own latency, which is what the 3 s one would wait behind a first-come first-served lock).
+    Each trial measures both, one after the other, so that a shared machine's drifting load weighs on both."""
     async with httpx.AsyncClient(timeout=600) as client:
-        alone = statistics.median([(await post(client, url, short))[0] for _ in range(trials)])
-        during, long_latencies = [], []
+        alone, during, long_latencies = [], [], []
         for _ in range(trials):
+            alone.append((await post(client, url, short))[0])
             background = asyncio.ensure_future(post(client, url, long))
             while await queued_units(client, url) == 0:  # its upload decoded and its windows queued
                 await asyncio.sleep(0.01)
@@ -102,7 +103,7 @@ async def isolation(url: str, short: bytes, long: bytes, trials: int = 3) -> tup
             seconds, status = await background
             assert status == 200
             long_latencies.append(seconds)
-    return alone, statistics.median(during), statistics.median(long_latencies)
+    return statistics.median(alone), statistics.median(during), statistics.median(long_latencies)
 
 
 def peak_rss_mb(pid: int) -> float:
