@@ -157,6 +157,8 @@ class RunningBatch:
             self.rows[r] = self.rows[last]
         self.rows.pop()
         cache.rows -= 1
+        if not self.rows:  # an idle server holds no cache
+            self.cache = None
 
     def _reserve(self, rows: int, length: int, dtype: torch.dtype, device: torch.device) -> None:
         """A cache of at least `rows` rows of `length` positions, the rows in use copied over when it grows."""
@@ -164,7 +166,8 @@ class RunningBatch:
         if cache is not None and cache.k.shape[1] >= rows and cache.k.shape[3] >= length:
             return
         have_rows, have_length = (0, 0) if cache is None else (cache.k.shape[1], cache.k.shape[3])
-        grown = RowCache(KVCache.empty(self.model.config.text_config, max(rows, have_rows), max(length, have_length), dtype, device))
+        rows = max(rows, 2 * have_rows) if rows > have_rows else have_rows  # rows join one by one: grow by doubling
+        grown = RowCache(KVCache.empty(self.model.config.text_config, rows, max(length, have_length), dtype, device))
         if cache is not None and cache.rows:
             used = int(cache.lengths[: cache.rows].max())
             grown.k[:, : cache.rows, :, :used] = cache.k[:, : cache.rows, :, :used]
