@@ -45,6 +45,7 @@ class RowCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (n, Hkv, 1, Dh) of rows 0..n-1, written at each row's length; returns (n, Hkv, width, Dh) views.
         `offset` is the decoder's shared one, unused: positions are per row here."""
+        assert k.shape[2] == 1, "a RowCache takes decode steps: one new position per row"
         n, rows = k.shape[0], torch.arange(k.shape[0])
         self.k[layer, rows, :, self.lengths[:n]] = k[:, :, 0]
         self.v[layer, rows, :, self.lengths[:n]] = v[:, :, 0]
@@ -86,11 +87,13 @@ class RunningBatch:
         batch = self.processor(clips).to(device)
         lengths = batch.attention_mask.sum(1).tolist()
         budgets = token_budgets(model, lengths, clips, self.max_new_tokens)
-        audio = model.embed_audio(batch.input_features.to(model.audio_tower.conv1.weight.dtype), batch.input_features_mask)
+        features = batch.input_features.to(model.audio_tower.conv1.weight.dtype)  # the audio path's own dtype
+        audio = model.embed_audio(features, batch.input_features_mask)
         embeds = model.embed_prompt(batch.input_ids, audio)  # (b, T, D)
         b, T, _ = embeds.shape
         prefill = KVCache.empty(model.config.text_config, b, T, embeds.dtype, device)
-        logits = model.decode(embeds, prompt_positions(batch.attention_mask), batch.attention_mask.bool(), prefill, 0, last_only=True)
+        positions, valid = prompt_positions(batch.attention_mask), batch.attention_mask.bool()
+        logits = model.decode(embeds, positions, valid, prefill, 0, last_only=True)  # (b, 1, V)
         self._reserve(len(self.rows) + b, max(n + budget for n, budget in zip(lengths, budgets)), embeds.dtype, device)
         cache = self.cache
         for i, (n, unit, budget) in enumerate(zip(lengths, units, budgets)):  # each prompt's keys from its padding on

@@ -5,9 +5,10 @@ inside). Units join the running batch between decode steps (continuous batching,
 one per step, the request with the fewest rows decoding first, while fewer than `batch_size` rows decode; and
 a request with no row decoding joins even when none is free (up to twice `batch_size` rows), so a 3 s request
 that arrives while a 10 minute one is decoding starts after at most one window's encoder pass instead of
-waiting for the running rows to end. A request's text equals `glm-asr transcribe --chunked` on the same audio (the same units, token
-budgets and result assembly as the corpus path). A cancelled request (its client went away, or its handler
-was cancelled) has its queued units dropped and its rows taken out of the running batch before the next step.
+waiting for the running rows to end (`_admit` has the rules). A request's text equals `glm-asr transcribe
+--chunked` on the same audio (the same units, token budgets and result assembly as the corpus path).
+A cancelled request (its client went away, or its handler was cancelled) has its queued units dropped and its
+rows taken out of the running batch before the next step.
 The onnxruntime backend has no explicit KV cache: there, units join only an empty batch, which then decodes
 to its end (`WholeBatch`).
 """
