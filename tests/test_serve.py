@@ -461,6 +461,33 @@ def test_a_cancelled_request_leaves_the_running_batch_and_the_others_go_on(small
     assert not long.done.done() and scheduler.queued_units() == 0
 
 
+def test_a_backend_without_a_kv_cache_decodes_whole_batches(small):
+    """onnxruntime's path (WholeBatch, chosen for an OnnxModel; forced here on the torch model): windows join only
+    an empty batch, up to --batch-size at once, one per request per turn, and texts are the library's."""
+    model, processor = small
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=2, max_new_tokens=MAX_NEW_TOKENS)
+        scheduler.whole, scheduler.max_rows = True, 2
+        scheduler.batch = scheduler._new_batch()
+        batches, step = [], scheduler_module.WholeBatch.step
+        scheduler_module.WholeBatch.step = lambda batch: (batches.append([u.result.item.audio_filepath for u in batch.units()]), step(batch))[1]
+        try:
+            jobs = [Job("long", demo_clip(35.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)]
+            for job in jobs:
+                scheduler.submit(job)
+            scheduler.start()
+            results = loop.run_until_complete(asyncio.gather(*(j.done for j in jobs)))
+            scheduler.stop()
+        finally:
+            scheduler_module.WholeBatch.step = step
+    finally:
+        loop.close()
+    assert batches == [["long", "short"], ["long"]]
+    assert [r.text for r in results] == [expected(small, demo_clip(s)).text for s in (35.0, 3.0)]
+
+
 def test_texts_equal_one_at_a_time_with_requests_joining_at_different_steps(small, monkeypatch):
     """fp32, token budgets that follow each window's length (rows end at different steps, so rows move):
     each answer equals `transcribe --chunked` on its audio alone."""
