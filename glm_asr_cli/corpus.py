@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from glm_asr.corpus.batching import FileResult
+from glm_asr.engine.units import FileResult
 from glm_asr.corpus.inputs import Item, expand_inputs
 from glm_asr.corpus.results import ResultsFile, record
 from glm_asr.corpus.subtitles import render

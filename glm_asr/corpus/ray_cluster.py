@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from glm_asr.corpus.batching import FileResult, transcribe_items
+from glm_asr.corpus.batching import transcribe_items
+from glm_asr.engine.units import FileResult
 from glm_asr.corpus.inputs import Item
 
 EXTRA = "pip install glm-asr[ray]"

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from glm_asr.corpus.batching import FileResult
+from glm_asr.engine.units import FileResult
 from glm_asr.corpus.inputs import Item, input_key
 
 

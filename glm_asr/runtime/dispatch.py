@@ -87,16 +87,19 @@ def widened_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def single_row_kernel(kernel: str | None = None) -> Iterator[str]:
     """Inside the block, single-row fp32 CPU products run on `kernel` (default: the one cpu.py chose for this
     machine, see `cpu.choices().matvec`), and single-row bf16 ones on packed weights where cpu.py says so.
-    torch runs on one thread while the fp32 kernel is OpenBLAS: pass the kernel a bf16 model needs ("torch")."""
+    torch runs on one thread while the fp32 kernel is OpenBLAS: pass the kernel a bf16 model needs ("torch").
+    Any other kernel leaves torch's thread count alone. The count set is the calling thread's (torch's CPU
+    build runs OpenMP, whose count is per thread): another thread's products keep theirs meanwhile."""
     kernel = kernel or cpu.choices().matvec
-    threads = torch.get_num_threads()
     token = _single_row.set(kernel)
-    if kernel == "openblas":
+    threads = torch.get_num_threads() if kernel == "openblas" else None
+    if threads is not None:
         torch.set_num_threads(1)
     try:
         yield kernel
     finally:
-        torch.set_num_threads(threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         _single_row.reset(token)
 
 

@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive
 
-from glm_asr.corpus.batching import FileResult
+from glm_asr.engine.units import FileResult
 from glm_asr.model.glm_asr import GlmAsrModel
 from glm_asr.onnx.backend import OnnxModel
 from glm_asr.serve import fields, formats, segments, uploads
@@ -182,10 +182,11 @@ async def _transcribe(request: Request, service: Service) -> Response:
     watcher = asyncio.ensure_future(_until_disconnect(request.receive))
     try:
         await asyncio.wait({job.done, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    finally:  # also when this handler is cancelled (the drain's timeout): its work leaves the scheduler
         watcher.cancel()
+        if not job.done.done():
+            service.scheduler.cancel(job)
     if not job.done.done():
-        service.scheduler.cancel(job)
         raise ClientDisconnect
     response = formats.respond(job.done.result(), options.response_format, options.language)
     response.headers.update(_prompt_header(options))

@@ -11,7 +11,7 @@ import json
 
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from glm_asr.corpus.batching import FileResult
+from glm_asr.engine.units import FileResult
 from glm_asr.corpus.subtitles import render
 from glm_asr.serve import segments
 from glm_asr.serve.languages import LANGUAGES

@@ -1,12 +1,16 @@
-"""The request scheduler: every request's units in one queue, decoded in shared batches on one thread.
+"""The request scheduler: every request's units in one queue, decoded in one running batch on one thread.
 
 Requests arrive on the event loop; the model runs on a single worker thread (torch uses its own threads
-inside). Each batch takes units round robin over the requests in arrival order, one unit per request per
-turn, so a 3 s request that arrives while a 10 minute one is being decoded rides in the very next batch, and
-that batch stops after the turn that completes it, rather than filling up with the long request's windows.
-Batches are decoded by the corpus path's `run_batch` and results assembled by its `finish`, so a request's
-text equals `glm-asr transcribe --chunked` on the same audio. A cancelled request (its client went away) has
-its queued units dropped; a batch already running finishes, and its rows for that request are discarded.
+inside). Units join the running batch between decode steps (continuous batching, glm_asr/engine/running.py),
+one per step, the request with the fewest rows decoding first, while fewer than `batch_size` rows decode; and
+a request with no row decoding joins even when none is free (up to twice `batch_size` rows), so a 3 s request
+that arrives while a 10 minute one is decoding starts after at most one window's encoder pass instead of
+waiting for the running rows to end (`_admit` has the rules). A request's text equals `glm-asr transcribe
+--chunked` on the same audio (the same units, token budgets and result assembly as the corpus path).
+A cancelled request (its client went away, or its handler was cancelled) has its queued units dropped and its
+rows taken out of the running batch before the next step.
+The onnxruntime backend has no explicit KV cache: there, units join only an empty batch, which then decodes
+to its end (`WholeBatch`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from glm_asr.corpus.batching import FileResult, Unit, finish, run_batch
+from glm_asr.engine.running import RunningBatch, WholeBatch
+from glm_asr.engine.units import FileResult, Unit, finish
 from glm_asr.corpus.inputs import Item
 from glm_asr.longform.segmentation import Piece
 from glm_asr.model.glm_asr import GlmAsrModel
@@ -41,6 +46,7 @@ class Job:
         self.done: asyncio.Future[FileResult] = loop.create_future()
         self.deltas: asyncio.Queue[str] | None = asyncio.Queue() if stream else None
         self.next = 0  # the next unit to schedule
+        self.running = 0  # its units in the running batch
         self.cancelled = False
         self.sent = ""  # the text streamed so far
         self._ids: dict[int, list[int]] = {id(u): [] for u in self.units}
@@ -86,10 +92,19 @@ class Scheduler:
             raise ValueError(f"batch_size {batch_size}, max_new_tokens {max_new_tokens}: expected each >= 1")
         self.model, self.processor, self.metrics, self.limits = model, processor, metrics, limits
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.whole = isinstance(model, OnnxModel)  # see WholeBatch
+        self.max_rows = batch_size if self.whole else 2 * batch_size
+        self.batch = self._new_batch()
         self.jobs: list[Job] = []  # accepted and unanswered, in arrival order
+        self.dropped: set[int] = set()  # ids of cancelled requests' units in the running batch
+        self.owners: dict[int, Job] = {}  # id of each unit in the running batch (or joining it) -> its request
         self.cond = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._work, daemon=True, name="glm-asr-scheduler")
+
+    def _new_batch(self) -> RunningBatch | WholeBatch:
+        kind = WholeBatch if self.whole else RunningBatch
+        return kind(self.model, self.processor, self.max_new_tokens)
 
     def start(self) -> None:
         self.thread.start()
@@ -130,52 +145,89 @@ class Scheduler:
             self.cond.notify()
 
     def cancel(self, job: Job) -> None:
+        """Its queued units are never decoded; its rows leave the running batch before the next step."""
         with self.cond:
             job.cancelled = True
             if job in self.jobs:
                 self.jobs.remove(job)
+                self.dropped |= {id(u) for u in job.units[: job.next] if u.decoded is None}
+                for unit in job.units[: job.next]:
+                    self.owners.pop(id(unit), None)
 
-    def _pick(self) -> list[Unit]:
-        """Turns of one unit per waiting request, in arrival order, until the batch is full; but a turn that
-        holds some request's last unit ends the batch there. A batch's time grows with its rows, so the request
-        about to be answered is not made to wait for a long request's extra windows (measured: docs/serving.md)."""
-        batch: list[Unit] = []
-        while len(batch) < self.batch_size:
-            turn = [j for j in self.jobs if j.next < len(j.units)][: self.batch_size - len(batch)]
-            if not turn:
+    def _admit(self) -> list[Unit]:
+        """The units that join the batch before the next step: at most one while rows decode, since its encoder
+        pass stalls every row (so an arrival waits for one window's, never for a burst of them). It is the next
+        unit of the request with the fewest rows decoding, then the fewest units begun (a newcomer first), then
+        the earliest; it joins while fewer than `batch_size` rows decode, or, for a request with none decoding,
+        while fewer than `max_rows` do (module doc). A request already decoding adds no window while another
+        request's first window decodes: a newcomer's answer is not held up by a long request filling its rows
+        (3.9x its time alone behind a 10 minute request without this rule, 2.0x with it; docs/serving.md).
+        onnxruntime's whole batches fill up to `batch_size` at once."""
+        if self.whole and len(self.batch):
+            return []
+        taken, rows = [], len(self.batch)
+        for _ in range(self.batch_size if self.whole else 1):
+            waiting = [(j.running, j.next, i, j) for i, j in enumerate(self.jobs) if j.next < len(j.units)]
+            if not waiting:
                 break
-            for job in turn:
-                batch.append(job.units[job.next])
-                job.next += 1
-            if len(turn) > 1 and any(j.next == len(j.units) for j in turn):
+            *_, job = min(waiting, key=lambda entry: entry[:3])
+            if job.running == 0:
+                room = rows + len(taken) < self.max_rows
+            else:  # another window of a request already decoding: not while a newer one's first window decodes
+                first = any(j is not job and j.running and j.units[0].decoded is None for j in self.jobs)
+                room = rows + len(taken) < self.batch_size and not (first and not self.whole)
+            if not room:
                 break
-        return batch
+            unit = job.units[job.next]
+            taken.append(unit)
+            self.owners[id(unit)] = job
+            job.next += 1
+            job.running += 1
+        return taken
 
     def _work(self) -> None:
         while True:
             with self.cond:
-                while not self.stopping and not any(j.next < len(j.units) for j in self.jobs):
+                while not self.stopping and not len(self.batch) and not any(j.next < len(j.units) for j in self.jobs):
                     self.cond.wait()
-                batch = self._pick()
-                if not batch:  # stopping, and nothing left to decode
+                dropped, self.dropped = self.dropped, set()
+                joining = self._admit()
+                if not joining and not len(self.batch) and not dropped:  # stopping, and nothing left to decode
                     return
-                owners = {id(u): j for j in self.jobs for u in j.units}
-            batch_jobs = list({id(owners[id(u)]): owners[id(u)] for u in batch}.values())
             try:
-                run_batch(self.model, self.processor, batch, self.max_new_tokens)
+                self.batch.drop(dropped)
+                ended = self.batch.join(joining)
+                if joining:
+                    self.metrics.batch(len(self.batch))
+                ended += self.batch.step()
             except Exception as e:  # noqa: BLE001 (a failing batch fails its requests, never the server)
-                with self.cond:
-                    for job in batch_jobs:
-                        if job in self.jobs:
-                            self.jobs.remove(job)
-                        job.resolve(ApiError(500, f"decoding failed: {type(e).__name__}: {e}", code="decode_failed"))
+                self._fail(e, [*self.batch.units(), *joining])
                 continue
-            self.metrics.batch(len(batch))
             with self.cond:
-                for job in batch_jobs:
-                    if job.cancelled or any(u.decoded is None for u in job.units):
-                        continue
+                self._settle(ended)
+
+    def _settle(self, ended: list[Unit]) -> None:
+        """Answers the requests whose last unit just ended."""
+        for unit in ended:
+            job = self.owners.pop(id(unit), None)
+            if job is None:  # cancelled meanwhile
+                continue
+            job.running -= 1
+            if job.cancelled or job not in self.jobs or any(u.decoded is None for u in job.units):
+                continue
+            self.jobs.remove(job)
+            result = finish(job.result, job.units)
+            self.metrics.transcribed(result.duration, result.model_seconds)
+            job.resolve(result)
+
+    def _fail(self, error: Exception, units: list[Unit]) -> None:
+        """Every request with a row in the batch gets a 500; the batch starts afresh."""
+        self.batch = self._new_batch()
+        with self.cond:
+            failed = {id(job): job for u in units if (job := self.owners.pop(id(u), None)) is not None}
+            for job in failed.values():
+                for unit in job.units[: job.next]:
+                    self.owners.pop(id(unit), None)
+                if job in self.jobs:
                     self.jobs.remove(job)
-                    result = finish(job.result, job.units)
-                    self.metrics.transcribed(result.duration, result.model_seconds)
-                    job.resolve(result)
+                job.resolve(ApiError(500, f"decoding failed: {type(error).__name__}: {error}", code="decode_failed"))

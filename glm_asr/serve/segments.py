@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from glm_asr.corpus.batching import FileResult, Unit, cut_units
+from glm_asr.engine.units import FileResult, Unit, cut_units
 from glm_asr.longform.segmentation import Piece, find_pieces
 from glm_asr.longform.vad import VadOptions
 from glm_asr.model.front_end import SAMPLING_RATE

@@ -45,7 +45,8 @@ def make_server(service: Service, *, drain_seconds: float = 300.0, on_ready: Cal
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:  # noqa: ANN001
             service.draining = True  # new requests: 503 from now on; uvicorn then waits for those in flight
-            print(f"glm-asr serve: draining {service.scheduler.in_flight()} requests in flight, taking no new ones", file=sys.stderr, flush=True)
+            # uvicorn's tasks are the requests it waits for: the scheduler's jobs miss those still uploading.
+            print(f"glm-asr serve: draining {len(self.server_state.tasks)} requests in flight, taking no new ones", file=sys.stderr, flush=True)
             super().handle_exit(sig, frame)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
