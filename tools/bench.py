@@ -528,7 +528,6 @@ def main() -> int:
         record["encoder_arithmetic"] = arithmetic
         record["encoder_limit_s"] = audio_limit_s(costs["encoder_flops_per_window"], arithmetic, limits)
         record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
-        records.append(record)
     add_speedups(records)
     # Greedy-token agreement with the first fp32 system run (ours, when it ran; else the first system): fp32
     # systems should agree exactly; the others report how far they drift. Random weights: the ids mean
