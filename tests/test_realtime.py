@@ -540,6 +540,7 @@ class _FirstPassShown:
         return first[0]
 
 
+@needs_audio
 def test_partials_arrive_before_the_final_text(server, monkeypatch):
     url, _ = server
     monkeypatch.setattr(realtime_module, "LocalAgreement", _FirstPassShown)
