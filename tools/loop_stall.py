@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import io
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -32,18 +31,9 @@ import scipy.io.wavfile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from glm_asr.transcription.presets import demo_clip  # noqa: E402
+from serve_load import start  # noqa: E402  (tools/ is this script's folder: the same server start-up)
 
 FRAME_BYTES = 1 << 20
-
-
-def start(server_args: list[str]) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "glm_asr_cli", "serve", "--host", "127.0.0.1", "--port", "0", *server_args],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    line = proc.stdout.readline()
-    if "ready on" not in line:
-        proc.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    return proc, line.split()[4]
 
 
 def probe(url: str, every: float, stop: threading.Event, out: list[float]) -> None:
