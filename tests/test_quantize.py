@@ -252,3 +252,43 @@ def test_cli_transcribes_with_int4(tmp_path, capsys):
     scipy.io.wavfile.write(wav, 16000, (demo_clip(2.0) * 32767).astype(np.int16))
     assert cli_main(["transcribe", str(wav), "--quantize", "int4", "--max-new-tokens", "4"]) == 0
     assert capsys.readouterr().out.startswith(f"{wav}\t")
+
+
+# 4-bit weights on onnxruntime's MatMulNBits (runtime/nbits.py): symmetric, blocks of 32, and int8 activations
+# per block (accuracy level 4), so each product also carries the activations' rounding. Measured on the golden
+# cases (AVX2): min prompt-logit cosine 0.878 (tiny_a) and 0.952 (tiny_b), greedy ids equal to the golden 62/240
+# and 24/240. The ids bound is half the int4 one because tiny_b sits at 0.10 exactly, and a rounding flip on
+# another CPU would move it: a broken layer (nibbles swapped, scales on the wrong axis) gives ~0.3% ids and a
+# cosine near 0, so 0.05 still tells them apart.
+MIN_INT4_ORT_SAME_IDS = 0.05
+@pytest.mark.parametrize("shape", [(48, 40), (6144 // 8, 2048 // 8)])  # a padded input, whole blocks
+def test_nbits_layer_computes_its_own_dequantised_weights(shape):
+    pytest.importorskip("onnxruntime")
+    from glm_asr.runtime.nbits import NBitsLinear, pack_4bit, unpack_4bit
+
+    N, K = shape
+    linear = nn.Linear(K, N).requires_grad_(False)
+    q = NBitsLinear(linear)
+    codes, scale = pack_4bit(nn.functional.pad(linear.weight, (0, q.k_pad)), q.block)
+    w4 = unpack_4bit(codes, scale)[:, :K]
+    x = torch.randn(7, K)
+    expected = x @ w4.T + linear.bias
+    # int8 activations per block of 32: each block's rounding is at most half a level of its largest value
+    assert (q(x) - expected).abs().max() <= 2e-2 * expected.abs().max()
+    assert (w4 - linear.weight).abs().max() <= linear.weight.abs().max() / 7 / 2 + 1e-7  # half a level of the widest block
+    assert codes.dtype == torch.uint8 and codes.numel() == N * (K + q.k_pad) // 2  # half a byte a weight
+
+
+@pytest.mark.parametrize("model_name", sorted(MANIFEST["models"]))
+def test_int4_ort_agrees_with_fp32_on_the_golden_cases(model_name):
+    pytest.importorskip("onnxruntime")
+    from glm_asr.runtime.nbits import NBitsLinear
+
+    model = runner.tiny_model(model_name, "fp32", "cpu", MANIFEST["models"][model_name]["weights_sha256"])
+    int4 = quantize_decoder(copy.deepcopy(model), "int4-ort")
+    assert any(isinstance(m, NBitsLinear) for m in int4.language_model.modules())
+    cos, same, total = agreement_on_the_goldens(model, int4, model_name)
+    line = f"{model_name} int4-ort vs fp32: prompt logits min cosine {cos:.5f}, greedy tokens equal to the golden {same}/{total}"
+    print(line)
+    assert cos >= MIN_INT4_LOGIT_COS, line
+    assert same / total >= MIN_INT4_ORT_SAME_IDS, line

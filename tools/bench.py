@@ -40,11 +40,12 @@ sys.path.insert(0, str(ROOT))
 
 # system -> the dtypes it runs. int8: ours = int8 decoder weights (glm_asr/runtime/quantize.py) and an fp32 audio path;
 # int8+bf16audio / int8+int8audio: the same with the audio encoder and projector in bf16 / int8
-# (quantize_audio); onnxruntime = the export's --quantize int8 (dynamic int8 MatMul weights in both graphs).
-# bf16 ONNX graphs are not exported.
-SYSTEMS = {"ours": ("fp32", "bf16", "int8", "int8+bf16audio", "int8+int8audio", "int4", "int4+bf16audio"), "transformers": ("fp32", "bf16"),
-           "onnxruntime": ("fp32", "int8")}
-AUDIO_QUANT = {"int8+bf16audio": "bf16", "int8+int8audio": "int8", "int4+bf16audio": "bf16"}
+# (quantize_audio); int4-ort: 4-bit decoder weights on onnxruntime's MatMulNBits inside our model
+# (glm_asr/runtime/nbits.py); onnxruntime = the export's --quantize int8 (dynamic int8 MatMul weights in both
+# graphs). bf16 ONNX graphs are not exported.
+SYSTEMS = {"ours": ("fp32", "bf16", "int8", "int8+bf16audio", "int8+int8audio", "int4", "int4+bf16audio", "int4-ort", "int4-ort+int8audio"),
+           "transformers": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
+AUDIO_QUANT = {"int8+bf16audio": "bf16", "int8+int8audio": "int8", "int4+bf16audio": "bf16", "int4-ort+int8audio": "int8"}
 NEVER = -1  # an eos id no token has: decoding runs the full length
 
 
@@ -119,7 +120,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         import onnxruntime  # noqa: F401
     start = time.perf_counter()
     if system == "ours":
-        run = _ours(checkpoint, dtype, quantize=dtype_name[:4] if dtype_name.startswith(("int8", "int4")) else None, audio=AUDIO_QUANT.get(dtype_name))
+        run = _ours(checkpoint, dtype, quantize=dtype_name.split("+")[0] if dtype_name.startswith("int") else None, audio=AUDIO_QUANT.get(dtype_name))
     elif system == "transformers":
         run = _transformers(checkpoint, dtype)
     else:
@@ -510,9 +511,11 @@ def main() -> int:
     for record in records:
         costs = model_costs(preset, record["prompt_tokens"])
         dtype = record["dtype"]
-        # int4: half a byte a weight plus a bf16 scale and zero per group of 128 (4 bytes / 128 weights)
+        # int4: half a byte a weight plus a bf16 scale and zero per group of 128 (4 bytes / 128 weights);
+        # int4-ort: half a byte plus an fp32 scale per block of 32 (runtime/nbits.py)
         record["decode_bytes_per_token"] = costs["decoder_params_per_token"] * (
-            1 if dtype.startswith("int8") else 0.5 + 4 / 128 if dtype.startswith("int4") else {"fp32": 4, "bf16": 2}[dtype])
+            1 if dtype.startswith("int8") else 0.5 + 4 / 32 if dtype.startswith("int4-ort") else 0.5 + 4 / 128 if dtype.startswith("int4")
+            else {"fp32": 4, "bf16": 2}[dtype])
     limits = best_limits(measured_limits, records)
     for record in records:
         costs = model_costs(preset, record["prompt_tokens"])

@@ -127,10 +127,16 @@ def _engine(name: str) -> Iterator[None]:
 
 
 def _quantize_linears(root: nn.Module, engine: str, kind: str = "int8") -> None:
-    """Every nn.Linear under `root` replaced by an Int8Linear (or an Int4Linear), in place."""
+    """Every nn.Linear under `root` replaced by an Int8Linear (or an Int4Linear, or an NBitsLinear), in place."""
     slots = [(module, name) for module in list(root.modules())
              for name, child in module.named_children() if isinstance(child, nn.Linear)]
-    quantise = (lambda slot: Int8Linear(getattr(*slot), engine)) if kind == "int8" else (lambda slot: Int4Linear(getattr(*slot)))
+    if kind == "int4-ort":
+        from glm_asr.runtime.nbits import NBitsLinear  # the onnx extra: imported only when asked for
+        quantise = lambda slot: NBitsLinear(getattr(*slot))  # noqa: E731
+    elif kind == "int4":
+        quantise = lambda slot: Int4Linear(getattr(*slot))  # noqa: E731
+    else:
+        quantise = lambda slot: Int8Linear(getattr(*slot), engine)  # noqa: E731
     # fbgemm packs a weight on one core, so a thread per core quantises a layer each. The float layer is dropped
     # as soon as its quantised one is in place, so the peak grows by a few layers, not by the model.
     with _engine(engine), ThreadPoolExecutor(torch.get_num_threads()) as pool:  # one engine switch for the pool
@@ -138,12 +144,13 @@ def _quantize_linears(root: nn.Module, engine: str, kind: str = "int8") -> None:
             setattr(module, name, quantised)
 
 
-DECODER_KINDS = ("int8", "int4")
+DECODER_KINDS = ("int8", "int4", "int4-ort")
 
 
 def quantize_decoder(model: GlmAsrModel, kind: str = "int8") -> GlmAsrModel:
     """Replaces every linear layer of `language_model` (attention, MLP and the LM head) by an Int8Linear (or,
-    with `kind="int4"`, a weight-only Int4Linear), in place, and returns the model, all in fp32 but those
+    with `kind="int4"`, a weight-only Int4Linear; with `kind="int4-ort"`, 4-bit weights on onnxruntime's
+    MatMulNBits kernels, runtime/nbits.py), in place, and returns the model, all in fp32 but those
     layers. A tied LM head gets its own quantised copy; the embedding table stays fp32.
 
     The model may be in any float dtype. Each weight is widened to fp32 (exact) before it is quantised, and
