@@ -70,10 +70,7 @@ class Regions:
     speech_started), else None. Cutting at 30 s is the caller's (`cut_point`): it needs the probabilities."""
 
     def __init__(self, opts: VadOptions = VadOptions()) -> None:
-        ms = SAMPLING_RATE // 1000
-        self.threshold, self.negative = opts.threshold, opts.negative
-        self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
-        self.pad = opts.speech_pad_ms * ms
+        self.retune(opts)
         self.chunks = 0  # chunks pushed so far
         self.levels: deque[float] = deque(maxlen=LOOKBACK_CHUNKS + 1)  # the last 3 s of chunk levels, and this one's
         self.onset = 0  # the first chunk at or over the threshold of the region in progress
@@ -82,6 +79,14 @@ class Regions:
         self.started: int | None = None  # its padded start, once it is kept
         self.closed: Region | None = None  # a region whose speech ended, waiting for its end padding
         self.last_end = 0  # the end of the last region given out: the next one starts no earlier
+
+    def retune(self, opts: VadOptions) -> None:
+        """Options in force from the next chunk on (a live stream's turn_detection update); a region in progress
+        keeps its start and ends by the new ones."""
+        ms = SAMPLING_RATE // 1000
+        self.threshold, self.negative = opts.threshold, opts.negative
+        self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
+        self.pad = opts.speech_pad_ms * ms
 
     def push(self, p: float, level: float | None = None) -> list[Region]:
         """One chunk's probability, and its level in dB (VadStream.level; None: no look-back)."""
