@@ -20,6 +20,8 @@ Event = tuple[str, int | Utterance]
 
 
 class Turns:
+    """One stream's audio since it opened: where its turns end, and the audio each turn holds."""
+
     def __init__(self, turn: TurnOptions | None) -> None:
         self.turn = turn
         self.segmenter = Segmenter(turn or TurnOptions())  # made even for manual turns: VadUnavailable shows at once
