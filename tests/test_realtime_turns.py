@@ -24,9 +24,13 @@ if shutil.which("espeak-ng") is None:
 
 from glm_asr import load_model_and_processor  # noqa: E402
 from glm_asr.io.audio_file import load_audio  # noqa: E402
+from glm_asr.longform.segmentation import find_pieces  # noqa: E402
+from glm_asr.longform.vad import VadOptions  # noqa: E402
 from glm_asr.serve.app import Service  # noqa: E402
 from glm_asr.serve.limits import Limits  # noqa: E402
 from glm_asr.serve.realtime import RealtimeOptions  # noqa: E402
+from glm_asr.serve.turns import Turns  # noqa: E402
+from glm_asr.serve.utterances import Segmenter, TurnOptions  # noqa: E402
 from glm_asr.transcription.transcribe import transcribe  # noqa: E402
 from tests.live_server import live_server  # noqa: E402
 
@@ -148,3 +152,41 @@ def test_the_official_openai_client_with_turn_detection_null_at_24_khz(server, s
     assert done.item_id == committed.item_id and done.audio_start_ms == 0 and abs(done.audio_end_ms - speech.size / 16) <= 1
     assert done.transcript == transcribe(*small, scipy.signal.resample_poly(wire / 32768, 2, 3).astype(np.float32),
                                          max_new_tokens=MAX_NEW_TOKENS)[0]
+
+
+# Switching mid-stream, on the turns alone (no server)
+
+def _spans(events: list) -> list:
+    return [(name, value if isinstance(value, int) else (value.start, value.end)) for name, value in events]
+
+
+def test_leaving_manual_turns_runs_the_buffer_through_the_vad_as_if_it_came_then(speech):
+    manual = Turns(None)
+    assert manual.feed(speech) == []
+    fresh = Segmenter(TurnOptions())
+    assert _spans(manual.retune(TurnOptions())) == _spans(fresh.feed(speech)) != []
+
+
+def test_leaving_server_vad_ends_the_utterance_in_progress_as_a_commit_would(speech):
+    turns = Turns(TurnOptions())
+    half = speech[: round(1.5 * SR)]  # into the first phrase
+    assert [name for name, _ in turns.feed(half)] == ["started"]
+    [(name, utterance)] = turns.retune(None)
+    assert name == "stopped" and utterance.end == half.size and turns.buffered == 0
+
+
+def test_a_wider_padding_asked_mid_stream_reaches_back_no_further_than_the_audio_kept(speech):
+    segmenter = Segmenter(TurnOptions(prefix_padding_ms=0))
+    audio = np.concatenate([np.zeros(6 * SR, np.float32), speech])  # past the 3 s kept while nobody speaks
+    events = segmenter.feed(audio[: 6 * SR])
+    segmenter.retune(TurnOptions(prefix_padding_ms=5000))
+    events += segmenter.feed(audio[6 * SR :]) + segmenter.flush()
+    utterances = [value for name, value in events if name == "stopped"]
+    assert utterances and all(np.array_equal(u.samples, audio[u.start : u.end]) for u in utterances)
+
+
+def test_an_upload_padded_past_its_pauses_gets_one_region_not_a_failure(speech):
+    # chunking_strategy {"type": "server_vad", "prefix_padding_ms": 5000}: the second phrase begins and ends inside
+    # the first's end padding (it used to fail an assertion in segmentation.Regions)
+    [piece] = find_pieces(speech, VadOptions.server_vad(prefix_padding_ms=5000))
+    assert piece.start == 0 and piece.end == speech.size

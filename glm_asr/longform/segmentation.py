@@ -70,7 +70,10 @@ class Regions:
     speech_started), else None. Cutting at 30 s is the caller's (`cut_point`): it needs the probabilities."""
 
     def __init__(self, opts: VadOptions = VadOptions()) -> None:
-        self.retune(opts)
+        ms = SAMPLING_RATE // 1000
+        self.threshold, self.negative = opts.threshold, opts.negative
+        self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
+        self.pad = opts.speech_pad_ms * ms
         self.chunks = 0  # chunks pushed so far
         self.levels: deque[float] = deque(maxlen=LOOKBACK_CHUNKS + 1)  # the last 3 s of chunk levels, and this one's
         self.onset = 0  # the first chunk at or over the threshold of the region in progress
@@ -83,10 +86,9 @@ class Regions:
     def retune(self, opts: VadOptions) -> None:
         """Options in force from the next chunk on (a live stream's turn_detection update); a region in progress
         keeps its start and ends by the new ones."""
-        ms = SAMPLING_RATE // 1000
-        self.threshold, self.negative = opts.threshold, opts.negative
-        self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
-        self.pad = opts.speech_pad_ms * ms
+        fresh = Regions(opts)
+        self.threshold, self.negative, self.pad = fresh.threshold, fresh.negative, fresh.pad
+        self.min_speech, self.min_silence = fresh.min_speech, fresh.min_silence
 
     def push(self, p: float, level: float | None = None) -> list[Region]:
         """One chunk's probability, and its level in dB (VadStream.level; None: no look-back)."""
@@ -146,7 +148,12 @@ class Regions:
         return max(begin - self.pad, earlier, 0)
 
     def _close(self, end: int) -> None:
-        assert self.begin is not None and self.closed is None
+        assert self.begin is not None
+        # Speech that began and ended inside the last region's end padding (a pad longer than the pause) would start
+        # where that padding ends, after its own end: it joins that region, which now ends with it.
+        if self.closed is not None:
+            self.closed = (self.closed[0], end)
+            return
         self.closed = (self.started if self.started is not None else self._padded_start(self.begin), end)
 
     def _settle(self, at: int) -> list[Region]:

@@ -119,7 +119,8 @@ class Segmenter:
         for region in self.regions.push(p, self.vad.level):
             self._emit(region, events)
         if self.start is None and self.regions.started is not None:
-            self.start = self.regions.started
+            # a padding widened mid-stream (retune) may reach back past the pre-roll kept: the utterance starts there
+            self.start = max(self.regions.started, self.base)
             events.append(("started", self.start))
         if self.start is not None:
             self._cut_if_full(events)
@@ -128,7 +129,7 @@ class Segmenter:
 
     def _emit(self, region: tuple[int, int], events: list) -> None:
         if self.start is None:  # a region that ended before it was announced (the stream's end)
-            self.start = region[0]
+            self.start = max(region[0], self.base)
             events.append(("started", self.start))
         start, end = self.start, region[1]
         events.append(("stopped", Utterance(start, end, self.audio[start - self.base : end - self.base].copy())))
