@@ -9,14 +9,15 @@ or PCM16 at 16 kHz, resampled to the model's 16 kHz. A client that names no form
 default, PCM16 at 24 kHz, when it connected with `intent=transcription`, and as 16 kHz PCM16 otherwise (the
 page and this project's tools, which connect without it and send 16 kHz).
 
-The stream's own VAD (utterances.py) ends an utterance on a pause and cuts one at 30 s, with the session's
-`turn_detection` (turn_detection.py: server_vad's fields applied, null for manual turns that the client
-commits, semantic_vad run as server_vad); each utterance becomes a Job in the server's one scheduler, so live
+The stream's own VAD (utterances.py) ends an utterance on a pause and cuts one at 30 s, as the session's
+`turn_detection` says (turn_detection.py: server_vad's fields applied; null: manual turns, one utterance per
+commit; semantic_vad run as server_vad); each utterance becomes a Job in the server's one scheduler, so live
 streams and HTTP uploads share batches. The VAD and the resampling run on a worker thread, never on the event
-loop. The rooms: realtime_events.py (the wire: frames, client events, errors), turns.py (audio to utterances),
-realtime_session.py (one stream), this file (what the streams share, and the endpoint). Events: `input_audio_buffer.speech_started` /
-`speech_stopped` / `committed` / `cleared`, `conversation.item.input_audio_transcription.delta` (partials) /
-`.completed`, and `error`.
+loop. Events: `input_audio_buffer.speech_started` / `speech_stopped` / `committed` / `cleared`,
+`conversation.item.input_audio_transcription.delta` (partials) / `.completed`, and `error`.
+
+The rooms: realtime_events.py (the wire: frames, client events, the error event), turns.py (audio to
+utterances), realtime_session.py (one stream), and this file (what the streams share, and the endpoint).
 
 Partials re-decode the utterance heard so far and show what two passes agree on (agreement.py). They pay
 only where a pass costs less than the audio it covers: the server times one pass over PROBE_SECONDS of audio
@@ -24,9 +25,9 @@ at start-up and runs final-only when it costs more (`--partials on|off` override
 than one partial pass in flight, so a slow CPU spends its time on final texts.
 
 Faults end in an `error` event and the stream goes on: a frame that cannot be the session's format (odd
-length, float32 samples, unknown JSON), a format or language not taken, a commit with less than 100 ms
-buffered (as OpenAI). A stream silent past `idle_seconds` is closed (1000); past `max_streams` a new one is
-refused and closed (1013). A client that goes away has its queued utterances dropped from the scheduler.
+length, float32 samples, unknown JSON), a format, language or turn_detection field not taken, a commit with
+less than 100 ms buffered (as OpenAI). A stream silent past `idle_seconds` is closed (1000); past
+`max_streams` a new one is refused and closed (1013). A client that goes away has its queued utterances dropped from the scheduler.
 """
 
 from __future__ import annotations
