@@ -1,4 +1,4 @@
-"""Live audio (glm_asr/serve/realtime.py): LocalAgreement-2, the stream's VAD state machine, and the WebSocket
+"""Live audio (glm_asr/serve/realtime*.py, turns.py): LocalAgreement-2, the stream's VAD state machine, and the WebSocket
 contract against a live server on 127.0.0.1 with the `websockets` client: events in OpenAI's realtime shape,
 texts equal to the library's on the same utterance, and each fault an error event or a clean close."""
 
@@ -32,10 +32,12 @@ from glm_asr.corpus.inputs import Item  # noqa: E402
 from glm_asr.io.audio_file import load_audio  # noqa: E402
 from glm_asr.serve import input_audio  # noqa: E402
 from glm_asr.serve import realtime as realtime_module  # noqa: E402
+from glm_asr.serve import realtime_events, realtime_session  # noqa: E402
 from glm_asr.serve.agreement import LocalAgreement, common_prefix, words  # noqa: E402
 from glm_asr.serve.app import Service  # noqa: E402
 from glm_asr.serve.limits import Limits  # noqa: E402
-from glm_asr.serve.realtime import Realtime, RealtimeOptions, pcm16  # noqa: E402
+from glm_asr.serve.realtime import Realtime, RealtimeOptions  # noqa: E402
+from glm_asr.serve.realtime_events import pcm16  # noqa: E402
 from tests.live_server import live_server  # noqa: E402
 from glm_asr.serve.utterances import Segmenter, TurnOptions  # noqa: E402
 from glm_asr.transcription.transcribe import transcribe  # noqa: E402
@@ -184,10 +186,10 @@ def test_segmenter_silence_and_noise_give_nothing():
 
 def test_pcm16_refuses_odd_lengths_and_float32():
     assert pcm16(np.array([0, 16384, -32768], "<i2").tobytes()).tolist() == [0.0, 0.5, -1.0]
-    with pytest.raises(realtime_module.Fault, match="even count"):
+    with pytest.raises(realtime_events.Fault, match="even count"):
         pcm16(b"\x00\x01\x02")
     floats = (np.sin(np.arange(1600) / 10) * 0.3).astype("<f4").tobytes()
-    with pytest.raises(realtime_module.Fault, match="float32") as e:
+    with pytest.raises(realtime_events.Fault, match="float32") as e:
         pcm16(floats)
     assert e.value.code == "invalid_audio_format"
     speech = (np.sin(np.arange(1600) / 10) * 20000).astype("<i2").tobytes()
@@ -466,7 +468,7 @@ def test_health_answers_while_a_stream_sends_large_frames(server, monkeypatch):
     monkeypatch.setattr(Segmenter, "feed", slow)
     with ws_client.connect(url) as ws:
         receive(ws)
-        ws.send(np.zeros(realtime_module.MAX_FRAME_BYTES // 2, "<i2").tobytes())  # 1 MiB, 32 s of audio
+        ws.send(np.zeros(realtime_events.MAX_FRAME_BYTES // 2, "<i2").tobytes())  # 1 MiB, 32 s of audio
         assert fed.wait(10)
         started = time.monotonic()
         health = httpx.get(url.replace("ws://", "http://").replace("/v1/realtime", "/health"), timeout=10)
@@ -543,7 +545,7 @@ class _FirstPassShown:
 @needs_audio
 def test_partials_arrive_before_the_final_text(server, monkeypatch):
     url, _ = server
-    monkeypatch.setattr(realtime_module, "LocalAgreement", _FirstPassShown)
+    monkeypatch.setattr(realtime_session, "LocalAgreement", _FirstPassShown)
     en = load_audio(AUDIO / "example_en.wav")
     with ws_client.connect(url) as ws:
         receive(ws)

@@ -201,7 +201,7 @@ def test_every_status_in_the_contract_is_one_the_server_answers():
     from glm_asr.serve import app
     from glm_asr.serve.limits import ApiError
 
-    raised = {int(m) for f in (ROOT / "glm_asr" / "serve").glob("*.py") if f.name != "realtime.py"
+    raised = {int(m) for f in (ROOT / "glm_asr" / "serve").glob("*.py") if f.name != "realtime_session.py"
               for m in re.findall(r"ApiError\((\d{3})", f.read_text())}
     raised |= {404, 405}  # Starlette's routing, answered through app._http_error
     assert set(ApiError.TYPES) <= raised and set(app.OUTCOME) <= raised, (set(ApiError.TYPES) | set(app.OUTCOME)) - raised

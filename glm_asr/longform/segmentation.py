@@ -83,6 +83,13 @@ class Regions:
         self.closed: Region | None = None  # a region whose speech ended, waiting for its end padding
         self.last_end = 0  # the end of the last region given out: the next one starts no earlier
 
+    def retune(self, opts: VadOptions) -> None:
+        """Options in force from the next chunk on (a live stream's turn_detection update); a region in progress
+        keeps its start and ends by the new ones."""
+        fresh = Regions(opts)
+        self.threshold, self.negative, self.pad = fresh.threshold, fresh.negative, fresh.pad
+        self.min_speech, self.min_silence = fresh.min_speech, fresh.min_silence
+
     def push(self, p: float, level: float | None = None) -> list[Region]:
         """One chunk's probability, and its level in dB (VadStream.level; None: no look-back)."""
         at = self.chunks * CHUNK_SAMPLES
@@ -141,7 +148,12 @@ class Regions:
         return max(begin - self.pad, earlier, 0)
 
     def _close(self, end: int) -> None:
-        assert self.begin is not None and self.closed is None
+        assert self.begin is not None
+        # Speech that began and ended inside the last region's end padding (a pad longer than the pause) would start
+        # where that padding ends, after its own end: it joins that region, which now ends with it.
+        if self.closed is not None:
+            self.closed = (self.closed[0], end)
+            return
         self.closed = (self.started if self.started is not None else self._padded_start(self.begin), end)
 
     def _settle(self, at: int) -> list[Region]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from starlette.datastructures import FormData, UploadFile
 
 from glm_asr.longform.vad import VadOptions
-from glm_asr.serve import languages
+from glm_asr.serve import languages, turn_detection
 from glm_asr.serve.formats import RESPONSE_FORMATS, STREAM_FORMATS
 from glm_asr.serve.limits import ApiError
 
@@ -95,7 +95,7 @@ def _text(form: FormData, name: str) -> str:
 # chunking_strategy, as OpenAI defines it: "auto", or {"type": "server_vad", "threshold", "prefix_padding_ms",
 # "silence_duration_ms"} sent as a JSON string or, as OpenAI's Python client sends it, as bracketed fields.
 CHUNKING_FIELDS = ("chunking_strategy", *(f"chunking_strategy[{k}]" for k in ("type", "threshold", "prefix_padding_ms", "silence_duration_ms")))
-_SERVER_VAD = {"threshold": float, "prefix_padding_ms": int, "silence_duration_ms": int}
+_SERVER_VAD = turn_detection.SERVER_VAD_FIELDS  # checked as a live stream's turn_detection is
 
 
 def chunking(form: FormData) -> VadOptions | None:
@@ -121,20 +121,10 @@ def chunking(form: FormData) -> VadOptions | None:
     unknown = sorted(set(nested) - {"type", *_SERVER_VAD})
     if unknown:
         raise _bad("chunking_strategy", f"{unknown[0]!r} is not a server_vad field; expected {', '.join(_SERVER_VAD)}")
-    values = {}
-    for key, kind in _SERVER_VAD.items():
-        if nested.get(key) in (None, ""):
-            continue
-        try:
-            value = kind(nested[key])
-            if kind is int and value != float(nested[key]):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise _bad("chunking_strategy", f"{key} {nested[key]!r}: expected {'a number' if kind is float else 'whole milliseconds'}") from None
-        if not (0.0 < value < 1.0 if key == "threshold" else 0 <= value <= 10_000):
-            raise _bad("chunking_strategy", f"{key} {value}: expected " + ("a probability between 0 and 1, such as 0.35"
-                                                                           if key == "threshold" else "0 to 10000 ms"))
-        values[key] = value
+    try:
+        values = turn_detection.server_vad_values(nested)
+    except turn_detection.FieldError as e:
+        raise _bad("chunking_strategy", e.message) from None
     return _available(VadOptions.server_vad(**values))
 
 

@@ -57,8 +57,7 @@ class Segmenter:
         self.opts = opts
         self.vad = vad or VadStream(opts.max_gain)
         self.regions = Regions(opts.vad)
-        self.pad = self.regions.pad
-        self.preroll = self.pad + (LOOKBACK_CHUNKS + 1) * CHUNK_SAMPLES  # what a region's start may reach back to
+        self.retune(opts)
         capacity = WINDOW_SAMPLES + self.preroll + max(self.regions.min_silence, self.pad) + 4 * CHUNK_SAMPLES
         self.audio = np.zeros(capacity, np.float32)  # samples from `base` on: the pre-roll, then the utterance
         self.probs: list[float] = []  # one per chunk from `base` on
@@ -66,6 +65,14 @@ class Segmenter:
         self.filled = 0
         self.held = np.zeros(0, np.float32)  # less than one chunk, waiting for the rest
         self.start: int | None = None  # the utterance's first sample (padded) once started
+
+    def retune(self, opts: TurnOptions) -> None:
+        """New threshold, padding and silence from the next chunk on (a session.update's turn_detection)."""
+        assert opts.max_gain == self.opts.max_gain, "the VadStream's gain is fixed: a new Segmenter for a new gain"
+        self.opts = opts
+        self.regions.retune(opts.vad)
+        self.pad = self.regions.pad
+        self.preroll = self.pad + (LOOKBACK_CHUNKS + 1) * CHUNK_SAMPLES  # what a region's start may reach back to
 
     @property
     def position(self) -> int:
@@ -112,7 +119,8 @@ class Segmenter:
         for region in self.regions.push(p, self.vad.level):
             self._emit(region, events)
         if self.start is None and self.regions.started is not None:
-            self.start = self.regions.started
+            # a padding widened mid-stream (retune) may reach back past the pre-roll kept: the utterance starts there
+            self.start = max(self.regions.started, self.base)
             events.append(("started", self.start))
         if self.start is not None:
             self._cut_if_full(events)
@@ -121,7 +129,7 @@ class Segmenter:
 
     def _emit(self, region: tuple[int, int], events: list) -> None:
         if self.start is None:  # a region that ended before it was announced (the stream's end)
-            self.start = region[0]
+            self.start = max(region[0], self.base)
             events.append(("started", self.start))
         start, end = self.start, region[1]
         events.append(("stopped", Utterance(start, end, self.audio[start - self.base : end - self.base].copy())))
