@@ -16,14 +16,14 @@ def test_bench_smoke(tmp_path):
     pytest.importorskip("onnxruntime", reason="the onnxruntime systems need onnxruntime")
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "bench.py"), "--smoke", "--systems", "ours,onnxruntime", "--dtypes", "fp32,int8,int8+int8audio,int4",
+        [sys.executable, str(ROOT / "tools" / "bench.py"), "--smoke", "--systems", "ours,onnxruntime", "--dtypes", "fp32,int8,int8+int8audio,int4,int4-ort",
          "--cache", str(tmp_path / "cache"), "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr
     records = json.loads(out.read_text())["records"]
     assert [(r["system"], r["dtype"]) for r in records] == [("ours", "fp32"), ("ours", "int8"), ("ours", "int8+int8audio"), ("ours", "int4"),
-                                                            ("onnxruntime", "fp32"), ("onnxruntime", "int8")], done.stderr
+                                                            ("ours", "int4-ort"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")], done.stderr
     from glm_asr.runtime import cpu
 
     assert all(r["cpu"]["class"] == cpu.features().cpu_class for r in records)  # a figure holds on its CPU class
@@ -34,6 +34,8 @@ def test_bench_smoke(tmp_path):
             assert key in record and record[key] is not None, (record["system"], record["dtype"], key)
     assert "decode ms/tok" in done.stdout and f"class {cpu.features().cpu_class}" in done.stdout
     assert all(r["decode_step_ms_8rows"] > 0 for r in records if r["system"] == "ours") and "a decode step of 8 rows" in done.stdout
+    assert all(set(r["utterances"]) == {"5.0", "10.6"} and all(u["vs_limit"] > 0 for u in r["utterances"].values()) for r in records)
+    assert "one 10.6 s utterance's pass" in done.stdout
     assert records[2]["encoder_arithmetic"] == {"products": "int8", "attention": "fp32", "convolutions": "fp32"}
 
 

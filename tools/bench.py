@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -47,6 +48,12 @@ SYSTEMS = {"ours": ("fp32", "bf16", "int8", "int8+bf16audio", "int8+int8audio", 
            "transformers": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8")}
 AUDIO_QUANT = {"int8+bf16audio": "bf16", "int8+int8audio": "int8", "int4+bf16audio": "bf16", "int4-ort+int8audio": "int8"}
 NEVER = -1  # an eos id no token has: decoding runs the full length
+# One utterance's pass, what a live stream pays after each utterance ends: its 30 s audio window (every window is
+# padded to 3000 frames, SPEC.md), the prefill of its prompt and its tokens. 5 s and 10.6 s (the shared English
+# clip's length); the tokens it writes are taken as 4 per second of speech (about the rate of conversational
+# English in this tokenizer's words, and of Mandarin at one token a character): random weights never stop early.
+UTTERANCES_S = (5.0, 10.6)
+TOKENS_PER_SPEECH_S = 4
 
 
 def peak_rss_bytes() -> int:
@@ -153,6 +160,11 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
             tokens[:] = run["generate"](processor([audio]), 100)[1][0].tolist()
 
         e2e_s = median_time(end_to_end, 1)
+        utterances = {}
+        for seconds in UTTERANCES_S:
+            utterance, n = processor([audio[: round(seconds * 16000)]]), math.ceil(seconds * TOKENS_PER_SPEECH_S)
+            utterances[str(seconds)] = {"pass_s": median_time(lambda: run["generate"](utterance, n), reps), "tokens": n,
+                                        "prompt_tokens": int(utterance.input_ids.shape[1])}
         rows = {f"decode_step_ms_{n}rows": run["step_ms"](n, int(batch.input_ids.shape[1])) for n in (1, 8)} if "step_ms" in run else {}
     from glm_asr.runtime import cpu
 
@@ -169,6 +181,7 @@ def worker(system: str, dtype_name: str, checkpoint: Path, reps: int, decode_tok
         "decode_ms_per_token": decode_ms,
         "rtf_30s_100tok": e2e_s / 30.0,
         "tokens": tokens,  # the end-to-end run's 100 greedy ids: agreement between systems
+        "utterances": utterances,
         **rows,
     }
 
@@ -531,6 +544,13 @@ def main() -> int:
         record["encoder_arithmetic"] = arithmetic
         record["encoder_limit_s"] = audio_limit_s(costs["encoder_flops_per_window"], arithmetic, limits)
         record["encoder_vs_limit"] = record["encoder_s_per_window"] / record["encoder_limit_s"]
+        for u in record.get("utterances", {}).values():
+            # its window, its prompt's products at the decoder's arithmetic rate (or one read of the weights, if
+            # that takes longer), and its tokens at the weight-read limit
+            rate = limits["matmul_gops_int8"] if dtype.startswith("int") else limits[f"matmul_gflops_{'bf16' if dtype == 'bf16' else 'fp32'}"]
+            prefill = max(2 * costs["decoder_params_per_token"] * u["prompt_tokens"] / (rate * 1e9), record["decode_limit_ms_per_token"] / 1e3)
+            u["limit_s"] = record["encoder_limit_s"] + prefill + u["tokens"] * record["decode_limit_ms_per_token"] / 1e3
+            u["vs_limit"] = u["pass_s"] / u["limit_s"]
     add_speedups(records)
     # Greedy-token agreement with the first fp32 system run (ours, when it ran; else the first system): fp32
     # systems should agree exactly; the others report how far they drift. Random weights: the ids mean
@@ -624,6 +644,10 @@ def print_table(records: list[dict], limits: dict, tokenizer: dict, preset: str)
             x = r["speedup_vs_transformers"]
             print(f"{r['system']} {r['dtype']} against {r['speedup_vs']}: decode {x['decode']:.2f}x, audio path {x['audio_path']:.2f}x, "
                   f"prefill {x['prefill']:.2f}x, end to end {x['end_to_end']:.2f}x faster")
+    for r in records:
+        for seconds, u in r.get("utterances", {}).items():
+            print(f"{r['system']} {r['dtype']}: one {seconds} s utterance's pass (its window, a {u['prompt_tokens']}-token prefill, "
+                  f"{u['tokens']} tokens) {u['pass_s']:.2f} s, {u['vs_limit']:.2f}x its limit {u['limit_s']:.2f} s")
     for r in records:
         if "decode_step_ms_8rows" in r:
             one, eight = r["decode_step_ms_1rows"], r["decode_step_ms_8rows"]
