@@ -8,7 +8,11 @@ and takes int8 dot products (AVX2's `vpmaddubsw`, VNNI's `vpdpbusd`, AMX where p
 
 This is a hybrid, not the ONNX backend: each decoder linear layer becomes a one-node onnxruntime graph
 (`NBitsLinear`), and everything else (embedding, norms, RoPE, attention, the KV cache, greedy decoding) stays
-this project's PyTorch code. Weights: symmetric 4-bit, one fp32 scale per `block` input channels of a row
+this project's PyTorch code. Only single rows (batch-1 decode steps) take the 4-bit kernel: at 2 rows and more
+its per-block activation quantisation made it slower than PyTorch's int8 kernel on every row count measured
+(`tools/bench.py --kernels`: 2.2x slower at 8 rows, 1.8x at 64, on AVX2), so the layer also keeps int8
+weights (`runtime/quantize.py` `Int8Linear`) for prompts and batched steps: 1.6 bytes a weight in all, against
+4 for fp32. Weights: symmetric 4-bit, one fp32 scale per `block` input channels of a row
 (w = (q - 8) * scale, q in 0..15, scale = absmax / 7); `MatMulNBits`'s packing: two values a byte, the
 even channel in the low nibble.
 
@@ -21,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from glm_asr.onnx.extra import require  # the hint that names the extra; imports nothing heavy
+from glm_asr.onnx.extra import require
+from glm_asr.runtime.quantize import Int8Linear  # the hint that names the extra; imports nothing heavy
 
 BLOCK = 32
 ACCURACY_LEVEL = 4  # int8 activations per block, int8 dot products: the fast CPU path
@@ -82,12 +87,15 @@ class NBitsLinear(nn.Module):
         codes, scale = pack_4bit(nn.functional.pad(weight, (0, self.k_pad)), block)
         bias = None if linear.bias is None else linear.bias.detach().float()
         self._session = _session(codes, scale, bias, block, torch.get_num_threads())
+        self.rows = Int8Linear(linear)  # products of 2 rows or more (module doc)
         self.in_features, self.out_features, self.block = K, N, block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32:
             raise TypeError(f"NBitsLinear takes fp32 activations, got {x.dtype}: quantise an fp32 model")
         rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] > 1:
+            return self.rows(x)
         if self.k_pad:
             rows = nn.functional.pad(rows, (0, self.k_pad))
         (y,) = self._session.run(None, {"x": rows.contiguous().numpy()})
