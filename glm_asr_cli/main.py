@@ -8,6 +8,7 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from glm_asr_cli.devices import check_device
+from glm_asr_cli.fast import DECODER_KINDS, FAST_HELP, apply_fast
 
 
 def _conformance(args: argparse.Namespace) -> int:
@@ -123,6 +124,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     from glm_asr.transcription.transcribe import load_model_and_processor
 
     plan = corpus_cli.prepare(args)
+    apply_fast(args)
     dtype = getattr(torch, DTYPES[args.dtype])
     if args.backend == "torch" and args.ray is None:
         check_device(args.device)
@@ -157,13 +159,15 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from glm_asr.runtime import cpu
+    from glm_asr.runtime import cpu, fastest
 
     if args.recalibrate:
         cpu.calibrate(refresh=True)
         cpu.calibrate_gemm(refresh=True)
     print(cpu.describe())
+    print(fastest.describe(fastest.fast_path(refresh=args.recalibrate)))
     return 0
+
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -238,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--random", default=None, choices=["small", "full"], help="random preset when --model is not given (default: small)")
     tr.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     tr.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="weights and activations")
-    tr.add_argument("--quantize", choices=["int8", "int4"], default=None,
-                    help="int8 decoder weights, or weight-only int4 (half int8's bytes): faster CPU decoding, approximate (fp32 on the CPU only)")
+    tr.add_argument("--quantize", choices=list(DECODER_KINDS), default=None,
+                    help="int8 decoder weights, weight-only int4 (half int8's bytes), or int4-ort (4-bit on onnxruntime's kernels, "
+                         "glm-asr[onnx]): faster CPU decoding, approximate (fp32 on the CPU only)")
+    tr.add_argument("--fast", action="store_true", help=FAST_HELP)
     tr.add_argument("--quantize-audio", choices=["int8", "bf16"], default=None,
                     help="audio encoder and projector in int8 or bf16: faster where the CPU has VNNI, AVX-512 BF16 or AMX "
                          "(see `glm-asr info`), approximate (fp32 on the CPU only)")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from glm_asr_cli.fast import DECODER_KINDS, FAST_HELP, apply_fast
+
 MODEL_OPTIONS_HELP = "the same model options as `glm-asr transcribe`"
 
 
@@ -18,7 +20,9 @@ def add_parser(sub: argparse._SubParsersAction, dtypes: dict[str, str], formatte
     sv.add_argument("--random", default="small", choices=["small", "full"], help="random preset when --model is not given")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     sv.add_argument("--dtype", default="fp32", choices=list(dtypes), help="weights and activations")
-    sv.add_argument("--quantize", choices=["int8", "int4"], default=None, help="int8 or weight-only int4 decoder weights (fp32 on the CPU only)")
+    sv.add_argument("--quantize", choices=list(DECODER_KINDS), default=None,
+                    help="int8, weight-only int4 or int4-ort (4-bit on onnxruntime's kernels) decoder weights (fp32 on the CPU only)")
+    sv.add_argument("--fast", action="store_true", help=FAST_HELP)
     sv.add_argument("--quantize-audio", choices=["int8", "bf16"], default=None, help="audio encoder and projector in int8 or bf16")
     sv.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="onnxruntime: run an exported --onnx-dir")
     sv.add_argument("--onnx-dir", type=Path, default=None, help="folder written by tools/export_onnx.py (with --backend onnxruntime)")
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from glm_asr_cli.devices import check_device
 
     check_device(args.device)  # before the model loads: one line, as `transcribe` says it, not torch's traceback
+    apply_fast(args)
     limits = Limits(max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_audio_seconds=args.max_audio_seconds,
                     max_queue=args.max_queue, decode_seconds=args.decode_timeout)
     names = tuple(args.served_model_name or (MODEL_NAME,))

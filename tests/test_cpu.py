@@ -122,8 +122,12 @@ def test_info_prints_the_class_and_every_choice(capsys, monkeypatch):
     monkeypatch.setenv(cpu.FORCE_ENV, "matvec=torch,fp32_gemm=torch,fp32_few_rows=onednn")  # no calibration in the test
     monkeypatch.setattr(cpu, "_choices", None)
     monkeypatch.setattr(cpu, "_rules", None)
+    from glm_asr.runtime import fastest  # its timings are tests/test_fastest.py's
+
+    monkeypatch.setattr(fastest, "fast_path", lambda refresh=False: fastest.FastPath("int8", None, {"decoder": "measured", "audio": "measured"}))
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert f"class: {cpu.features().cpu_class}" in out
-    for text in ("fp32 GEMMs (32+ rows)", "fp32 few rows (2-31)", "bf16:", "bf16 decode weights", "fp32 decode matvec: torch", "int8 activations", "int8 encoder GEMMs", "threads"):
+    for text in ("fp32 GEMMs (32+ rows)", "fp32 few rows (2-31)", "bf16:", "bf16 decode weights", "fp32 decode matvec: torch", "int8 activations", "int8 encoder GEMMs", "threads",
+                 "--fast decoder: int8", "--fast audio path: fp32"):
         assert text in out
