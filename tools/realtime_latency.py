@@ -109,7 +109,12 @@ def breakdown(model_args: list[str], clip: np.ndarray, tokens: int) -> dict[str,
     ap.add_argument("--random", default="small")
     ap.add_argument("--quantize", default=None)
     ap.add_argument("--quantize-audio", default=None)
+    ap.add_argument("--fast", action="store_true")
     opts, _ = ap.parse_known_args(model_args)
+    if opts.fast:  # what the server's --fast took: the same measured (cached) answer
+        from glm_asr.runtime.fastest import fast_path
+
+        opts.quantize, opts.quantize_audio = fast_path().decoder, fast_path().audio
     model, processor = load_model_and_processor(opts.model, random_preset=opts.random, quantize=opts.quantize,
                                                 quantize_audio_path=opts.quantize_audio)
 
