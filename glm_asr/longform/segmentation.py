@@ -37,6 +37,7 @@ Region = tuple[int, int]  # [start, end) in samples
 LOOKBACK_CHUNKS = 94  # 3 s: how far a region's start may move back to where its sound began
 LOOKBACK_DB = 10.0  # over the quietest chunk of those 3 s
 DIGITAL_SILENCE_DB = -90.0  # chunks this quiet are no floor: they are zeros, or dither
+LOOKBACK_BRIDGE = 3  # chunks either side: a chunk counts as loud when one within 96 ms of it is (dips up to 192 ms bridged)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Regions:
         if not heard:
             return at
         floor = min(heard) + LOOKBACK_DB
-        smooth = [max(levels[max(i - 1, 0) : i + 2]) for i in range(len(levels))]
+        smooth = [max(levels[max(i - LOOKBACK_BRIDGE, 0) : i + LOOKBACK_BRIDGE + 1]) for i in range(len(levels))]
         back = 0
         while back < len(smooth) and smooth[-1 - back] >= floor:
             back += 1
