@@ -6,7 +6,8 @@ equal samples give equal regions however they arrive.
 
 1. `Regions`: silero-vad's hysteresis (get_speech_timestamps 6.2.3), online: a region starts at the first
    chunk at or over `threshold` and ends where the probability fell under `neg_threshold` and stayed there
-   `min_silence_duration_ms` (chunks between the two thresholds neither start nor end one); regions shorter
+   `min_silence_duration_ms` (silero-vad lets chunks between the two thresholds count as pause; with the gain
+   on, ours, they break it: `Regions.unbroken`); regions shorter
    than `min_speech_duration_ms` are dropped; `speech_pad_ms` is added on each side. Unlike silero-vad,
    which splits a gap shorter than two pads in the middle (and so must see the next region first), the
    earlier region keeps its whole pad and the next one starts where it ends: a region is final
@@ -37,6 +38,11 @@ Region = tuple[int, int]  # [start, end) in samples
 LOOKBACK_CHUNKS = 94  # 3 s: how far a region's start may move back to where its sound began
 LOOKBACK_DB = 10.0  # over the quietest chunk of those 3 s
 DIGITAL_SILENCE_DB = -90.0  # chunks this quiet are no floor: they are zeros, or dither
+# A region is kept only if one of its 32 ms chunks reaches this RMS level (dBFS; before the gain). The gain raises
+# room tone by up to 40 dB, and Silero hears example_en.wav's (-76 dBFS RMS, its loudest chunk -70.5) as speech;
+# the quietest speech measured (tools/vad_levels.py: utterances at -55 dBFS RMS; example_zh.wav's loudest chunk
+# -48.7) is well over it. Only with levels (the gain's path): silero-vad's own rule has no floor.
+SPEECH_FLOOR_DB = -60.0
 LOOKBACK_BRIDGE = 3  # chunks either side: a chunk counts as loud when one within 96 ms of it is (dips up to 192 ms bridged)
 
 
@@ -75,8 +81,16 @@ class Regions:
         self.threshold, self.negative = opts.threshold, opts.negative
         self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
         self.pad = opts.speech_pad_ms * ms
+        # silero-vad counts a pause from the first chunk under neg_threshold, and only a chunk at or over the
+        # threshold ends it: chunks in between count as pause. Over 8 kHz G.711 the quiet example_zh.wav, raised
+        # by the gain with its quantisation noise, scores 0.12-0.3 for 1.5 s mid-sentence, one chunk under 0.15
+        # and none over 0.35 for 0.7 s: silero's rule cut it in two. With the gain on (ours), a pause is chunks
+        # under neg_threshold only, without a break; max_gain 1 keeps silero-vad's own rule.
+        self.unbroken = opts.max_gain > 1.0
         self.chunks = 0  # chunks pushed so far
         self.levels: deque[float] = deque(maxlen=LOOKBACK_CHUNKS + 1)  # the last 3 s of chunk levels, and this one's
+        self.loudest = -100.0  # the loudest chunk (dB) of the region in progress, from its onset (SPEECH_FLOOR_DB)
+        self.floor = -100.0  # SPEECH_FLOOR_DB once a level is given
         self.onset = 0  # the first chunk at or over the threshold of the region in progress
         self.begin: int | None = None  # where its sound began: the onset, or earlier (`_look_back`)
         self.silent_from = 0  # where the probability fell under neg_threshold inside it (0: it has not)
@@ -89,22 +103,32 @@ class Regions:
         at = self.chunks * CHUNK_SAMPLES
         self.chunks += 1
         self.levels.append(-100.0 if level is None else level)
+        if level is not None:
+            self.floor = SPEECH_FLOOR_DB
         out = self._settle(at)
         if self.begin is None:
             if p >= self.threshold:
                 self.onset, self.silent_from = at, 0
                 self.begin = self._look_back(at) if level is not None else at
+                self.loudest = -100.0 if level is None else level
+        elif level is not None and level > self.loudest:
+            self.loudest = level
+        if self.begin is None or self.onset == at:
+            pass
         elif p >= self.threshold:
             self.silent_from = 0
         elif p < self.negative:
             self.silent_from = self.silent_from or at
             if at - self.silent_from >= self.min_silence:  # silero's condition, tested on the chunk's start
-                if self.silent_from - self.onset > self.min_speech:
+                if self.silent_from - self.onset > self.min_speech and self.loudest >= self.floor:
                     self._close(self.silent_from)
                 self.begin = self.started = None
                 out += self._settle(at)
                 return out
-        if self.begin is not None and self.started is None and not self.silent_from and at + CHUNK_SAMPLES - self.onset > self.min_speech:
+        elif self.unbroken:
+            self.silent_from = 0  # between the thresholds: the pause so far is broken
+        if (self.begin is not None and self.started is None and not self.silent_from and at + CHUNK_SAMPLES - self.onset > self.min_speech
+                and self.loudest >= self.floor):
             self.started = self._padded_start(self.begin)  # kept whatever comes: its silence starts at the next chunk at the earliest
         return out
 
@@ -114,7 +138,7 @@ class Regions:
         if self.closed is not None:
             out.append((self.closed[0], min(n_samples, self.closed[1] + self.pad)))
             self.last_end, self.closed = out[-1][1], None
-        if self.begin is not None and n_samples - self.onset > self.min_speech:
+        if self.begin is not None and n_samples - self.onset > self.min_speech and self.loudest >= self.floor:
             out.append((self._padded_start(self.begin), n_samples))
             self.last_end = n_samples
         self.begin = self.started = None
