@@ -262,7 +262,7 @@ def test_real_speech_composites_are_never_cut_inside_speech(tiny):
         measured, pieces = vad_boundaries.measure(comp)
         assert measured.missed == 0 and measured.cuts_inside_speech == 0 and measured.noise_detected_s == 0.0, (seed, measured)
         assert measured.straddling_in_one_piece, seed
-        # the issue's goals: no start more than 0.25 s late (seed 0's second quiet clip was 1.45 s late before the
+        # docs/longform.md's goals: no start more than 0.25 s late (seed 0's second quiet clip was 1.45 s late before the
         # look-back bridged dips of 192 ms), every clip's speech at least 95% inside regions
         assert max(measured.start_errors_ms) <= 250 and min(measured.covered) >= 0.95, (seed, measured)
         lo, hi = comp.speech[comp.straddling]
