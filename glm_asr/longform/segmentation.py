@@ -41,7 +41,7 @@ DIGITAL_SILENCE_DB = -90.0  # chunks this quiet are no floor: they are zeros, or
 # A region is kept only if one of its 32 ms chunks reaches this RMS level (dBFS; before the gain). The gain raises
 # room tone by up to 40 dB, and Silero hears example_en.wav's (-76 dBFS RMS, its loudest chunk -70.5) as speech;
 # the quietest speech measured (tools/vad_levels.py: utterances at -55 dBFS RMS; example_zh.wav's loudest chunk
-# -48.7) is well over it. Only with levels (the gain's path): silero-vad's own rule has no floor.
+# -48.7) is well over it. Only with levels and the gain on (max_gain > 1): silero-vad's own rule has no floor.
 SPEECH_FLOOR_DB = -60.0
 LOOKBACK_BRIDGE = 3  # chunks either side: a chunk counts as loud when one within 96 ms of it is (dips up to 192 ms bridged)
 
@@ -95,7 +95,7 @@ class Regions:
         self.chunks = 0  # chunks pushed so far
         self.levels: deque[float] = deque(maxlen=LOOKBACK_CHUNKS + 1)  # the last 3 s of chunk levels, and this one's
         self.loudest = -100.0  # the loudest chunk (dB) of the region in progress, from its onset (SPEECH_FLOOR_DB)
-        self.floor = -100.0  # SPEECH_FLOOR_DB once a level is given
+        self.floor = -100.0  # SPEECH_FLOOR_DB once a level is given with the gain on
         self.onset = 0  # the first chunk at or over the threshold of the region in progress
         self.begin: int | None = None  # where its sound began: the onset, or earlier (`_look_back`)
         self.silent_from = 0  # where the probability fell under neg_threshold inside it (0: it has not)
@@ -109,7 +109,7 @@ class Regions:
         at = self.chunks * CHUNK_SAMPLES
         self.chunks += 1
         self.levels.append(-100.0 if level is None else level)
-        if level is not None:
+        if level is not None and self.unbroken:  # the floor is the gain's counterpart: max_gain 1 has neither
             self.floor = SPEECH_FLOOR_DB
         out = self._settle(at)
         if self.begin is None:
