@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                "missed": sum(r.missed for r in rows), "cuts_inside_speech": sum(r.cuts_inside_speech for r in rows),
                "straddling_in_one_piece": sum(r.straddling_in_one_piece for r in rows),
                "noise_detected_s": round(sum(r.noise_detected_s for r in rows), 3),
-               "least_covered": {name: min((c for r in rows for n, c in zip(r.names, r.covered) if n == name), default=None) for name in ("en", "zh")}, "max_gain": args.max_gain, "zh_gain": args.zh_gain}
+               "least_covered": {name: min((c for r in rows for n, c in zip(r.names, r.covered) if n == name), default=None)
+                                 for name in ("en", "zh")}, "max_gain": args.max_gain, "zh_gain": args.zh_gain}
     for key, values in errors.items():
         v = np.asarray(values)
         summary[f"{key}_error_ms"] = {"n": int(v.size), "median": float(np.median(v)), "p10": float(np.percentile(v, 10)),

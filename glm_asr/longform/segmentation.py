@@ -43,7 +43,7 @@ DIGITAL_SILENCE_DB = -90.0  # chunks this quiet are no floor: they are zeros, or
 # the quietest speech measured (tools/vad_levels.py: utterances at -55 dBFS RMS; example_zh.wav's loudest chunk
 # -48.7) is well over it. Only with levels and the gain on (max_gain > 1): silero-vad's own rule has no floor.
 SPEECH_FLOOR_DB = -60.0
-LOOKBACK_BRIDGE = 3  # chunks either side: a chunk counts as loud when one within 96 ms of it is (dips up to 192 ms bridged)
+LOOKBACK_BRIDGE = 3  # chunks either side: a chunk counts as loud when one within 96 ms of it is (192 ms dips bridged)
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,9 @@ class Regions:
         """Where the sound of speech starting at `at` began: Silero's probability can stay low for a second or two
         of quiet speech before it rises (example_zh.wav's first words, depending on where the 32 ms chunks fall),
         so the start moves back over the chunks before it that are LOOKBACK_DB louder than the quietest of the
-        last 3 s (a maximum over LOOKBACK_BRIDGE chunks either side bridges dips of up to 192 ms between syllables:
-        at one chunk either side, seed 0 of tools/vad_boundaries.py started 1.45 s late); in steady noise nothing is that loud."""
+        last 3 s (a maximum over LOOKBACK_BRIDGE chunks either side bridges dips of up to 192 ms between
+        syllables: at one chunk either side, seed 0 of tools/vad_boundaries.py started 1.45 s late); in steady
+        noise nothing is that loud."""
         levels = list(self.levels)[:-1]  # the chunks before this one, oldest first
         heard = [v for v in levels if v > DIGITAL_SILENCE_DB]  # a floor of digital silence would let any hiss count
         if not heard:
