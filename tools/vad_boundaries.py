@@ -2,6 +2,7 @@
 
     python tools/vad_boundaries.py                 # the composites of seeds 0..9, figures in ms
     python tools/vad_boundaries.py --seeds 3 --json vad.json
+    python tools/vad_boundaries.py --zh-gain 20    # the Chinese clip amplified x20 (its peak near -12 dBFS)
 
 A composite lays the real clips of ../shared/audio (example_en.wav 10.6 s, example_zh.wav 6.0 s, a quiet
 voice) at known places among digital silence and white noise of known lengths and levels; one English clip
@@ -10,7 +11,8 @@ measured on the clean clip once (the first and last 10 ms frame within 35 dB of 
 moved to where it was laid. Reported: the error of the detected bounds (the first region that overlaps a
 clip's speech and the last one; regions carry the padding, 400 ms by default) in ms, cuts (piece bounds) that split
 a clip's speech between two pieces, whether the straddling clip is decoded in exactly one piece, and speech
-detected inside the noise.
+detected inside the noise, and the least fraction of a clip's speech inside regions. `--zh-gain 20` raises the
+Chinese clip to a normal level (peak about -12 dBFS), as in the composites of issue 29.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def composite(seed: int, en: np.ndarray, zh: np.ndarray) -> Composite:
 class Measured:
     names: list[str]  # of the clips detected, in order
     start_errors_ms: list[float]
+    covered: list[float]  # of each detected clip's speech, the fraction inside a region
     end_errors_ms: list[float]
     missed: int  # clips with no region at all
     cuts_inside_speech: int  # piece bounds that split a clip's speech between two pieces
@@ -121,13 +124,14 @@ def measure(comp: Composite, opts: VadOptions = VadOptions()) -> tuple[Measured,
     regions = speech_regions(probs, n, opts, levels)
     pieces = pack(cut_long(regions, probs), max_gap_s=opts.max_gap_s)
     sec = [(s / SAMPLING_RATE, e / SAMPLING_RATE) for s, e in regions]
-    names, starts, ends, missed = [], [], [], 0
+    names, starts, ends, covered, missed = [], [], [], [], 0
     for name, (lo, hi) in zip(comp.names, comp.speech):
         overlapping = [(s, e) for s, e in sec if s < hi and e > lo]
         if not overlapping:
             missed += 1
             continue
         names.append(name)
+        covered.append(round(sum(min(e, hi) - max(s, lo) for s, e in overlapping) / (hi - lo), 4))
         starts.append(round(float(overlapping[0][0] - lo) * 1000, 1))
         ends.append(round(float(overlapping[-1][1] - hi) * 1000, 1))
     spans = [(p.start / SAMPLING_RATE, p.end / SAMPLING_RATE) for p in pieces]
@@ -135,7 +139,7 @@ def measure(comp: Composite, opts: VadOptions = VadOptions()) -> tuple[Measured,
     inside = int(sum(max(c - 1, 0) for c in covering))
     one_piece = bool(covering[comp.straddling] == 1)
     noisy = sum(max(0.0, min(e, b) - max(s, a)) for a, b in comp.noise for s, e in sec)
-    return Measured(names, starts, ends, missed, inside, one_piece, round(float(noisy), 3)), pieces
+    return Measured(names, starts, covered, ends, missed, inside, one_piece, round(float(noisy), 3)), pieces
 
 
 def clips(folder: Path = AUDIO) -> tuple[np.ndarray, np.ndarray]:
@@ -147,12 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=10, help="composites 0..N-1")
     parser.add_argument("--max-gain", type=float, default=VadOptions.max_gain, help="1: Silero on the raw level")
     parser.add_argument("--audio", type=Path, default=AUDIO, help="folder of example_en.wav and example_zh.wav (default: ../shared/audio)")
+    parser.add_argument("--zh-gain", type=float, default=1.0, help="amplitude factor on example_zh.wav (20: a normal level)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if not (args.audio / "example_en.wav").is_file():
         print(f"vad_boundaries: no example_en.wav in {args.audio}; expected the shared clips beside the checkout, or --audio DIR", file=sys.stderr)
         return 2
     en, zh = clips(args.audio)
+    zh = np.clip(zh * args.zh_gain, -1.0, 1.0).astype(np.float32)
     opts = VadOptions(max_gain=args.max_gain)
     rows = [measure(composite(seed, en, zh), opts)[0] for seed in range(args.seeds)]
     errors = {f"{name}_{side}": [e for r in rows for n, e in zip(r.names, getattr(r, f"{side}_errors_ms")) if n == name]
@@ -160,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"composites": args.seeds, "clips": sum(len(r.start_errors_ms) + r.missed for r in rows),
                "missed": sum(r.missed for r in rows), "cuts_inside_speech": sum(r.cuts_inside_speech for r in rows),
                "straddling_in_one_piece": sum(r.straddling_in_one_piece for r in rows),
-               "noise_detected_s": round(sum(r.noise_detected_s for r in rows), 3), "max_gain": args.max_gain}
+               "noise_detected_s": round(sum(r.noise_detected_s for r in rows), 3),
+               "least_covered": {name: min((c for r in rows for n, c in zip(r.names, r.covered) if n == name), default=None)
+                                 for name in ("en", "zh")}, "max_gain": args.max_gain, "zh_gain": args.zh_gain}
     for key, values in errors.items():
         v = np.asarray(values)
         summary[f"{key}_error_ms"] = {"n": int(v.size), "median": float(np.median(v)), "p10": float(np.percentile(v, 10)),

@@ -4,6 +4,7 @@
     python tools/vad_levels.py --path live          # the same audio through the live stream's Segmenter
     python tools/vad_levels.py --json levels.json   # every clip's figures too
     python tools/vad_levels.py --pieces             # windows per hour and cue lengths by piece length and gap
+    python tools/vad_levels.py --pieces --cost 4    # and the decode's wall time per hour, random small model
 
 A composite lays 10 utterances, each at its own level (-55..-10 dBFS in a random order, so a quiet voice
 often follows a loud one), drawn so that no level, language or voice dominates, among gaps of 0.3-3 s filled
@@ -183,6 +184,48 @@ def piece_table(audios: list[np.ndarray], opts: VadOptions) -> str:
     return "\n".join(out)
 
 
+COST_SETTINGS = ((7.0, 0.0), (15.0, 0.0), (15.0, 2.0), (30.0, 0.0), (30.0, 5.0))
+
+
+def cost_table(audios: list[np.ndarray], opts: VadOptions, tokens: int) -> str:
+    """The wall time of `transcribe_items --vad` (as `glm-asr transcribe --vad --random small`) per hour of audio,
+    for a few piece lengths and gaps: every piece gets exactly `tokens` new tokens (eos ignored: the weights are
+    random), so what differs between rows is the per-piece cost (one padded 30 s encoder window, one prompt); the
+    decoder's work on the text, which follows the speech, is the same in every row and left out."""
+    import tempfile
+    import time
+    from dataclasses import replace
+
+    import torch
+
+    from glm_asr.corpus.batching import transcribe_items
+    from glm_asr.corpus.inputs import Item
+    from glm_asr.runtime import cpu
+    from glm_asr.transcription.transcribe import load_model_and_processor
+
+    model, processor = load_model_and_processor(None, random_preset="small")
+    hours = sum(a.size for a in audios) / SR / 3600
+    out = [f"random small model, fp32, {torch.get_num_threads()} threads, CPU class {cpu.features().cpu_class}, "
+           f"{hours * 60:.1f} min of audio, {tokens} new tokens per piece", "",
+           "| max_piece_s | max_gap_s | pieces | pieces per hour | wall s per hour of audio | wall s per piece |", "|---|---|---|---|---|---|"]
+    with tempfile.TemporaryDirectory() as folder:
+        items = []
+        for i, audio in enumerate(audios):
+            path = Path(folder) / f"c{i:02d}.wav"
+            scipy.io.wavfile.write(path, SR, audio.astype(np.float32))
+            items.append(Item(path, str(path)))
+        list(transcribe_items(model, processor, items[:1], max_new_tokens=2, batch_size=8, eos_token_id=(-1,), vad=opts))  # warm-up
+        for piece, gap in COST_SETTINGS:
+            started = time.perf_counter()
+            results = list(transcribe_items(model, processor, items, max_new_tokens=tokens, batch_size=8, eos_token_id=(-1,),
+                                            vad=replace(opts, max_piece_s=piece, max_gap_s=gap)))
+            wall = time.perf_counter() - started
+            assert not any(r.error for r in results), [r.error for r in results if r.error]
+            units = sum(len(r.segments) for r in results)
+            out.append(f"| {piece:g} | {gap:g} | {units} | {units / hours:.0f} | {wall / hours:.0f} | {wall / units:.2f} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict], noise_rows: list[dict]) -> str:
     out = ["| level (dBFS) | language | utterances | covered: least / mean | start error s: median, max late | end error s: median, min |",
            "|---|---|---|---|---|---|"]
@@ -214,11 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-gain", type=float, default=VadOptions.max_gain)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--pieces", action="store_true", help="instead: windows per hour and cue lengths by max_piece_s and max_gap_s")
+    parser.add_argument("--cost", type=int, default=0, metavar="N", help="with --pieces: also time the decode of the first N composites")
+    parser.add_argument("--tokens", type=int, default=8, help="with --cost: new tokens per piece")
     args = parser.parse_args(argv)
     opts = VadOptions(threshold=args.threshold, neg_threshold=args.neg_threshold, max_gain=args.max_gain)
     shared = dict(zip(("en", "zh"), clips(args.audio))) if (args.audio / "example_en.wav").is_file() else {}
     if args.pieces:
-        print(piece_table([composite(seed, shared, tuple(args.levels))[0] for seed in range(args.seeds)], opts))
+        audios = [composite(seed, shared, tuple(args.levels))[0] for seed in range(args.seeds)]
+        print(piece_table(audios, opts))
+        if args.cost:
+            print()
+            print(cost_table(audios[: args.cost], opts, args.tokens))
         return 0
     rows = []
     for seed in range(args.seeds):

@@ -6,7 +6,8 @@ equal samples give equal regions however they arrive.
 
 1. `Regions`: silero-vad's hysteresis (get_speech_timestamps 6.2.3), online: a region starts at the first
    chunk at or over `threshold` and ends where the probability fell under `neg_threshold` and stayed there
-   `min_silence_duration_ms` (chunks between the two thresholds neither start nor end one); regions shorter
+   `min_silence_duration_ms` (silero-vad lets chunks between the two thresholds count as pause; with the gain
+   on, ours, they break it, up to twice min_silence: `Regions.unbroken`); regions shorter
    than `min_speech_duration_ms` are dropped; `speech_pad_ms` is added on each side. Unlike silero-vad,
    which splits a gap shorter than two pads in the middle (and so must see the next region first), the
    earlier region keeps its whole pad and the next one starts where it ends: a region is final
@@ -37,6 +38,12 @@ Region = tuple[int, int]  # [start, end) in samples
 LOOKBACK_CHUNKS = 94  # 3 s: how far a region's start may move back to where its sound began
 LOOKBACK_DB = 10.0  # over the quietest chunk of those 3 s
 DIGITAL_SILENCE_DB = -90.0  # chunks this quiet are no floor: they are zeros, or dither
+# A region is kept only if one of its 32 ms chunks reaches this RMS level (dBFS; before the gain). The gain raises
+# room tone by up to 40 dB, and Silero hears example_en.wav's (-76 dBFS RMS, its loudest chunk -70.5) as speech;
+# the quietest speech measured (tools/vad_levels.py: utterances at -55 dBFS RMS; example_zh.wav's loudest chunk
+# -48.7) is well over it. Only with levels and the gain on (max_gain > 1): silero-vad's own rule has no floor.
+SPEECH_FLOOR_DB = -60.0
+LOOKBACK_BRIDGE = 3  # chunks either side: a chunk counts as loud when one within 96 ms of it is (192 ms dips bridged)
 
 
 @dataclass(frozen=True)
@@ -74,11 +81,25 @@ class Regions:
         self.threshold, self.negative = opts.threshold, opts.negative
         self.min_speech, self.min_silence = opts.min_speech_duration_ms * ms, opts.min_silence_duration_ms * ms
         self.pad = opts.speech_pad_ms * ms
+        # silero-vad counts a pause from the first chunk under neg_threshold, and only a chunk at or over the
+        # threshold ends it: chunks in between count as pause. Over 8 kHz G.711 the quiet example_zh.wav, raised
+        # by the gain with its quantisation noise, scores 0.12-0.3 for 1.5 s mid-sentence, one chunk under 0.15
+        # and none over 0.35 for 0.7 s: silero's rule cut it in two. With the gain on (ours), a pause ends a
+        # region when its chunks stay under neg_threshold without a break for min_silence (`quiet_from`), or when
+        # no chunk reached the threshold for twice that (`silent_from`, silero's clock): the second bound keeps
+        # an end in noise that Silero scores between the thresholds from running on (tools/vad_levels.py: with
+        # the first rule alone, 24 of 120 ends were over 1 s late; with both, 16; with silero's, 13). max_gain 1:
+        # silero-vad's rule.
+        self.unbroken = opts.max_gain > 1.0
+        self.long_silence = 2 * self.min_silence
         self.chunks = 0  # chunks pushed so far
         self.levels: deque[float] = deque(maxlen=LOOKBACK_CHUNKS + 1)  # the last 3 s of chunk levels, and this one's
+        self.loudest = -100.0  # the loudest chunk (dB) of the region in progress, from its onset (SPEECH_FLOOR_DB)
+        self.floor = -100.0  # SPEECH_FLOOR_DB once a level is given with the gain on
         self.onset = 0  # the first chunk at or over the threshold of the region in progress
         self.begin: int | None = None  # where its sound began: the onset, or earlier (`_look_back`)
         self.silent_from = 0  # where the probability fell under neg_threshold inside it (0: it has not)
+        self.quiet_from = 0  # where the present run of chunks under neg_threshold began (0: none)
         self.started: int | None = None  # its padded start, once it is kept
         self.closed: Region | None = None  # a region whose speech ended, waiting for its end padding
         self.last_end = 0  # the end of the last region given out: the next one starts no earlier
@@ -95,22 +116,35 @@ class Regions:
         at = self.chunks * CHUNK_SAMPLES
         self.chunks += 1
         self.levels.append(-100.0 if level is None else level)
+        if level is not None and self.unbroken:  # the floor is the gain's counterpart: max_gain 1 has neither
+            self.floor = SPEECH_FLOOR_DB
         out = self._settle(at)
         if self.begin is None:
             if p >= self.threshold:
-                self.onset, self.silent_from = at, 0
+                self.onset, self.silent_from, self.quiet_from = at, 0, 0
                 self.begin = self._look_back(at) if level is not None else at
+                self.loudest = -100.0 if level is None else level
+        elif level is not None and level > self.loudest:
+            self.loudest = level
+        if self.begin is None or self.onset == at:
+            pass
         elif p >= self.threshold:
-            self.silent_from = 0
-        elif p < self.negative:
-            self.silent_from = self.silent_from or at
-            if at - self.silent_from >= self.min_silence:  # silero's condition, tested on the chunk's start
-                if self.silent_from - self.onset > self.min_speech:
-                    self._close(self.silent_from)
+            self.silent_from = self.quiet_from = 0
+        else:
+            quiet = p < self.negative
+            if quiet:
+                self.silent_from = self.silent_from or at
+            self.quiet_from = (self.quiet_from or at) if quiet else 0  # between the thresholds: the quiet run is broken
+            end = self._pause_end(at, quiet)
+            if end is not None:
+                if end - self.onset > self.min_speech and self.loudest >= self.floor:
+                    self._close(end)
                 self.begin = self.started = None
+                self.silent_from = self.quiet_from = 0
                 out += self._settle(at)
                 return out
-        if self.begin is not None and self.started is None and not self.silent_from and at + CHUNK_SAMPLES - self.onset > self.min_speech:
+        if (self.begin is not None and self.started is None and not self.silent_from and at + CHUNK_SAMPLES - self.onset > self.min_speech
+                and self.loudest >= self.floor):
             self.started = self._padded_start(self.begin)  # kept whatever comes: its silence starts at the next chunk at the earliest
         return out
 
@@ -120,24 +154,37 @@ class Regions:
         if self.closed is not None:
             out.append((self.closed[0], min(n_samples, self.closed[1] + self.pad)))
             self.last_end, self.closed = out[-1][1], None
-        if self.begin is not None and n_samples - self.onset > self.min_speech:
+        if self.begin is not None and n_samples - self.onset > self.min_speech and self.loudest >= self.floor:
             out.append((self._padded_start(self.begin), n_samples))
             self.last_end = n_samples
         self.begin = self.started = None
-        self.silent_from = 0
+        self.silent_from = self.quiet_from = 0
         return [r for r in out if r[1] > r[0]]
+
+    def _pause_end(self, at: int, quiet: bool) -> int | None:
+        """Where the region in progress ends, if the pause up to chunk `at` ends it (the conditions are tested on
+        the chunk's start, as silero-vad's), else None."""
+        if not self.silent_from:
+            return None
+        if not self.unbroken:
+            return self.silent_from if quiet and at - self.silent_from >= self.min_silence else None
+        if quiet and at - self.quiet_from >= self.min_silence:
+            return self.quiet_from
+        return self.silent_from if at - self.silent_from >= self.long_silence else None
 
     def _look_back(self, at: int) -> int:
         """Where the sound of speech starting at `at` began: Silero's probability can stay low for a second or two
         of quiet speech before it rises (example_zh.wav's first words, depending on where the 32 ms chunks fall),
         so the start moves back over the chunks before it that are LOOKBACK_DB louder than the quietest of the
-        last 3 s (a 96 ms maximum bridges the dips between syllables); in steady noise nothing is that loud."""
+        last 3 s (a maximum over LOOKBACK_BRIDGE chunks either side bridges dips of up to 192 ms between
+        syllables: at one chunk either side, seed 0 of tools/vad_boundaries.py started 1.45 s late); in steady
+        noise nothing is that loud."""
         levels = list(self.levels)[:-1]  # the chunks before this one, oldest first
         heard = [v for v in levels if v > DIGITAL_SILENCE_DB]  # a floor of digital silence would let any hiss count
         if not heard:
             return at
         floor = min(heard) + LOOKBACK_DB
-        smooth = [max(levels[max(i - 1, 0) : i + 2]) for i in range(len(levels))]
+        smooth = [max(levels[max(i - LOOKBACK_BRIDGE, 0) : i + LOOKBACK_BRIDGE + 1]) for i in range(len(levels))]
         back = 0
         while back < len(smooth) and smooth[-1 - back] >= floor:
             back += 1
