@@ -5,8 +5,8 @@ inside). Units join the running batch between decode steps (continuous batching,
 one per step, the request with the fewest rows decoding first, while fewer than `batch_size` rows decode; and
 a request with no row decoding joins even when none is free (up to twice `batch_size` rows), so a 3 s request
 that arrives while a 10 minute one is decoding starts after at most one window's encoder pass instead of
-waiting for the running rows to end (`_admit` has the rules); while it decodes, the long request steps one
-row and adds no window (`_hold`, `_admit`). A request's text equals `glm-asr transcribe
+waiting for the running rows to end (`_admit` has the rules); while it decodes, the long request adds no
+window and its rows step only on every fourth step, one row (`_hold`). A request's text equals `glm-asr transcribe
 --chunked` on the same audio (the same units, token budgets and result assembly as the corpus path).
 A cancelled request (its client went away, or its handler was cancelled) has its queued units dropped and its
 rows taken out of the running batch before the next step.
@@ -34,6 +34,9 @@ from glm_asr.serve.limits import ApiError, Limits
 from glm_asr.serve.metrics import Metrics
 from glm_asr.transcription.processor import Processor
 from glm_asr.transcription.transcribe import _join
+
+
+SHARE_EVERY = 4  # while a newcomer's first window decodes, a long request steps on one step in this many (_hold)
 
 
 class Job:
@@ -101,6 +104,7 @@ class Scheduler:
         self.owners: dict[int, Job] = {}  # id of each unit in the running batch (or joining it) -> its request
         self.cond = threading.Condition()
         self.stopping = False
+        self.steps = 0  # decode steps run (see _hold)
         self.thread = threading.Thread(target=self._work, daemon=True, name="glm-asr-scheduler")
 
     def _new_batch(self) -> RunningBatch | WholeBatch:
@@ -188,21 +192,23 @@ class Scheduler:
         return taken
 
     def _hold(self, units: list[Unit]) -> set[int]:
-        """The rows that sit the next step out (ids of their units): while a request's first window decodes, any
-        other request steps one row, its earliest window's, and holds the rest. A step's cost grows with its
-        rows (14 ms for one row, 34 ms for nine on the small preset here), so a newcomer decoding beside a long
-        request's eight rows took 2.4x its time alone; the long request's held rows go on once it is answered.
-        A request of one window (every request at 16 clients of 10 s clips) holds nothing."""
+        """The rows that sit the next step out (ids of their units). While a request's first window decodes, a
+        request with more than one window begun holds its rows, except on every `SHARE_EVERY`-th step, where
+        its earliest window's row steps: a decode step of one row runs on the single-row kernel, 11 to 19 ms
+        on the small preset here against 23 to 48 ms for 2 to 9 rows (docs/serving.md), so the newcomer
+        decodes at its speed alone; the shared steps keep a stream of short requests from stopping a long one.
+        Requests of one window (every request at 16 clients of 10 s clips) hold nothing."""
         rows: dict[int, list[Unit]] = {}
         for unit in units:
             if (job := self.owners.get(id(unit))) is not None and not job.cancelled:
                 rows.setdefault(id(job), []).append(unit)
-        firsts = {id(job) for job in self.jobs if id(job) in rows and any(u is job.units[0] for u in rows[id(job)])}
+        jobs = {id(job): job for job in self.jobs if id(job) in rows}
+        firsts = {key for key, job in jobs.items() if any(u is job.units[0] for u in rows[key])}
         hold: set[int] = set()
         for key, own in rows.items():
-            if len(own) > 1 and firsts - {key}:
-                order = {id(u): i for i, u in enumerate(self.owners[id(own[0])].units)}
-                kept = min(own, key=lambda u: order[id(u)])
+            if key in jobs and jobs[key].next > 1 and firsts - {key}:
+                order = {id(u): i for i, u in enumerate(jobs[key].units)}
+                kept = min(own, key=lambda u: order[id(u)]) if self.steps % SHARE_EVERY == 0 else None
                 hold |= {id(u) for u in own if u is not kept}
         return hold
 
@@ -216,6 +222,7 @@ class Scheduler:
                 if not joining and not len(self.batch) and not dropped:  # stopping, and nothing left to decode
                     return
                 hold = self._hold([*self.batch.units(), *joining])
+                self.steps += 1
             try:
                 self.batch.drop(dropped)
                 ended = self.batch.join(joining)
