@@ -497,14 +497,17 @@ def _run(scheduler: Scheduler, jobs: list[Job], arrivals: dict[int, list[Job]], 
     return joins
 
 
-@pytest.mark.parametrize("batch_size, joins", [
+@pytest.mark.parametrize("batch_size, share_every, joins", [
     # (rows decoding, units joining): a request with no row decoding may join past --batch-size; but while the
     # short one's first window decodes, the long request adds no window (whose encoder pass would stall it),
-    # even once its own first window has ended (a step before the short one's): its second joins after
-    (1, [(0, ["long"]), (1, ["short"]), (0, ["long"]), (0, ["long"])]),
-    (4, [(0, ["long"]), (1, ["short"]), (0, ["long"]), (1, ["long"])]),
+    # even where its own first window has ended: its second joins after the short one is answered. (With
+    # --batch-size 4 its first window mostly sits out the short one's steps, so it ends after.)
+    (1, 4, [(0, ["long"]), (1, ["short"]), (0, ["long"]), (0, ["long"])]),
+    (4, 4, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (2, ["long"])]),
+    # the long request's first window steps every step (so it ends a step before the short one's): still no window
+    (4, 1, [(0, ["long"]), (1, ["short"]), (0, ["long"]), (1, ["long"])]),
 ])
-def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch, batch_size, joins):
+def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch, batch_size, share_every, joins):
     """Continuous batching: a 3 s request sent while a 3-window one decodes joins at the next decode step, even
     with every row taken, and is answered first; the long one's windows join one per step."""
     model, processor = small
@@ -512,6 +515,7 @@ def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeyp
     asyncio.set_event_loop(loop)
     try:
         scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=batch_size, max_new_tokens=4)
+        monkeypatch.setattr(scheduler_module, "SHARE_EVERY", share_every)
         long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
         order = []
         long.done.add_done_callback(lambda f: order.append("long"))

@@ -193,20 +193,23 @@ class Scheduler:
 
     def _hold(self, units: list[Unit]) -> set[int]:
         """The rows that sit the next step out (ids of their units). While a request's first window decodes, a
-        request with more than one window begun holds its rows, except on every `SHARE_EVERY`-th step, where
-        its earliest window's row steps: a decode step of one row runs on the single-row kernel, 11 to 19 ms
-        on the small preset here against 23 to 48 ms for 2 to 9 rows (docs/serving.md), so the newcomer
-        decodes at its speed alone; the shared steps keep a stream of short requests from stopping a long one.
-        Requests of one window (every request at 16 clients of 10 s clips) hold nothing."""
+        request of more than one window that arrived before it holds its rows (its own first window's too),
+        except on every `SHARE_EVERY`-th step, where its earliest window's row steps. A decode step of one row
+        runs on the single-row kernel, 11 to 19 ms on the small preset here against 23 to 48 ms for 2 to 9
+        rows (docs/serving.md), so the newcomer decodes at about its speed alone; the shared steps keep a
+        stream of short requests from stopping a long one. The newest request whose first window decodes is
+        never held, so every step decodes some row. Requests of one window (every request at 16 clients of
+        10 s clips) hold nothing."""
         rows: dict[int, list[Unit]] = {}
         for unit in units:
             if (job := self.owners.get(id(unit))) is not None and not job.cancelled:
                 rows.setdefault(id(job), []).append(unit)
+        arrival = {id(job): i for i, job in enumerate(self.jobs) if id(job) in rows}
         jobs = {id(job): job for job in self.jobs if id(job) in rows}
-        firsts = {key for key, job in jobs.items() if any(u is job.units[0] for u in rows[key])}
+        firsts = [arrival[key] for key, job in jobs.items() if any(u is job.units[0] for u in rows[key])]
         hold: set[int] = set()
         for key, own in rows.items():
-            if key in jobs and jobs[key].next > 1 and firsts - {key}:
+            if key in jobs and len(jobs[key].units) > 1 and firsts and arrival[key] < max(firsts):
                 order = {id(u): i for i, u in enumerate(jobs[key].units)}
                 kept = min(own, key=lambda u: order[id(u)]) if self.steps % SHARE_EVERY == 0 else None
                 hold |= {id(u) for u in own if u is not kept}
