@@ -9,7 +9,8 @@ as soon as its first window starts, as --isolation sends it), the 3 s one. For t
 prints its latency alone and behind, split into: waiting for the work in progress when it arrived (an
 encoder pass or a decode step), waiting for other units' joins after that, its own join (encoder pass and
 prefill), and its decode steps (how many, their mean cost and rows) with the long request's rows beside it.
-The long request's joins (encoder passes) are timed too; it is cancelled once the short one is answered. Repeats --trials times; medians.
+The long request's joins (encoder passes) are timed too; it is cancelled once the short one is answered.
+Repeats --trials times; medians.
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ class Trace:
         self.events: list[tuple[str, float, float, int, list[str]]] = []
         self.on_step = None  # called before each step, with the step's number
         self.steps = 0
+        self.joins = 0  # joins begun
         join, step = RunningBatch.join, RunningBatch.step
         trace = self
 
         def timed_join(batch, units):  # noqa: ANN001, ANN202
             started = time.perf_counter()
+            trace.joins += bool(units)
             out = join(batch, units)
             if units:
-                trace.events.append(("join", started, time.perf_counter(), len(units), [u.result.item.audio_filepath for u in units]))
+                names = [u.result.item.audio_filepath for u in units]
+                trace.events.append(("join", started, time.perf_counter(), len(units), names))
             return out
 
         def timed_step(batch, *args, **kwargs):  # noqa: ANN001, ANN202
@@ -58,7 +62,8 @@ class Trace:
             started = time.perf_counter()
             out = step(batch, *args, **kwargs)
             if stepping:
-                trace.events.append(("step", started, time.perf_counter(), len(stepping), [u.result.item.audio_filepath for u in stepping]))
+                names = [u.result.item.audio_filepath for u in stepping]
+                trace.events.append(("step", started, time.perf_counter(), len(stepping), names))
             return out
         RunningBatch.join, RunningBatch.step = timed_join, timed_step
 
@@ -67,7 +72,8 @@ def run(model, processor, max_new_tokens: int | None, after: int | None, trace: 
     """One trial: the short request alone (after=None) or behind the long one. Returns the short one's breakdown."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    scheduler = Scheduler(model, processor, Metrics(), Limits(max_audio_seconds=1800.0), batch_size=8, max_new_tokens=max_new_tokens)
+    limits = Limits(max_audio_seconds=1800.0)
+    scheduler = Scheduler(model, processor, Metrics(), limits, batch_size=8, max_new_tokens=max_new_tokens)
     short = Job("short", demo_clip(3.0), loop, processor)
     resolve, resolved = short.resolve, []
     short.resolve = lambda value: (resolved.append(time.perf_counter()), resolve(value))[1]
@@ -77,7 +83,7 @@ def run(model, processor, max_new_tokens: int | None, after: int | None, trace: 
         sent[job.result.item.audio_filepath] = time.perf_counter()
         scheduler.submit(job)
     trace.events.clear()
-    trace.steps = 0
+    trace.steps = trace.joins = 0
     trace.on_step = None
     if after is None:
         scheduler.start()
@@ -89,7 +95,7 @@ def run(model, processor, max_new_tokens: int | None, after: int | None, trace: 
         scheduler.start()
         send(long)
         if after == 0:  # as serve_load: as soon as the long request's windows are queued (its first join runs)
-            while not trace.steps and not scheduler.owners:
+            while not trace.joins:
                 time.sleep(0.001)
             send(short)
     try:
