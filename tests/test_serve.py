@@ -478,11 +478,11 @@ def _run(scheduler: Scheduler, jobs: list[Job], arrivals: dict[int, list[Job]], 
             joins.append((len(batch), [u.result.item.audio_filepath for u in units]))
         return join(batch, units)
 
-    def arriving_step(batch):  # noqa: ANN001, ANN202
+    def arriving_step(batch, *hold):  # noqa: ANN001, ANN202
         steps[0] += 1
         for job in arrivals.get(steps[0], []):
             scheduler.submit(job)
-        return step(batch)
+        return step(batch, *hold)
     monkeypatch.setattr(scheduler_module.RunningBatch, "join", recording_join)
     monkeypatch.setattr(scheduler_module.RunningBatch, "step", arriving_step)
     for job in arrivals.get(0, []):
@@ -497,13 +497,17 @@ def _run(scheduler: Scheduler, jobs: list[Job], arrivals: dict[int, list[Job]], 
     return joins
 
 
-@pytest.mark.parametrize("batch_size, joins", [
-    # (rows decoding, units joining): a request with no row decoding may join past --batch-size ...
-    (1, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (0, ["long"])]),
-    # ... and while its first window decodes, the long request adds no window (whose encoder pass would stall it)
-    (4, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (1, ["long"])]),
+@pytest.mark.parametrize("batch_size, share_every, joins", [
+    # (rows decoding, units joining): a request with no row decoding may join past --batch-size; but while the
+    # short one's first window decodes, the long request adds no window (whose encoder pass would stall it),
+    # even where its own first window has ended: its second joins after the short one is answered. (With
+    # --batch-size 4 its first window mostly sits out the short one's steps, so it ends after.)
+    (1, 4, [(0, ["long"]), (1, ["short"]), (0, ["long"]), (0, ["long"])]),
+    (4, 4, [(0, ["long"]), (1, ["short"]), (1, ["long"]), (2, ["long"])]),
+    # the long request's first window steps every step (so it ends a step before the short one's): still no window
+    (4, 1, [(0, ["long"]), (1, ["short"]), (0, ["long"]), (1, ["long"])]),
 ])
-def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch, batch_size, joins):
+def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeypatch, batch_size, share_every, joins):
     """Continuous batching: a 3 s request sent while a 3-window one decodes joins at the next decode step, even
     with every row taken, and is answered first; the long one's windows join one per step."""
     model, processor = small
@@ -511,6 +515,7 @@ def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeyp
     asyncio.set_event_loop(loop)
     try:
         scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=batch_size, max_new_tokens=4)
+        monkeypatch.setattr(scheduler_module, "SHARE_EVERY", share_every)
         long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
         order = []
         long.done.add_done_callback(lambda f: order.append("long"))
@@ -522,6 +527,35 @@ def test_a_short_request_joins_the_running_batch_at_the_next_step(small, monkeyp
     assert seen == joins
 
 
+def test_a_long_request_mostly_sits_out_while_a_newcomer_decodes(small, monkeypatch):
+    """A step of one row is the cheapest by far: while a short request's window decodes, the long request beside it
+    steps one row on every fourth step, its rows held otherwise (they go on after: both texts are the library's)."""
+    model, processor = small
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        scheduler = Scheduler(model, processor, Metrics(), Limits(), batch_size=4, max_new_tokens=6)
+        long, short = Job("long", demo_clip(35.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
+        windows = {id(u): f"long{i}" for i, u in enumerate(long.units)} | {id(short.units[0]): "short"}
+        steps, step = [], scheduler_module.RunningBatch.step
+
+        def recording_step(batch, *hold):  # noqa: ANN001, ANN202
+            steps.append(([windows[id(u)] for u in batch.units()], sorted(windows[id(u)] for u in batch.stepping(*hold))))
+            return step(batch, *hold)
+        monkeypatch.setattr(scheduler_module.RunningBatch, "step", recording_step)
+        joins = _run(scheduler, [long, short], {0: [long], 2: [short]}, monkeypatch)
+    finally:
+        loop.close()
+    assert joins == [(0, ["long"]), (1, ["long"]), (2, ["short"])]
+    beside = [stepping for rows, stepping in steps if "short" in rows]
+    shared = [stepping for stepping in beside if stepping != ["short"]]
+    assert ["short"] in beside and all(stepping in (["long0", "short"], ["long1", "short"]) for stepping in shared), steps
+    assert len(shared) <= len(beside) // scheduler_module.SHARE_EVERY + 1, steps  # the long one steps 1 in 4
+    assert all(len(stepping) == len(rows) for rows, stepping in steps if "short" not in rows), steps
+    assert long.done.result().text == expected(small, demo_clip(35.0), max_new_tokens=6).text
+    assert short.done.result().text == expected(small, demo_clip(3.0), max_new_tokens=6).text
+
+
 def test_a_cancelled_request_leaves_the_running_batch_and_the_others_go_on(small, monkeypatch):
     model, processor = small
     loop = asyncio.new_event_loop()
@@ -531,11 +565,11 @@ def test_a_cancelled_request_leaves_the_running_batch_and_the_others_go_on(small
         long, short = Job("long", demo_clip(65.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)
         rows, step = [], scheduler_module.RunningBatch.step
 
-        def cancelling_step(batch):  # noqa: ANN001, ANN202
+        def cancelling_step(batch, *hold):  # noqa: ANN001, ANN202
             if len(rows) == 3:
                 scheduler.cancel(long)
             rows.append(sorted(u.result.item.audio_filepath for u in batch.units()))
-            return step(batch)
+            return step(batch, *hold)
         monkeypatch.setattr(scheduler_module.RunningBatch, "step", cancelling_step)
         scheduler.submit(long)
         scheduler.submit(short)
@@ -562,7 +596,7 @@ def test_a_backend_without_a_kv_cache_decodes_whole_batches(small):
         scheduler.whole, scheduler.max_rows = True, 2
         scheduler.batch = scheduler._new_batch()
         batches, step = [], scheduler_module.WholeBatch.step
-        scheduler_module.WholeBatch.step = lambda batch: (batches.append([u.result.item.audio_filepath for u in batch.units()]), step(batch))[1]
+        scheduler_module.WholeBatch.step = lambda batch, *hold: (batches.append([u.result.item.audio_filepath for u in batch.units()]), step(batch, *hold))[1]
         try:
             jobs = [Job("long", demo_clip(35.0), loop, processor), Job("short", demo_clip(3.0), loop, processor)]
             for job in jobs:
@@ -629,9 +663,15 @@ def test_rows_joining_a_running_batch_compute_the_logits_they_would_alone(small,
     monkeypatch.setattr(RunningBatch, "_choose", recording)
     running = RunningBatch(model, processor, max_new_tokens=10)
     running.join(units[:1])
-    for joining in ([], [], units[1:2], [], [], [], units[2:]):
+    a, b, c, d = (id(u) for u in units)
+    # Rows held out of some steps (the scheduler's _hold) get no token there and go on as if never held; holding
+    # moves rows about in the cache, which must not mix them up.
+    for joining, hold in (([], set()), ([], set()), (units[1:2], {a}), ([], {a}), ([], {b}), ([], set()), (units[2:], {b, c}), ([], {a, d})):
         running.join(joining)
-        running.step()
+        before, stepping = {key: len(seen[key]) for key in seen}, {id(u) for u in running.stepping(hold)}
+        running.step(hold)
+        assert stepping and not stepping & hold
+        assert {key for key in seen if len(seen[key]) > before[key]} == stepping
     while len(running):
         running.step()
     for unit, expected in zip(units, alone):

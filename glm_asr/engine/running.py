@@ -36,11 +36,12 @@ class RowCache:
         self.k, self.v = cache.k, cache.v
         self.lengths = torch.zeros(cache.k.shape[1], dtype=torch.long)
         self.rows = 0  # rows in use: 0..rows-1
+        self.stepping = 0  # rows the step in progress decodes: 0..stepping-1 (the others sit it out)
 
     @property
     def width(self) -> int:
-        """Cache positions a step reads: the longest row's and its new one."""
-        return int(self.lengths[: self.rows].max()) + 1
+        """Cache positions a step reads: the longest stepping row's and its new one."""
+        return int(self.lengths[: self.stepping].max()) + 1
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (n, Hkv, 1, Dh) of rows 0..n-1, written at each row's length; returns (n, Hkv, width, Dh) views.
@@ -107,15 +108,24 @@ class RunningBatch:
         self._share(new, time.perf_counter() - started)
         return self._choose(new, logits[:, -1])
 
+    def stepping(self, hold: frozenset[int] | set[int] = frozenset()) -> list[Unit]:
+        """The units that `step(hold)` decodes a token for."""
+        return [row.unit for row in self.rows if id(row.unit) not in hold]
+
     @torch.inference_mode()
-    def step(self) -> list[Unit]:
-        """One new token for every row, each at its own position."""
+    def step(self, hold: frozenset[int] | set[int] = frozenset()) -> list[Unit]:
+        """One new token for every row, each at its own position; the rows of the units in `hold` (by id) sit
+        this step out (their cache rows are untouched: they go on later as if never held)."""
         if not self.rows:
             return []
         started = time.perf_counter()
-        cache, n = self.cache, len(self.rows)
+        n = self._hold_last(hold)
+        if not n:
+            return []
+        cache = self.cache
+        cache.stepping = n
         device = cache.k.device
-        last = torch.tensor([row.tokens[-1] for row in self.rows], device=device)
+        last = torch.tensor([row.tokens[-1] for row in self.rows[:n]], device=device)
         embeds = self.model.language_model.model.embed_tokens(last[:, None])  # (n, 1, D)
         positions = cache.lengths[:n, None].to(device)  # alone, the row's next token would be at its length
         width = cache.width
@@ -124,8 +134,8 @@ class RunningBatch:
         # key_valid alone decide (no row sees another row's longer past).
         logits = self.model.decode(embeds, positions, key_valid, cache, width, last_only=True)
         cache.lengths[:n] += 1
-        self._share(self.rows, time.perf_counter() - started)
-        return self._choose(list(self.rows), logits[:, -1])
+        self._share(self.rows[:n], time.perf_counter() - started)
+        return self._choose(self.rows[:n], logits[:, -1])
 
     @torch.inference_mode()  # the cache rows move (_leave): inference tensors change only in inference mode
     def drop(self, units: set[int]) -> None:
@@ -148,6 +158,24 @@ class RunningBatch:
                 self._leave(row)
                 ended.append(row.unit)
         return ended
+
+    def _hold_last(self, hold: frozenset[int] | set[int]) -> int:
+        """Moves the held rows after the others (swapping cache rows), so that a step decodes rows 0..n-1;
+        returns n. Held rows stay at the end from step to step, so rows move only when the held set changes."""
+        rows, cache = self.rows, self.cache
+        i, j = 0, len(rows) - 1
+        while True:
+            while i <= j and id(rows[i].unit) not in hold:
+                i += 1
+            while j > i and id(rows[j].unit) in hold:
+                j -= 1
+            if i >= j:
+                return i
+            width = int(max(cache.lengths[i], cache.lengths[j]))
+            for kv in (cache.k, cache.v):
+                kv[:, [i, j], :, :width] = kv[:, [j, i], :, :width]  # advanced indexing copies the right side first
+            cache.lengths[[i, j]] = cache.lengths[[j, i]]
+            rows[i], rows[j] = rows[j], rows[i]
 
     def _leave(self, row: _Row) -> None:
         """The last row moves into the leaving row's place (one row's copy), so rows 0..n-1 stay in use."""
@@ -206,7 +234,11 @@ class WholeBatch:
         self.waiting += units
         return []
 
-    def step(self) -> list[Unit]:
+    def stepping(self, hold: frozenset[int] | set[int] = frozenset()) -> list[Unit]:
+        return list(self.waiting)
+
+    def step(self, hold: frozenset[int] | set[int] = frozenset()) -> list[Unit]:
+        """Decodes the waiting units to their end; `hold` is RunningBatch's, and a whole batch holds no row."""
         units, self.waiting = self.waiting, []
         if units:
             run_batch(self.model, self.processor, units, self.max_new_tokens)

@@ -5,7 +5,8 @@ inside). Units join the running batch between decode steps (continuous batching,
 one per step, the request with the fewest rows decoding first, while fewer than `batch_size` rows decode; and
 a request with no row decoding joins even when none is free (up to twice `batch_size` rows), so a 3 s request
 that arrives while a 10 minute one is decoding starts after at most one window's encoder pass instead of
-waiting for the running rows to end (`_admit` has the rules). A request's text equals `glm-asr transcribe
+waiting for the running rows to end (`_admit` has the rules); while it decodes, the long request adds no
+window and its rows step only on every fourth step, one row (`_hold`). A request's text equals `glm-asr transcribe
 --chunked` on the same audio (the same units, token budgets and result assembly as the corpus path).
 A cancelled request (its client went away, or its handler was cancelled) has its queued units dropped and its
 rows taken out of the running batch before the next step.
@@ -33,6 +34,9 @@ from glm_asr.serve.limits import ApiError, Limits
 from glm_asr.serve.metrics import Metrics
 from glm_asr.transcription.processor import Processor
 from glm_asr.transcription.transcribe import _join
+
+
+SHARE_EVERY = 4  # while a newcomer's first window decodes, a long request steps on one step in this many (_hold)
 
 
 class Job:
@@ -100,6 +104,7 @@ class Scheduler:
         self.owners: dict[int, Job] = {}  # id of each unit in the running batch (or joining it) -> its request
         self.cond = threading.Condition()
         self.stopping = False
+        self.steps = 0  # decode steps run (see _hold)
         self.thread = threading.Thread(target=self._work, daemon=True, name="glm-asr-scheduler")
 
     def _new_batch(self) -> RunningBatch | WholeBatch:
@@ -159,10 +164,11 @@ class Scheduler:
         pass stalls every row (so an arrival waits for one window's, never for a burst of them). It is the next
         unit of the request with the fewest rows decoding, then the fewest units begun (a newcomer first), then
         the earliest; it joins while fewer than `batch_size` rows decode, or, for a request with none decoding,
-        while fewer than `max_rows` do (module doc). A request already decoding adds no window while another
-        request's first window decodes: a newcomer's answer is not held up by a long request filling its rows
-        (3.9x its time alone behind a 10 minute request without this rule, 2.0x with it; docs/serving.md).
-        onnxruntime's whole batches fill up to `batch_size` at once."""
+        while fewer than `max_rows` do (module doc). A request begun adds no window while another request's
+        first window decodes, even when none of its own rows is left: a newcomer's answer is not held up by a
+        long request's encoder passes (3.9x its time alone behind a 10 minute request without this rule, 2.0x
+        with it; a further 0.4 s when the long request's first window ended just before the newcomer's and its
+        second joined; docs/serving.md). onnxruntime's whole batches fill up to `batch_size` at once."""
         if self.whole and len(self.batch):
             return []
         taken, rows = [], len(self.batch)
@@ -171,11 +177,11 @@ class Scheduler:
             if not waiting:
                 break
             *_, job = min(waiting, key=lambda entry: entry[:3])
-            if job.running == 0:
-                room = rows + len(taken) < self.max_rows
-            else:  # another window of a request already decoding: not while a newer one's first window decodes
-                first = any(j is not job and j.running and j.units[0].decoded is None for j in self.jobs)
-                room = rows + len(taken) < self.batch_size and not (first and not self.whole)
+            # Another window of a request begun (rows decoding or not): not while another's first window decodes.
+            first = job.next and any(j is not job and j.running and j.units[0].decoded is None for j in self.jobs)
+            if first and not self.whole:
+                break
+            room = rows + len(taken) < (self.max_rows if job.running == 0 else self.batch_size)
             if not room:
                 break
             unit = job.units[job.next]
@@ -184,6 +190,30 @@ class Scheduler:
             job.next += 1
             job.running += 1
         return taken
+
+    def _hold(self, units: list[Unit]) -> set[int]:
+        """The rows that sit the next step out (ids of their units). While a request's first window decodes, a
+        request of more than one window that arrived before it holds its rows (its own first window's too),
+        except on every `SHARE_EVERY`-th step, where its earliest window's row steps. A decode step of one row
+        runs on the single-row kernel, 11 to 19 ms on the small preset here against 23 to 48 ms for 2 to 9
+        rows (docs/serving.md), so the newcomer decodes at about its speed alone; the shared steps keep a
+        stream of short requests from stopping a long one. The newest request whose first window decodes is
+        never held, so every step decodes some row. Requests of one window (every request at 16 clients of
+        10 s clips) hold nothing."""
+        rows: dict[int, list[Unit]] = {}
+        for unit in units:
+            if (job := self.owners.get(id(unit))) is not None and not job.cancelled:
+                rows.setdefault(id(job), []).append(unit)
+        arrival = {id(job): i for i, job in enumerate(self.jobs) if id(job) in rows}
+        jobs = {id(job): job for job in self.jobs if id(job) in rows}
+        firsts = [arrival[key] for key, job in jobs.items() if any(u is job.units[0] for u in rows[key])]
+        hold: set[int] = set()
+        for key, own in rows.items():
+            if key in jobs and len(jobs[key].units) > 1 and firsts and arrival[key] < max(firsts):
+                order = {id(u): i for i, u in enumerate(jobs[key].units)}
+                kept = min(own, key=lambda u: order[id(u)]) if self.steps % SHARE_EVERY == 0 else None
+                hold |= {id(u) for u in own if u is not kept}
+        return hold
 
     def _work(self) -> None:
         while True:
@@ -194,12 +224,14 @@ class Scheduler:
                 joining = self._admit()
                 if not joining and not len(self.batch) and not dropped:  # stopping, and nothing left to decode
                     return
+                hold = self._hold([*self.batch.units(), *joining])
+                self.steps += 1
             try:
                 self.batch.drop(dropped)
                 ended = self.batch.join(joining)
                 if joining:
                     self.metrics.batch(len(self.batch))
-                ended += self.batch.step()
+                ended += self.batch.step(hold)
             except Exception as e:  # noqa: BLE001 (a failing batch fails its requests, never the server)
                 self._fail(e, [*self.batch.units(), *joining])
                 continue
