@@ -95,7 +95,7 @@ def test_the_audio_limit_counts_each_part_at_its_own_rate():
     bench = _bench_module()
     limits = {"matmul_gops_int8": 400.0, "matmul_gflops_fp32": 100.0, "matmul_gflops_bf16": 200.0}
     flops = {"products": 4e9, "attention": 1e9, "convolutions": 2e8}
-    assert bench.audio_limit_s(flops, bench.AUDIO_ARITHMETIC["int8+int8audio"], limits) == pytest.approx(0.01 + 0.01 + 0.002)
+    assert bench.audio_limit_s(flops, bench.AUDIO_ARITHMETIC["int8"], limits) == pytest.approx(0.01 + 0.01 + 0.002)
     assert bench.audio_limit_s(flops, bench.AUDIO_ARITHMETIC["bf16"], limits) == pytest.approx(5.2e9 / 200e9)
     full = bench.model_costs("full", 0)["encoder_flops_per_window"]
     assert 0.1 < full["attention"] / sum(full.values()) < 0.25  # a sixth of the full encoder's work: 1500 frames, 1280 wide

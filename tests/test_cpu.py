@@ -107,7 +107,7 @@ def test_onednn_must_beat_the_default_by_more_than_the_noise():
 
 
 def test_the_gemm_timing_measures_both_engines_in_both_bands(monkeypatch):
-    monkeypatch.setattr(cpu, "GEMM_SHAPES", {"fp32_few_rows": (4, 64, 96), "fp32_gemm": (64, 64, 96)})
+    monkeypatch.setattr(cpu, "GEMM_SHAPES", {"fp32_few_rows": ((4, 64, 96),), "fp32_gemm": ((64, 64, 96), (96, 32, 64))})
     rates = cpu.time_gemm_engines(rounds=1)
     assert set(rates) == {"fp32_few_rows", "fp32_gemm"} and all(set(r) == {"onednn", "torch"} and min(r.values()) > 0 for r in rates.values())
 

@@ -24,7 +24,7 @@ def test_the_timings_measure_every_path(monkeypatch):
     monkeypatch.setattr(fastest, "WINDOW_GEMM", (64, 64, 96))
     decoders, audio = fastest.time_decoders(), fastest.time_audio()
     expected = {"int8", "int4-ort"} if _has_onnxruntime() else {"int8"}
-    assert set(decoders) == expected and min(decoders.values()) > 0
+    assert set(decoders) == expected and all(d["ms"] > 0 and d["gb_per_s"] > 0 for d in decoders.values())
     assert {"fp32", "int8"} <= set(audio) and min(audio.values()) > 0
 
 

@@ -384,13 +384,13 @@ def model_costs(preset: str, prompt_tokens: int) -> dict:
             "encoder_flops_per_window": {"products": products, "attention": attention, "convolutions": convolutions}}
 
 
-# The arithmetic each part of the audio path runs in, per system and dtype: ours int8 keeps an fp32 audio path;
-# with int8 audio only the linear layers are int8 (attention and the convolutions stay fp32), as in onnxruntime's
+# The arithmetic each part of the audio path runs in, by the audio path's precision (bf16, AUDIO_QUANT's, or
+# fp32: ours int8 and int4 keep an fp32 audio path); with int8 audio only the linear layers are int8 (attention and the convolutions stay fp32), as in onnxruntime's
 # int8 graphs (dynamic quantisation makes int8 only the MatMuls with a weight); bf16 audio runs all three in bf16.
 AUDIO_ARITHMETIC = {
     "fp32": {"products": "fp32", "attention": "fp32", "convolutions": "fp32"},
     "bf16": {"products": "bf16", "attention": "bf16", "convolutions": "bf16"},
-    "int8+int8audio": {"products": "int8", "attention": "fp32", "convolutions": "fp32"},
+    "int8": {"products": "int8", "attention": "fp32", "convolutions": "fp32"},
 }
 
 
@@ -537,9 +537,9 @@ def main() -> int:
         record.update(limits)
         record["decode_limit_ms_per_token"] = bytes_per_token / (limits["bandwidth_gbs"] * 1e9) * 1e3
         record["decode_vs_limit"] = record["decode_ms_per_token"] / record["decode_limit_ms_per_token"]
-        audio = {"bf16": "bf16", "int8+bf16audio": "bf16", "int4+bf16audio": "bf16", "int8+int8audio": "int8+int8audio"}.get(dtype, "fp32")
+        audio = "bf16" if dtype == "bf16" else AUDIO_QUANT.get(dtype, "fp32")  # the arithmetic of the audio path's products
         if record["system"] == "onnxruntime" and dtype == "int8":
-            audio = "int8+int8audio"
+            audio = "int8"
         arithmetic = AUDIO_ARITHMETIC[audio]
         record["encoder_arithmetic"] = arithmetic
         record["encoder_limit_s"] = audio_limit_s(costs["encoder_flops_per_window"], arithmetic, limits)

@@ -9,8 +9,9 @@ step) through 8 (a batched step) to 389 (a 30 s prompt), in each form glm_asr ru
 PyTorch's default kernel, bf16 widened to fp32, bf16 on PyTorch's kernel and on oneDNN's packed weights, int8
 (dynamic, fbgemm) and int4 (weight-only); and, where onnxruntime is installed, the same products as one-node
 onnxruntime graphs: int8 in the format tools/export_onnx.py writes (uint8 x uint8, dynamic) and 4-bit
-`MatMulNBits` (symmetric, blocks of 32 and 128, `accuracy_level` 4: int8 dot products on activations quantized
-per block, the path onnxruntime GenAI takes for LLMs on CPU). Then attention of one query over a 400-token
+`MatMulNBits` as glm_asr's int4-ort runs it (runtime/nbits.py: symmetric, blocks of 32, and here also 128;
+`accuracy_level` 4: int8 dot products on activations quantized per block, the path onnxruntime GenAI takes for
+LLMs on CPU). Then attention of one query over a 400-token
 cache (a decode step: 16 query heads, 4 kv heads, head_dim 128), PyTorch's SDPA against glm_asr's
 `single_query_attention`, in fp32 and bf16. Each figure is the best of --rounds rounds in which every form
 takes its turn, ms per product (or per 28 layers of attention).
@@ -54,22 +55,23 @@ def best_ms(forms: dict[str, Callable[[int], object]], count: int, rounds: int) 
 
 
 def onnxruntime_forms(layers: list[torch.nn.Linear], threads: int) -> dict[str, list]:
-    """name -> one onnxruntime session per layer computing x @ weight.T; {} without onnxruntime."""
+    """name -> one onnxruntime session per layer computing x @ weight.T; {} without onnxruntime. The sessions'
+    threads sleep between calls, as glm_asr's own do (runtime/nbits.py): threads spinning for the next call
+    would take the cores from every other form timed here (they made fp32 16x slower)."""
     try:
         import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
         from onnxruntime.quantization import QuantType, quantize_dynamic
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError:
         print("onnxruntime forms left out: pip install 'glm-asr[onnx]'")
         return {}
     import logging
     import tempfile
 
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizers log advice to the root logger
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    from glm_asr.runtime.nbits import matmul_session, pack_4bit, session_options
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice to the root logger
     forms: dict[str, list] = {"ort int8": [], "ort int4 b32": [], "ort int4 b128": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i, layer in enumerate(layers):
@@ -83,12 +85,9 @@ def onnxruntime_forms(layers: list[torch.nn.Linear], threads: int) -> dict[str, 
             fp32, int8 = Path(tmp) / f"fp32_{i}.onnx", Path(tmp) / f"int8_{i}.onnx"
             onnx.save(model, fp32)
             quantize_dynamic(fp32, int8, weight_type=QuantType.QUInt8, per_channel=True)
-            forms["ort int8"].append(ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"]))
+            forms["ort int8"].append(ort.InferenceSession(str(int8), session_options(threads), providers=["CPUExecutionProvider"]))
             for block in (32, 128):
-                quantizer = MatMulNBitsQuantizer(onnx.load(fp32), bits=4, block_size=block, is_symmetric=True, accuracy_level=4)
-                quantizer.process()
-                forms[f"ort int4 b{block}"].append(ort.InferenceSession(quantizer.model.model.SerializeToString(), options,
-                                                                       providers=["CPUExecutionProvider"]))
+                forms[f"ort int4 b{block}"].append(matmul_session(*pack_4bit(layer.weight, block), None, block, threads))
     return forms
 
 

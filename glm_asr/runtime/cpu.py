@@ -236,35 +236,40 @@ def calibrate(refresh: bool = False) -> tuple[str, dict[str, float], str]:
 # Products of fewer rows than this are a batched decode step's (one row per sequence); more are a prompt's or an
 # audio window's. The two bands are timed apart because the engines rank differently in each (module doc).
 FEW_ROWS = 32
-# (rows, in, out) timed for each band: a decode layer's gate/up product, for 8 sequences and for a 400-token
-# prompt (an audio window's 1500-row products ranked the same where both were timed, at 4x the timing cost).
-GEMM_SHAPES = {"fp32_few_rows": (8, 2048, 6144), "fp32_gemm": (400, 2048, 6144)}
+# (rows, in, out) products timed for each band: a decode layer's gate/up product for 8 sequences; for 32 rows
+# and more, a 400-token prompt's and an audio window's fc1 and fc2, timed together. The window's products are
+# the larger part of a transcription's arithmetic, and they did not rank as the prompt's did: on an AVX2 EPYC
+# oneDNN won the prompt's product by 20% and lost fc1 and fc2 by 15-30%, which made the audio path 22% slower.
+GEMM_SHAPES = {"fp32_few_rows": ((8, 2048, 6144),), "fp32_gemm": ((400, 2048, 6144), (1500, 1280, 5120), (1500, 5120, 1280))}
 # oneDNN must beat the default by this much to be used: the default is the plain model's kernel, and a 1 s
 # measurement on a shared machine is not finer than a few percent.
 GEMM_MARGIN = 0.05
 
 
 def time_gemm_engines(rounds: int = 2) -> dict[str, dict[str, float]]:
-    """GFLOP/s of each engine (GEMM_ENGINES) at each band's shape (GEMM_SHAPES): each engine's best of `rounds`
-    timed calls after an untimed one, the engines taken in turn and then in reverse, as time_matvec_kernels."""
+    """GFLOP/s of each engine (GEMM_ENGINES) over each band's products (GEMM_SHAPES), all of them per pass: each
+    engine's best of `rounds` timed passes after an untimed one, the engines taken in turn and then in reverse, as
+    time_matvec_kernels."""
     engines = {"torch": torch.nn.functional.linear}
     if torch.backends.mkldnn.is_available():
         engines["onednn"] = onednn_linear
     out: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
-        for band, (rows, k, n) in GEMM_SHAPES.items():
-            x, w = torch.randn(rows, k), torch.empty(n, k).uniform_(-1, 1)
-            repeat = max(1, 64 // rows)  # a few-row product takes about a millisecond: time several per pass
+        for band, shapes in GEMM_SHAPES.items():
+            operands = [(torch.randn(rows, k), torch.empty(n, k).uniform_(-1, 1)) for rows, k, n in shapes]
+            repeat = max(1, 64 // min(rows for rows, _, _ in shapes))  # a few-row product takes about a millisecond: several per pass
             best = dict.fromkeys(engines, float("inf"))
             for sweep in (list(engines), list(engines)[::-1]):
                 for name in sweep:
                     for pass_ in range(rounds + 1):
                         started = time.perf_counter()
                         for _ in range(repeat):
-                            engines[name](x, w)
+                            for x, w in operands:
+                                engines[name](x, w)
                         if pass_:
                             best[name] = min(best[name], (time.perf_counter() - started) / repeat)
-            out[band] = {name: 2 * rows * k * n / t / 1e9 for name, t in best.items()}
+            flops = sum(2 * rows * k * n for rows, k, n in shapes)
+            out[band] = {name: flops / t / 1e9 for name, t in best.items()}
     return out
 
 
@@ -278,7 +283,7 @@ def calibrate_gemm(refresh: bool = False) -> tuple[dict[str, str], dict[str, dic
     and cached beside the matvec answer (`glm-asr info --recalibrate` measures both again)."""
     path = _cache_path(detect(), "gemm")
     cached = None if refresh else _read_cache(path)
-    if cached and set(cached.get("gflop_per_s", {})) == set(GEMM_SHAPES):
+    if cached and cached.get("shapes") == json.loads(json.dumps(GEMM_SHAPES)):  # timed on today's shapes
         rates, where = cached["gflop_per_s"], f"cached in {path}"
     else:
         rates = time_gemm_engines()
@@ -299,7 +304,7 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
     forced_note = " (forced)"
 
     engines, gemm_rates, gemm_where = ({}, {}, "") if not (measure and f.onednn) else calibrate_gemm()
-    for band, (rows, k, n) in GEMM_SHAPES.items():
+    for band, shapes in GEMM_SHAPES.items():
         if band in force:
             engines[band], reasons[band] = str(force[band]), "forced"
         elif not f.onednn:
@@ -308,7 +313,8 @@ def decide(features: Features, force: dict[str, object] | None = None, *, measur
             engines[band], reasons[band] = "torch", "not measured (measure=False): PyTorch's default, the plain model's"
         else:
             shown = ", ".join(f"{k_} {v:.0f}" for k_, v in sorted(gemm_rates[band].items(), key=lambda kv: -kv[1]))
-            reasons[band] = f"GFLOP/s at {rows} x {k} -> {n}: {shown}; oneDNN needs a {GEMM_MARGIN:.0%} win ({gemm_where})"
+            at = " + ".join(f"{rows} x {k} -> {n}" for rows, k, n in shapes)
+            reasons[band] = f"GFLOP/s at {at}: {shown}; oneDNN needs a {GEMM_MARGIN:.0%} win ({gemm_where})"
         if engines[band] == "onednn" and not f.onednn:
             engines[band], reasons[band] = "torch", "oneDNN absent: PyTorch's default"
     if "native_bf16" in force:

@@ -49,9 +49,21 @@ def unpack_4bit(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (q * scale[..., None]).reshape(codes.shape[0], -1)
 
 
-def _session(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, block: int, threads: int):
+def session_options(threads: int):  # noqa: ANN201
+    """onnxruntime options for a product called between PyTorch's work: `threads` threads that sleep between calls.
+    Spinning threads (onnxruntime's default) wait for the next call on the cores PyTorch's norms and attention run
+    on: with them one row through four decoder layers' products took 2.4x as long (AVX2, 2 cores,
+    docs/performance.md)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def matmul_session(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, block: int, threads: int):  # noqa: ANN201
     """One onnxruntime session computing y = x @ W.T (+ bias) with `MatMulNBits`, x of shape (rows, K)."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -65,12 +77,7 @@ def _session(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
     graph = helper.make_graph([node], "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", K])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", N])], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    # Between products PyTorch runs norms and attention on the same cores: threads that spin waiting for the
-    # next product would take those cores from it.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 class NBitsLinear(nn.Module):
@@ -86,7 +93,7 @@ class NBitsLinear(nn.Module):
         self.k_pad = -K % block
         codes, scale = pack_4bit(nn.functional.pad(weight, (0, self.k_pad)), block)
         bias = None if linear.bias is None else linear.bias.detach().float()
-        self._session = _session(codes, scale, bias, block, torch.get_num_threads())
+        self._session = matmul_session(codes, scale, bias, block, torch.get_num_threads())
         self.rows = Int8Linear(linear)  # products of 2 rows or more (module doc)
         self.in_features, self.out_features, self.block = K, N, block
 
