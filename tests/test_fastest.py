@@ -20,9 +20,12 @@ def test_a_quantised_path_needs_a_clear_win():
 def test_the_timings_measure_every_path(monkeypatch):
     monkeypatch.setenv(cpu.FORCE_ENV, "matvec=torch,fp32_gemm=torch,fp32_few_rows=torch")  # no kernel calibration here
     monkeypatch.setattr(cpu, "_choices", None)
-    monkeypatch.setattr(cpu, "LAYER_SHAPES", ((96, 64), (32, 64)))
+    from glm_asr.model.config import TextConfig
+
     monkeypatch.setattr(fastest, "WINDOW_GEMM", (64, 64, 96))
-    decoders, audio = fastest.time_decoders(), fastest.time_audio()
+    tiny = TextConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=32)
+    decoders, audio = fastest.time_decoders(tiny), fastest.time_audio()
     expected = {"int8", "int4-ort"} if _has_onnxruntime() else {"int8"}
     assert set(decoders) == expected and all(d["ms"] > 0 and d["gb_per_s"] > 0 for d in decoders.values())
     assert {"fp32", "int8"} <= set(audio) and min(audio.values()) > 0

@@ -267,7 +267,7 @@ def test_nbits_layer_computes_its_own_dequantised_weights(shape):
 
     N, K = shape
     linear = nn.Linear(K, N).requires_grad_(False)
-    q = NBitsLinear(linear)
+    q = NBitsLinear(linear, Int8Linear(linear))
     codes, scale = pack_4bit(nn.functional.pad(linear.weight, (0, q.k_pad)), q.block)
     w4 = unpack_4bit(codes, scale)[:, :K]
     x = torch.randn(7, K)

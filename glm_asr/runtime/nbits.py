@@ -10,11 +10,14 @@ This is a hybrid, not the ONNX backend: each decoder linear layer becomes a one-
 (`NBitsLinear`), and everything else (embedding, norms, RoPE, attention, the KV cache, greedy decoding) stays
 this project's PyTorch code. Only single rows (batch-1 decode steps) take the 4-bit kernel: at 2 rows and more
 its per-block activation quantisation made it slower than PyTorch's int8 kernel on every row count measured
-(`tools/bench.py --kernels`: 2.2x slower at 8 rows, 1.8x at 64, on AVX2), so the layer also keeps int8
+(`tools/bench.py --kernels` on AVX2: 1.4x slower at 8 rows, 2.1x at 64), so the layer also keeps int8
 weights (`runtime/quantize.py` `Int8Linear`) for prompts and batched steps: 1.6 bytes a weight in all, against
 4 for fp32. Weights: symmetric 4-bit, one fp32 scale per `block` input channels of a row
 (w = (q - 8) * scale, q in 0..15, scale = absmax / 7); `MatMulNBits`'s packing: two values a byte, the
 even channel in the low nibble.
+
+Whether it beats int8 depends on the machine: on an AVX2 EPYC its large products alone ran 1.5x faster than
+int8's, and the model decoded 14% slower (docs/performance.md). `--fast` (runtime/fastest.py) measures it.
 
 Approximate, like every quantised path: its agreement with fp32 is measured by tests/test_quantize.py and
 tools/bench.py. Needs the `onnx` extra (onnxruntime), imported when a model is quantised.
@@ -25,8 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from glm_asr.onnx.extra import require
-from glm_asr.runtime.quantize import Int8Linear  # the hint that names the extra; imports nothing heavy
+from glm_asr.onnx.extra import require  # the hint that names the extra; imports nothing heavy
 
 BLOCK = 32
 ACCURACY_LEVEL = 4  # int8 activations per block, int8 dot products: the fast CPU path
@@ -83,7 +85,8 @@ def matmul_session(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor 
 class NBitsLinear(nn.Module):
     """An nn.Linear whose product runs on onnxruntime's `MatMulNBits` with 4-bit weights (module doc)."""
 
-    def __init__(self, linear: nn.Linear, block: int = BLOCK) -> None:
+    def __init__(self, linear: nn.Linear, rows: nn.Module, block: int = BLOCK) -> None:
+        """`rows`: the layer for products of 2 rows or more (quantize.py gives its Int8Linear)."""
         super().__init__()
         require("onnx", "onnxruntime", purpose="4-bit weights on onnxruntime (--quantize int4-ort)")
         weight = linear.weight.detach().float()
@@ -94,7 +97,7 @@ class NBitsLinear(nn.Module):
         codes, scale = pack_4bit(nn.functional.pad(weight, (0, self.k_pad)), block)
         bias = None if linear.bias is None else linear.bias.detach().float()
         self._session = matmul_session(codes, scale, bias, block, torch.get_num_threads())
-        self.rows = Int8Linear(linear)  # products of 2 rows or more (module doc)
+        self.rows = rows
         self.in_features, self.out_features, self.block = K, N, block
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,7 @@ def _quantize_linears(root: nn.Module, engine: str, kind: str = "int8") -> None:
              for name, child in module.named_children() if isinstance(child, nn.Linear)]
     if kind == "int4-ort":
         from glm_asr.runtime.nbits import NBitsLinear  # the onnx extra: imported only when asked for
-        quantise = lambda slot: NBitsLinear(getattr(*slot))  # noqa: E731
+        quantise = lambda slot: NBitsLinear(getattr(*slot), Int8Linear(getattr(*slot), engine))  # noqa: E731
     elif kind == "int4":
         quantise = lambda slot: Int4Linear(getattr(*slot))  # noqa: E731
     else:
