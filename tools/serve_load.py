@@ -119,8 +119,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=32, help="requests per level (bounded)")
     parser.add_argument("--clip", type=Path, default=None, help="a WAV to post (default: shared/audio/example_en.wav)")
     parser.add_argument("--isolation", action="store_true", help="measure a 3 s request's latency alone and behind a 10 minute one")
+    parser.add_argument("--trials", type=int, default=3, help="isolation trials (medians); 1 for the full-size model, whose 10 minute request takes minutes")
     parser.add_argument("server_args", nargs="*", help="after --: arguments for glm-asr serve (default --random small --max-new-tokens 64)")
     args = parser.parse_args()
+    if args.trials < 1 or args.requests < 1:
+        parser.error(f"--trials {args.trials} --requests {args.requests}: expected 1 or more of each")
     server_args = args.server_args or ["--random", "small", "--max-new-tokens", "64"]
     with tempfile.TemporaryDirectory() as folder:
         clip_path = args.clip or (SHARED_CLIP if SHARED_CLIP.is_file() else write_clip(Path(folder), 10.0, "clip.wav"))
@@ -138,9 +141,9 @@ def main() -> int:
             if args.isolation:
                 short = write_clip(Path(folder), 3.0, "short.wav").read_bytes()
                 long = write_clip(Path(folder), 600.0, "long.wav").read_bytes()
-                alone, during, behind = asyncio.run(isolation(url, short, long))
+                alone, during, behind = asyncio.run(isolation(url, short, long, args.trials))
                 print(f"3 s request: {alone:.2f} s alone, {during:.2f} s ({during / alone:.1f}x) while a 10 minute request is in "
-                      f"flight (that one took {behind:.2f} s; medians of 3)")
+                      f"flight (that one took {behind:.2f} s; medians of {args.trials})")
             print(f"server peak RSS: {peak_rss_mb(proc.pid):.0f} MB")
         finally:
             proc.terminate()
