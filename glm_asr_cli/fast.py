@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-# glm_asr/runtime/quantize.py's DECODER_KINDS (tests/test_cli.py checks they match), here so that `--help`
+# glm_asr/runtime/quantize.py's DECODER_KINDS (tests/test_fastest.py checks they match), here so that `--help`
 # imports no torch
 DECODER_KINDS = ("int8", "int4", "int4-ort")
 FAST_HELP = "the fastest path this machine measured (`glm-asr info`): sets --quantize and --quantize-audio; approximate"

@@ -169,7 +169,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default: its value, "off" for a choice left unset, nothing for a switch or where the
     help already says it."""
@@ -296,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"glm-asr: error: {f'{e.filename}: {e.strerror}' if e.filename and e.strerror else e}", file=sys.stderr)
         return 2
     except (ValueError, RuntimeError) as e:
+        print(f"glm-asr: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an optional extra a flag needs: its message names the extra to install
         print(f"glm-asr: error: {e}", file=sys.stderr)
         return 2
 

@@ -53,3 +53,19 @@ def test_fast_sets_the_measured_path_and_refuses_to_be_overridden(tmp_path, monk
     args = argparse.Namespace(fast=True, quantize=None, quantize_audio=None, dtype="fp32", device="cpu", backend="torch")
     fast_cli.apply_fast(args)
     assert (args.quantize, args.quantize_audio) == ("int8", "int8") and "--fast: --quantize int8 --quantize-audio int8" in capsys.readouterr().err
+
+
+def test_int4_ort_without_onnxruntime_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import numpy as np
+    import scipy.io.wavfile
+
+    from glm_asr.transcription.presets import demo_clip
+
+    wav = tmp_path / "clip.wav"
+    scipy.io.wavfile.write(wav, 16000, (demo_clip(1.0) * 32767).astype(np.int16))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    assert main(["transcribe", str(wav), "--quantize", "int4-ort", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("glm-asr: error:") and "pip install 'glm-asr[onnx]'" in err[-1] and "Traceback" not in "".join(err)

@@ -52,8 +52,10 @@ def time_decoders(config=None) -> dict[str, dict[str, float]]:  # noqa: ANN001
     """Per decoder kind, one real decode step of a full-width decoder of DECODER_LAYERS layers over a 400-token
     cache (norms, RoPE, attention and the products, as the model runs them; a small vocabulary, so the head does
     not weigh more than it does in the model): ms, and GB/s of the linear layers' weights. `config`: another
-    TextConfig (tests time a tiny one). Products timed alone are not
-    enough: on an AVX2 EPYC four layers' 4-bit products alone ran 1.13x faster than int8's, and the model 14% slower."""
+    TextConfig (tests time a tiny one).
+
+    Products timed alone are not enough: on an AVX2 EPYC four layers' 4-bit products alone ran 1.13x faster than
+    int8's, and the model decoded 14% slower (docs/performance.md)."""
     import copy
     import dataclasses
 
