@@ -230,13 +230,19 @@ MIN_INT4_LOGIT_COS = 0.7
 MIN_INT4_SAME_IDS = 0.1
 
 
+@pytest.mark.parametrize("kind", ["int4", "int4-ort"])
 @pytest.mark.parametrize("model_name", sorted(MANIFEST["models"]))
-def test_int4_agrees_with_fp32_on_the_golden_cases(model_name):
+def test_4bit_agrees_with_fp32_on_the_golden_cases(model_name, kind):
+    if kind == "int4-ort":  # its figures and bounds: below, beside its layer test
+        pytest.importorskip("onnxruntime")
+        from glm_asr.runtime.nbits import NBitsLinear as layer
+    else:
+        layer = Int4Linear
     model = runner.tiny_model(model_name, "fp32", "cpu", MANIFEST["models"][model_name]["weights_sha256"])
-    int4 = quantize_decoder(copy.deepcopy(model), "int4")
-    assert any(isinstance(m, Int4Linear) for m in int4.language_model.modules())
-    cos, same, total = agreement_on_the_goldens(model, int4, model_name)
-    line = f"{model_name} int4 vs fp32: prompt logits min cosine {cos:.5f}, greedy tokens equal to the golden {same}/{total}"
+    quantised = quantize_decoder(copy.deepcopy(model), kind)
+    assert any(isinstance(m, layer) for m in quantised.language_model.modules())
+    cos, same, total = agreement_on_the_goldens(model, quantised, model_name)
+    line = f"{model_name} {kind} vs fp32: prompt logits min cosine {cos:.5f}, greedy tokens equal to the golden {same}/{total}"
     print(line)
     assert cos >= MIN_INT4_LOGIT_COS, line
     assert same / total >= MIN_INT4_SAME_IDS, line
@@ -259,7 +265,8 @@ def test_cli_transcribes_with_int4(tmp_path, capsys):
 # the layer's int8 weights. Measured on the golden cases (AVX2): prompt logits (the int8 path) min cosine 0.990
 # (tiny_a) and 0.996 (tiny_b); greedy ids, each step a single row on the 4-bit kernel, equal to the golden 107/240
 # and 37/240. With the nibbles swapped the ids fall to 43/240 and 8/240 (each row's first id comes from the int8
-# prompt), so only tiny_b fails here: test_nbits_layer_computes_its_own_dequantised_weights is the kernel's check.
+# prompt), so only tiny_b fails test_4bit_agrees_with_fp32_on_the_golden_cases: the layer test below is the kernel's
+# check.
 @pytest.mark.parametrize("shape", [(48, 40), (6144 // 8, 2048 // 8)])  # a padded input, whole blocks
 def test_nbits_layer_computes_its_own_dequantised_weights(shape):
     pytest.importorskip("onnxruntime")
@@ -278,18 +285,3 @@ def test_nbits_layer_computes_its_own_dequantised_weights(shape):
     assert torch.equal(q(x), q.rows(x))  # more rows: the layer's int8 weights
     assert (w4 - linear.weight).abs().max() <= linear.weight.abs().max() / 7 / 2 + 1e-7  # half a level of the widest block
     assert codes.dtype == torch.uint8 and codes.numel() == N * (K + q.k_pad) // 2  # half a byte a weight
-
-
-@pytest.mark.parametrize("model_name", sorted(MANIFEST["models"]))
-def test_int4_ort_agrees_with_fp32_on_the_golden_cases(model_name):
-    pytest.importorskip("onnxruntime")
-    from glm_asr.runtime.nbits import NBitsLinear
-
-    model = runner.tiny_model(model_name, "fp32", "cpu", MANIFEST["models"][model_name]["weights_sha256"])
-    int4 = quantize_decoder(copy.deepcopy(model), "int4-ort")
-    assert any(isinstance(m, NBitsLinear) for m in int4.language_model.modules())
-    cos, same, total = agreement_on_the_goldens(model, int4, model_name)
-    line = f"{model_name} int4-ort vs fp32: prompt logits min cosine {cos:.5f}, greedy tokens equal to the golden {same}/{total}"
-    print(line)
-    assert cos >= MIN_INT4_LOGIT_COS, line
-    assert same / total >= MIN_INT4_SAME_IDS, line
