@@ -10,6 +10,15 @@ import pytest  # noqa: E402
 SHARED_AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 
 
+@pytest.fixture(scope="module")
+def small():  # noqa: ANN201
+    """The small random preset's model and processor, built once per test module (the serving, realtime and bulk
+    tests share it within a module)."""
+    from glm_asr import load_model_and_processor
+
+    return load_model_and_processor(None, random_preset="small")
+
+
 @pytest.fixture
 def tiny_checkpoint(tmp_path: Path) -> Path:
     """tiny_a's golden weights as a release-layout checkpoint directory."""

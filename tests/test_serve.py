@@ -27,7 +27,7 @@ pytest.importorskip("av")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from glm_asr import load_model_and_processor, transcribe_detailed  # noqa: E402
+from glm_asr import transcribe_detailed  # noqa: E402
 from glm_asr.serve import scheduler as scheduler_module  # noqa: E402
 from glm_asr.serve.app import MODEL_NAME, Service  # noqa: E402
 from glm_asr.serve.limits import Limits  # noqa: E402
@@ -39,11 +39,6 @@ from glm_asr.transcription.presets import demo_clip  # noqa: E402
 MAX_NEW_TOKENS = 6
 LIMITS = Limits(max_upload_bytes=5 * 1024 * 1024 // 2, max_audio_seconds=40.0, max_queue=2, decode_seconds=10.0, retry_after_seconds=3)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def small():  # noqa: ANN201
-    return load_model_and_processor(None, random_preset="small")
 
 
 @pytest.fixture(scope="module")

@@ -61,14 +61,13 @@ def time_decoders(config=None) -> dict[str, dict[str, float]]:  # noqa: ANN001
 
     from glm_asr.model.config import TextConfig
     from glm_asr.model.decoder import KVCache, LanguageModel
-    from glm_asr.runtime.prepare import SWAPS
+    from glm_asr.runtime.prepare import swap_modules
     from glm_asr.runtime.quantize import _quantize_linears
 
     torch.manual_seed(0)
     config = config or dataclasses.replace(TextConfig(), num_hidden_layers=DECODER_LAYERS, vocab_size=4096)
     plain = LanguageModel(config, tie_word_embeddings=False).requires_grad_(False)
-    for module in plain.modules():  # the runtime's modules, as prepare() gives the whole model
-        module.__class__ = SWAPS.get(type(module), type(module))
+    swap_modules(plain)  # the runtime's modules, as prepare() gives the whole model
     kinds = {"int8": 1.0}
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         from glm_asr.runtime.nbits import BLOCK

@@ -25,14 +25,19 @@ SWAPS: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
+def swap_modules(root: nn.Module) -> None:
+    """Every plain module under `root` swapped for its dispatch.py subclass, in place."""
+    for module in root.modules():
+        swap = SWAPS.get(type(module))  # exact type: a module already swapped, or quantised, is left alone
+        if swap is not None:
+            module.__class__ = swap
+
+
 def prepare(model: GlmAsrModel) -> GlmAsrModel:
     """Swaps `model`'s plain modules for the runtime's, in place, and returns it. Where the decode steps of batch
     1 will run fp32 on this CPU, the single-row kernel is chosen now (measured once per machine and cached: about
     2 s the first time, see cpu.calibrate), not at the first token."""
-    for module in model.modules():
-        swap = SWAPS.get(type(module))  # exact type: a module already swapped, or quantised, is left alone
-        if swap is not None:
-            module.__class__ = swap
+    swap_modules(model)
     head = model.language_model.lm_head.weight
     if head.device.type == "cpu" and head.dtype == torch.float32:
         cpu.choices()
