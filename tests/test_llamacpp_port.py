@@ -66,3 +66,16 @@ def test_original_layout_rejects_an_unknown_key(tmp_path: Path) -> None:
                "audio_tower.bogus": np.zeros(1, np.float32)}
     with pytest.raises(ValueError, match="audio_tower.bogus"):
         port.original_weights(weights, {"audio_config": {"hidden_size": 8, "num_attention_heads": 2}}, {})
+
+
+def test_decoder_speed_names_a_folder_that_is_not_a_llama_cpp_tree(tmp_path: Path) -> None:
+    """tools/ports/llamacpp/decoder_speed.py builds llama.cpp's llama-bench: a wrong source folder is one line naming
+    it, before any build starts."""
+    import subprocess
+    import sys
+
+    tool = PORT.parent / "decoder_speed.py"
+    run = subprocess.run([sys.executable, str(tool), str(tmp_path), str(tmp_path / "build")], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines() == [f"{tmp_path}: no tools/llama-bench or gguf-py; expected a llama.cpp source tree (README.md: Sources used)"]
+    assert not (tmp_path / "build").exists()
