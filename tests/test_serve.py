@@ -712,6 +712,9 @@ def test_the_drain_line_counts_the_requests_uvicorn_waits_for(small, capsys):
     assert "draining 2 requests in flight" in capsys.readouterr().err and service.draining
 
 
+DRAINING = re.compile(r"draining (\d+) requests in flight")  # the server's line on SIGTERM
+
+
 def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):
     """A real process: requests accepted before SIGTERM are all answered, later ones refused, then it exits."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -732,9 +735,12 @@ def test_sigterm_drains_the_requests_in_flight(clips, tmp_path):
             w.start()
         _wait_for(lambda: metric(url, "glm_asr_requests_in_flight") == 3, "three requests in flight")
         proc.send_signal(signal.SIGTERM)
-        _wait_for(lambda: any("draining" in e for e in errors), "the drain to begin")
-        draining = int(re.search(r"draining (\d+) requests", next(e for e in errors if "draining" in e)).group(1))
-        assert draining >= 1  # accepted before SIGTERM and not yet answered: these must still get their text
+        try:
+            _wait_for(lambda: any(DRAINING.search(e) for e in errors), "the drain to begin")
+        except AssertionError:
+            raise AssertionError(f"no drain line on the server's stderr: {errors}") from None
+        draining = int(next(m for m in map(DRAINING.search, errors) if m).group(1))
+        assert draining >= 1, errors  # accepted before SIGTERM and not yet answered: these must still get their text
         try:  # a new request now: refused, while the accepted ones are still being decoded
             refused = post(url, {"file": wav_bytes(clips["short"])}, {"model": MODEL_NAME}).status_code == 503
         except httpx.TransportError:  # the listening socket is closed

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from glm_asr.model.config import TextConfig  # noqa: E402
 
 PROMPT, TOKENS = 389, 32
+TYPES = ("f32", "bf16", "q8_0", "q4_0")
 
 
 def build_bench(src: Path, build: Path, jobs: int) -> Path:
@@ -56,8 +57,7 @@ def write_decoder(src: Path, path: Path, kind: str, seed: int = 0) -> None:
     """The full-size decoder with random weights as a GGUF of `kind`."""
     gguf = gguf_module(src)
 
-    qtype = {"f32": gguf.GGMLQuantizationType.F32, "bf16": gguf.GGMLQuantizationType.BF16,
-             "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[kind]
+    qtype = getattr(gguf.GGMLQuantizationType, kind.upper())  # one of TYPES
     c = TextConfig()
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_block_count(c.num_hidden_layers)
@@ -111,11 +111,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", type=Path, help="a llama.cpp source tree (README.md: Sources used)")
     parser.add_argument("build", type=Path, help="a folder for the build and the GGUFs")
-    parser.add_argument("--types", default="f32,bf16,q8_0,q4_0")
+    parser.add_argument("--types", default=",".join(TYPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
+    unknown = [kind for kind in args.types.split(",") if kind not in TYPES]
+    if unknown:
+        raise SystemExit(f"--types {args.types}: {', '.join(unknown)} unknown; expected some of {','.join(TYPES)}")
     if not (args.src / "tools" / "llama-bench").is_dir() or not (args.src / "gguf-py").is_dir():
         raise SystemExit(f"{args.src}: no tools/llama-bench or gguf-py; expected a llama.cpp source tree (README.md: Sources used)")
     args.build.mkdir(parents=True, exist_ok=True)
