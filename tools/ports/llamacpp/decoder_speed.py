@@ -47,7 +47,9 @@ def build_bench(src: Path, build: Path, jobs: int) -> Path:
 
 
 def gguf_module(src: Path):  # noqa: ANN201
-    sys.path.insert(0, str(src / "gguf-py"))  # the tree's own gguf-py, the version its loader reads
+    path = str(src / "gguf-py")  # the tree's own gguf-py, the version its loader reads
+    if path not in sys.path:
+        sys.path.insert(0, path)
     import gguf
 
     return gguf
